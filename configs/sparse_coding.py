@@ -1,0 +1,88 @@
+"""Paper A on the sparse-coding model: adversarial pre-training -> clean downstream.
+
+    python launch.py --config=configs/sparse_coding.py [--config.attack.eps=0.3]
+
+Why these numbers (d = D = 64, k = 4, sigma = 0.1, eps = 0.4):
+- Orthonormal dictionary, so a unit's loadings M^T w are exactly what it
+  responds to. k = 4 active features out of 64 makes X sparse (k/D = 1/16).
+- Labels sign(theta^T X) with theta ~ N(0, I): the clean margin is
+  |theta_S^T X_S| ~ sqrt(k). A dense (linear-like) unit mixture is attacked
+  along M theta, where the l2 distance to the boundary is
+  |theta^T X| / ||theta|| ~ sqrt(k / D) ~ 0.25. Purified thresholded units only
+  pass perturbations along the k active features, distance
+  |theta_S^T X_S| / ||theta_S|| ~ 1. eps = 0.4 (about 0.8 / sqrt(k), the
+  paper's eps ~ 1/sqrt(k) scaling) sits between the two, so it separates
+  purified from mixed encoders.
+- sigma = 0.1 keeps the noise per feature direction (sigma / sqrt(d) ~ 0.01)
+  far below the threshold; width 256 = 4 units per feature gives the clean
+  encoder enough random directions for clean heads to do as well as on the
+  adversarial one (the claim compares robustness at equal clean accuracy).
+- Thresholds b start at 0.1 and are trained: with b = 0 the soft threshold is
+  the identity and the net is linear, which cannot be robust here.
+"""
+import ml_collections
+
+
+def get_config(stage: str = 'pipeline'):
+  """``--config=configs/sparse_coding.py:supervised`` selects one stage."""
+  c = ml_collections.ConfigDict()
+  c.experiment = 'sparse_coding'  # robustjax.stages.<experiment> runs it
+  c.stage = stage        # 'pipeline' | 'supervised' | 'downstream'
+  c.seed = 0
+  c.num_seeds = 3        # seeds draw the dictionary, theta0, init and data
+  c.chunk_size = 250     # training steps per compiled chunk (progress-bar tick)
+  c.progress = True
+
+  c.data = ml_collections.ConfigDict(dict(
+      d=64,                  # observation dimension
+      D=64,                  # latent features (D > d needs 'overcomplete')
+      k=4,                   # active features per example
+      exact_k=True,          # exactly k active (else Bernoulli k/D per feature)
+      magnitude_low=1.0,     # |X_i| ~ U[magnitude_low, 1]
+      noise_std=0.1,         # ||xi|| ~ noise_std
+      dictionary='orthonormal',  # 'orthonormal' | 'overcomplete'
+  ))
+  c.model = ml_collections.ConfigDict(dict(
+      width=256,             # hidden units m
+      bias_init=0.1,         # soft threshold b at init
+      train_bias=True,
+      init_scale=1.0,        # w_ij ~ N(0, init_scale^2 / d)
+      readout_init_scale=1.0,
+  ))
+  c.pretrain = ml_collections.ConfigDict(dict(
+      modes=('clean', 'adversarial'),
+      steps=3000,            # online: a fresh batch every step
+      batch_size=256,
+      optimizer='adam',      # 'adam' | 'sgd'
+      learning_rate=1e-2,
+      weight_decay=0.0,
+  ))
+  # The training-time attack (adversarial pre-training / reference) and the
+  # radius at which "robust" accuracy is reported.
+  c.attack = ml_collections.ConfigDict(dict(
+      norm='l2',             # 'l2' | 'linf'
+      eps=0.4,
+      steps=5,
+      rel_step_size=0.5,     # step = rel_step_size * eps (2.5 eps / steps)
+      restarts=1,
+      random_start=True,
+  ))
+  c.downstream = ml_collections.ConfigDict(dict(
+      num_tasks=3,           # fresh theta per task, per seed
+      steps=2000,
+      batch_size=256,
+      optimizer='adam',
+      learning_rate=1e-2,
+      weight_decay=0.0,
+      references=('end_to_end_clean', 'end_to_end_adversarial'),
+      reference_tasks=1,     # tasks per seed the (costly) references train on
+      encoder_dir='',        # stage=downstream: a run's <workdir>/checkpoints
+  ))
+  c.eval = ml_collections.ConfigDict(dict(
+      num_examples=2000,     # fresh test points per task
+      eps=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8),  # curve radii (0 and attack.eps added)
+      attack_steps=20,
+      rel_step_size=0.25,
+      restarts=1,
+  ))
+  return c

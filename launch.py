@@ -1,0 +1,48 @@
+"""Runs an experiment from an ml_collections config.
+
+    python launch.py --config=configs/sparse_coding.py [--workdir=DIR] [--config.a.b=v]
+
+The config is validated before any work: a bad field prints one line naming it
+and exits with status 2, leaving the workdir untouched.
+"""
+import importlib
+import os
+import sys
+
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+from robustjax import config_validation
+from robustjax.train.loop import DivergedError
+
+_CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
+                                          lock_config=True)
+_WORKDIR = flags.DEFINE_string('workdir', None, 'output directory (default: runs/<config>)')
+EXPERIMENTS = ('sparse_coding',)
+
+
+def main(argv):
+  del argv
+  logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
+  cfg = _CONFIG.value
+  workdir = _WORKDIR.value or os.path.join(
+      'runs', os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0])
+  try:
+    config_validation.one_of(cfg, 'experiment', EXPERIMENTS)
+    experiment = importlib.import_module(f'robustjax.stages.{cfg.experiment}')
+    config_validation.workdir(workdir)
+    experiment.validate(cfg)
+  except config_validation.ConfigError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(2)
+  os.makedirs(workdir, exist_ok=True)
+  try:
+    experiment.main(cfg, workdir)
+  except DivergedError as e:
+    print(f'error: {e}', file=sys.stderr)
+    sys.exit(1)
+
+
+if __name__ == '__main__':
+  flags.mark_flags_as_required(['config'])
+  app.run(main)

@@ -1,0 +1,125 @@
+"""Tables, plots and results.json for a finished run."""
+from __future__ import annotations
+
+import json
+import os
+
+import matplotlib
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def _mean_std(a) -> tuple[float, float]:
+  a = np.asarray(a, np.float64)
+  return float(a.mean()), float(a.std())
+
+
+def summarize(out: dict) -> dict:
+  """Per-row summary: medians of unit metrics, mean/std of accuracies, per-run lists.
+
+  Accuracies are fractions in [0, 1]; 'robust' is at the training radius
+  ``train_eps``; curves hold the mean accuracy at every evaluation eps.
+  """
+  i = out['i_eps']
+  summary = {}
+  for name, row in out['rows'].items():
+    s = {}
+    u = out['units'].get(name)
+    if u is not None:
+      s['purity_median'] = float(np.median(u['purity']))
+      s['participation_ratio_median'] = float(np.median(u['participation_ratio']))
+      s['purity_median_per_seed'] = np.median(u['purity'], axis=-1).tolist()
+    for stage in ('pretrain', 'downstream'):
+      acc = row.get(f'{stage}_acc')
+      if acc is None:
+        continue
+      s[f'{stage}_clean_acc'], s[f'{stage}_clean_acc_std'] = _mean_std(acc[:, 0])
+      s[f'{stage}_robust_acc'], s[f'{stage}_robust_acc_std'] = _mean_std(acc[:, i])
+      s[f'{stage}_robust_acc_per_run'] = acc[:, i].tolist()
+      s[f'{stage}_acc_curve'] = acc.mean(axis=0).tolist()
+    summary[name] = s
+  return summary
+
+
+def table(summary: dict, train_eps: float) -> str:
+  """The run's one table, as text."""
+  def pm(s, key):
+    return f"{s[key]:.3f} +- {s[key + '_std']:.3f}" if key in s else '-'
+
+  head = ['pre-training', 'median purity', 'median PR', 'pretrain clean acc',
+          f'pretrain robust acc', 'downstream clean acc', f'downstream robust acc']
+  rows = [[name,
+           f"{s['purity_median']:.3f}" if 'purity_median' in s else '-',
+           f"{s['participation_ratio_median']:.2f}" if 'participation_ratio_median' in s else '-',
+           pm(s, 'pretrain_clean_acc'), pm(s, 'pretrain_robust_acc'),
+           pm(s, 'downstream_clean_acc'), pm(s, 'downstream_robust_acc')]
+          for name, s in summary.items()]
+  widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
+  fmt = lambda r: ' | '.join(v.ljust(w) for v, w in zip(r, widths))
+  lines = [fmt(head), '-+-'.join('-' * w for w in widths)] + [fmt(r) for r in rows]
+  lines.append(f'robust = PGD accuracy at eps = {train_eps:g}; '
+               'mean +- std over seeds (pre-training) and seeds x tasks (downstream)')
+  return '\n'.join(lines)
+
+
+def write_json(path: str, payload: dict) -> None:
+  tmp = path + '.tmp'
+  with open(tmp, 'w') as f:
+    json.dump(payload, f, indent=2, default=_jsonable)
+  os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _jsonable(x):
+  if isinstance(x, np.ndarray):
+    return x.tolist()
+  if isinstance(x, (np.floating, np.integer)):
+    return x.item()
+  return str(x)
+
+
+def plot_purity(units: dict, path: str) -> None:
+  """Histograms of per-unit purity and participation ratio, one colour per row."""
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+  for name, u in units.items():
+    for ax, key in zip(axes, ('purity', 'participation_ratio')):
+      ax.hist(np.ravel(u[key]), bins=40, alpha=0.5, label=name, density=True)
+  axes[0].set_xlabel('purity max|c| / ||c||  (1 = one feature)')
+  axes[1].set_xlabel('participation ratio  (1 = one feature)')
+  axes[0].set_ylabel('density over units (all seeds)')
+  axes[0].legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_loadings(encoders: dict, dictionary: np.ndarray, path: str) -> None:
+  """|M^T w_j| heatmaps, units (rows) sorted by their strongest feature."""
+  fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 4), squeeze=False)
+  for ax, (name, w) in zip(axes[0], encoders.items()):
+    c = np.abs(dictionary.T @ w).T
+    c = c / np.maximum(c.max(axis=1, keepdims=True), 1e-12)
+    order = np.lexsort((-c.max(axis=1), c.argmax(axis=1)))
+    ax.imshow(c[order], aspect='auto', cmap='viridis', interpolation='nearest')
+    ax.set_title(f'{name}: |loadings| per unit (seed 0)')
+    ax.set_xlabel('latent feature i')
+    ax.set_ylabel('unit j (sorted by top feature)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_curves(summary: dict, eps: list, path: str) -> None:
+  """Downstream accuracy against the PGD radius, one line per row."""
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for name, s in summary.items():
+    if 'downstream_acc_curve' in s:
+      ax.plot(eps, s['downstream_acc_curve'], marker='o', label=name)
+  ax.set_xlabel('eps')
+  ax.set_ylabel('downstream accuracy under PGD')
+  ax.set_ylim(0, 1)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)

@@ -1,0 +1,50 @@
+"""Downstream stage: a linear head trained cleanly on a frozen encoder's units.
+
+Only the head (a, c) is trained: logits = h(Z) @ a + c with h the frozen
+hidden layer. Robustness of the composed model (encoder + head) is what the
+downstream task inherits from pre-training.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from robustjax import losses
+from robustjax.data import sparse_coding as sc
+from robustjax.models.two_layer import TwoLayer
+from robustjax.stages.supervised import model_from_config
+from robustjax.train import loop, state as state_lib
+
+
+def head_logits(model: TwoLayer, params, z):
+  """params = {'encoder': two-layer params (w, b used), 'head': {'a', 'c'}}."""
+  h = model.apply({'params': params['encoder']}, z, features_only=True)
+  return h @ params['head']['a'] + params['head']['c']
+
+
+def head_loss(head, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec, batch_size: int):
+  world, theta, encoder = aux
+  z, y, _ = sc.sample_task(key, batch_size, world, spec, theta)
+  # The encoder arrives through aux, so no gradient reaches it.
+  logits = head_logits(model, {'encoder': encoder, 'head': head}, z)
+  loss = jnp.mean(losses.logistic(logits, y))
+  return loss, {'accuracy': jnp.mean(losses.margin(logits, y) > 0)}
+
+
+def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
+                keys: jax.Array, desc: str = 'downstream heads'):
+  """One clean head per leading index of (encoders, worlds, thetas, keys)."""
+  dcfg = cfg.downstream
+  spec = sc.SparseCodingSpec.from_config(cfg.data)
+  model = model_from_config(cfg)
+  tx = state_lib.make_optimizer(dcfg.optimizer, dcfg.learning_rate,
+                                weight_decay=dcfg.weight_decay)
+  head = {'a': jnp.zeros((cfg.model.width,)), 'c': jnp.zeros(())}
+  states = jax.vmap(lambda _: state_lib.create(head, tx))(keys)
+  loss_fn = functools.partial(head_loss, model=model, spec=spec, batch_size=dcfg.batch_size)
+  states, metrics = loop.fit(states, (worlds, thetas, encoders), keys, loss_fn,
+                             steps=dcfg.steps, chunk_size=cfg.chunk_size, batched=True,
+                             desc=desc, progress=cfg.progress)
+  return states.params, metrics

@@ -1,0 +1,228 @@
+"""Paper A's supervised pipeline on the sparse-coding model.
+
+pre-train {clean, adversarial} x seeds -> freeze the hidden layer -> clean
+linear heads on fresh downstream tasks -> clean and PGD accuracy, purity.
+References: the downstream task trained end to end, cleanly and adversarially.
+
+Stages (``config.stage``):
+  pipeline    everything above, one results table.
+  supervised  pre-training and its evaluation only; saves encoder checkpoints.
+  downstream  heads on encoders loaded from ``config.downstream.encoder_dir``.
+
+Seeds are vmapped: each stage compiles once for all seeds (and tasks).
+"""
+from __future__ import annotations
+
+import functools
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+
+from robustjax import config_validation as cv
+from robustjax import report
+from robustjax.attacks.pgd import NORMS
+from robustjax.data import sparse_coding as sc
+from robustjax.models.apply import bind, logits as logits_fn
+from robustjax.metrics import purification, robustness
+from robustjax.stages import downstream, supervised
+
+STAGES = ('pipeline', 'supervised', 'downstream')
+PRETRAIN_MODES = ('clean', 'adversarial')
+REFERENCES = ('end_to_end_clean', 'end_to_end_adversarial')
+
+
+def validate(cfg) -> None:
+  """Raises ConfigError on the first field the run cannot use."""
+  cv.one_of(cfg, 'stage', STAGES)
+  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'data.d', 'data.D', 'data.k', 'model.width',
+                  'pretrain.steps', 'pretrain.batch_size', 'attack.steps', 'attack.restarts',
+                  'downstream.num_tasks', 'downstream.steps', 'downstream.batch_size',
+                  'downstream.reference_tasks',
+                  'eval.num_examples', 'eval.attack_steps', 'eval.restarts')
+  if cfg.data.k > cfg.data.D:
+    raise cv.ConfigError('data.k', f'<= data.D = {cfg.data.D}', cfg.data.k)
+  cv.one_of(cfg, 'data.dictionary', ('orthonormal', 'overcomplete'))
+  if cfg.data.dictionary == 'orthonormal' and cfg.data.D > cfg.data.d:
+    raise cv.ConfigError('data.dictionary', f"'overcomplete' when data.D > data.d "
+                         f'({cfg.data.D} > {cfg.data.d})', cfg.data.dictionary)
+  cv.number(cfg, 'data.noise_std', low=0)
+  cv.number(cfg, 'data.magnitude_low', low=0, high=1, strict_low=True)
+  cv.number(cfg, 'model.bias_init', low=0)
+  cv.number(cfg, 'model.init_scale', low=0, strict_low=True)
+  cv.subset_of(cfg, 'pretrain.modes', PRETRAIN_MODES)
+  cv.subset_of(cfg, 'downstream.references', REFERENCES, nonempty=False)
+  for part in ('pretrain', 'downstream'):
+    cv.one_of(cfg, f'{part}.optimizer', ('adam', 'sgd'))
+    cv.number(cfg, f'{part}.learning_rate', low=0, strict_low=True)
+    cv.number(cfg, f'{part}.weight_decay', low=0)
+  cv.one_of(cfg, 'attack.norm', NORMS)
+  cv.number(cfg, 'attack.eps', low=0)
+  cv.number(cfg, 'attack.rel_step_size', low=0, strict_low=True)
+  cv.number(cfg, 'eval.rel_step_size', low=0, strict_low=True)
+  cv.nonnegative_list(cfg, 'eval.eps')
+  if cfg.stage == 'downstream':
+    found = [m for m in PRETRAIN_MODES if os.path.isdir(
+        os.path.join(cfg.downstream.encoder_dir or '/nonexistent', f'encoder_{m}'))]
+    if not found:
+      raise cv.ConfigError('downstream.encoder_dir', "a run's <workdir>/checkpoints holding "
+                           'encoder_clean/ or encoder_adversarial/', cfg.downstream.encoder_dir)
+
+
+def _repeat(tree, times: int):
+  """(S, ...) -> (S * times, ...): seed s's leaves for each of its tasks."""
+  return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), tree)
+
+
+def _keys(seed: int, num_seeds: int):
+  """Per-seed keys for the world, the downstream tasks, training and evaluation."""
+  seeds = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  k = jax.vmap(lambda s: jax.random.split(s, 5))(seeds)
+  return {'world': k[:, 0], 'tasks': k[:, 1], 'pretrain': k[:, 2], 'downstream': k[:, 3],
+          'eval': k[:, 4]}
+
+
+def eval_eps(cfg) -> list[float]:
+  """The evaluation radii: the config's list plus the training radius."""
+  return sorted(set(float(e) for e in cfg.eval.eps) | {0.0, float(cfg.attack.eps)})
+
+
+def evaluate(cfg, logit_fn, model, params, worlds, thetas, keys) -> np.ndarray:
+  """Accuracy at each eval eps for every run (leading axis): (runs, n_eps).
+
+  Each run gets its own fresh test set of ``eval.num_examples`` points of its
+  task, and the white-box PGD of ``cfg.eval`` on the composed model.
+  """
+  spec = sc.SparseCodingSpec.from_config(cfg.data)
+  e = cfg.eval
+
+  def one(params, world, theta, key):
+    k_data, k_attack = jax.random.split(key)
+    z, y, _ = sc.sample_task(k_data, e.num_examples, world, spec, theta)
+    return robustness.robust_accuracy(
+        bind(logit_fn, model, params), z, y, eps=eval_eps(cfg), norm=cfg.attack.norm,
+        steps=e.attack_steps, step_size=e.rel_step_size, restarts=e.restarts, key=k_attack)
+
+  return np.asarray(jax.jit(jax.vmap(one))(params, worlds, thetas, keys))
+
+
+def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
+  """Per-unit purity / participation ratio / loading norm, (seeds, width)."""
+  return jax.tree.map(np.asarray, jax.vmap(purification.unit_report)(
+      encoders['w'], worlds.dictionary))
+
+
+def save_encoders(path: str, encoders, worlds) -> None:
+  with ocp.StandardCheckpointer() as ckptr:
+    ckptr.save(os.path.abspath(path), {'params': encoders, 'world': worlds}, force=True)
+
+
+def load_encoders(path: str):
+  with ocp.StandardCheckpointer() as ckptr:
+    tree = ckptr.restore(os.path.abspath(path))
+  world = sc.SparseCodingWorld(**tree['world'])
+  return jax.tree.map(jnp.asarray, tree['params']), jax.tree.map(jnp.asarray, world)
+
+
+def _timed(timings, name, fn, *args, **kwargs):
+  t0 = time.perf_counter()
+  out = fn(*args, **kwargs)
+  jax.block_until_ready(out)
+  timings[name] = round(time.perf_counter() - t0, 2)
+  return out
+
+
+def run(cfg, workdir: str) -> dict:
+  """Runs ``cfg.stage``; returns the results dict (see ``report.write_results``)."""
+  timings, rows, units = {}, {}, {}
+  keys = _keys(cfg.seed, cfg.num_seeds)
+  spec = sc.SparseCodingSpec.from_config(cfg.data)
+  S, T = cfg.num_seeds, cfg.downstream.num_tasks
+  ckpt_dir = os.path.join(workdir, 'checkpoints')
+  eps_list = eval_eps(cfg)
+  i_eps = eps_list.index(float(cfg.attack.eps))
+  model = supervised.model_from_config(cfg)
+
+  if cfg.stage == 'downstream':
+    encoders = {}
+    for mode in PRETRAIN_MODES:
+      path = os.path.join(cfg.downstream.encoder_dir, f'encoder_{mode}')
+      if os.path.isdir(path):
+        encoders[mode], worlds = load_encoders(path)
+    S = worlds.theta0.shape[0]  # the checkpoint's seeds, whatever num_seeds says
+    keys = _keys(cfg.seed, S)
+  else:
+    worlds = jax.vmap(lambda k: sc.make_world(k, spec))(keys['world'])
+    encoders = {}
+    for mode in cfg.pretrain.modes:
+      params, _ = _timed(timings, f'pretrain_{mode}', supervised.train, cfg, worlds,
+                         worlds.theta0, keys['pretrain'], adversarial=mode == 'adversarial',
+                         desc=f'pre-train {mode}')
+      encoders[mode] = params
+      save_encoders(os.path.join(ckpt_dir, f'encoder_{mode}'), params, worlds)
+      acc = _timed(timings, f'eval_pretrain_{mode}', evaluate, cfg, logits_fn, model, params, worlds,
+                   worlds.theta0, jax.vmap(lambda k: jax.random.fold_in(k, T))(keys['eval']))
+      rows[mode] = {'pretrain_acc': acc}
+      units[mode] = unit_stats(params, worlds)
+
+  if cfg.stage != 'supervised':
+    thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
+        jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
+    worlds_st = _repeat(worlds, T)
+    task_keys = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name]).reshape(
+        S * T, -1)
+    eval_keys = task_keys('eval')
+    for mode, params in encoders.items():
+      enc = _repeat({'w': params['w'], 'b': params['b']}, T)
+      heads, _ = _timed(timings, f'downstream_{mode}', downstream.train_heads, cfg, enc,
+                        worlds_st, thetas, task_keys('downstream'),
+                        desc=f'downstream heads on {mode}')
+      acc = _timed(timings, f'eval_downstream_{mode}', evaluate, cfg, downstream.head_logits, model,
+                   {'encoder': enc, 'head': heads}, worlds_st, thetas, eval_keys)
+      rows.setdefault(mode, {})['downstream_acc'] = acc
+      units.setdefault(mode, unit_stats(params, worlds))
+    if cfg.stage == 'pipeline':
+      # References train whole nets, so they run on the first reference_tasks
+      # tasks of each seed only (the same tasks, test sets and keys as the heads).
+      R = min(cfg.downstream.reference_tasks, T)
+      pick = lambda tree: jax.tree.map(
+          lambda a: a.reshape((S, T) + a.shape[1:])[:, :R].reshape((S * R,) + a.shape[1:]), tree)
+      ref_worlds, ref_thetas = pick(worlds_st), pick(thetas)
+      for ref in cfg.downstream.references:
+        params, _ = _timed(timings, ref, supervised.train, cfg, ref_worlds, ref_thetas,
+                           pick(task_keys('downstream')),
+                           adversarial=ref == 'end_to_end_adversarial', desc=ref)
+        acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params, ref_worlds,
+                     ref_thetas, pick(eval_keys))
+        rows[ref] = {'downstream_acc': acc}
+        units[ref] = unit_stats(params, ref_worlds)
+
+  return {'eps': eps_list, 'train_eps': float(cfg.attack.eps), 'i_eps': i_eps,
+          'rows': rows, 'units': units, 'timings': timings,
+          'dictionary_seed0': np.asarray(worlds.dictionary[0]),
+          'encoders_seed0': {m: np.asarray(p['w'][0]) for m, p in encoders.items()}}
+
+
+def main(cfg, workdir: str) -> dict:
+  """Runs the stage, prints the table, writes results.json and the plots."""
+  t0 = time.perf_counter()
+  out = run(cfg, workdir)
+  summary = report.summarize(out)
+  timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))
+  print(report.table(summary, out['train_eps']))
+  report.write_json(os.path.join(workdir, 'results.json'), {
+      'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'],
+      'timings': timings, 'summary': summary,
+      'units': {k: {m: np.asarray(v).tolist() for m, v in u.items() if m != 'norm'}
+                for k, u in out['units'].items()}})
+  if out['units']:
+    report.plot_purity(out['units'], os.path.join(workdir, 'purity.png'))
+  if out['encoders_seed0']:
+    report.plot_loadings(out['encoders_seed0'], out['dictionary_seed0'],
+                         os.path.join(workdir, 'loadings.png'))
+  report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
+  print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s)')
+  return summary
