@@ -21,10 +21,29 @@ _WORKDIR = flags.DEFINE_string('workdir', None, 'output directory (default: runs
 EXPERIMENTS = ('sparse_coding',)
 
 
+def parse_flags(argv):
+  """absl flag parsing, but a bad flag or override is one line and exit 2."""
+  try:
+    return flags.FLAGS(argv)
+  except Exception as e:  # noqa: BLE001 - includes errors in the config file itself
+    msg = str(e).strip().splitlines()[-1] if str(e).strip() else type(e).__name__
+    if isinstance(e, (AttributeError, KeyError)):
+      bad = [a for a in argv[1:] if a.startswith('--config.')]
+      msg = f'unknown config field {msg} (overrides given: {" ".join(bad)})'
+    print(f'error: {msg}', file=sys.stderr)
+    sys.exit(2)
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
-  cfg = _CONFIG.value
+  try:
+    cfg = _CONFIG.value
+    cfg.keys()  # a config file that failed to load raises on first use
+  except Exception as e:  # noqa: BLE001 - any failure to load it is a bad --config
+    print(f'error: --config: cannot load {flags.FLAGS["config"].config_filename}: '
+          f'{str(e).strip().splitlines()[-1].strip()}', file=sys.stderr)
+    sys.exit(2)
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0])
   try:
@@ -45,4 +64,4 @@ def main(argv):
 
 if __name__ == '__main__':
   flags.mark_flags_as_required(['config'])
-  app.run(main)
+  app.run(main, flags_parser=parse_flags)
