@@ -1,0 +1,191 @@
+"""Auto-PGD (Croce & Hein, ICML 2020) with CE, DLR and targeted DLR losses.
+
+Step size starts at 2 eps; every iterate mixes the projected step with the
+previous move (momentum 0.75). At the published checkpoints (p_0 = 0,
+p_1 = 0.22, p_{j+1} = p_j + max(p_j - p_{j-1} - 0.03, 0.06) of the budget)
+an example halves its step and restarts from its best point when either the
+loss rose in fewer than rho = 0.75 of the steps since the last checkpoint, or
+the step was not halved at the last checkpoint and the best loss has not
+improved since. l2 uses the normalised gradient (Croce & Hein 2021), linf its
+sign.
+
+Per example the attack keeps the best iterate by loss (for the restarts) and
+any misclassified iterate (the answer); random starts come from per-example
+keys, so a point's result does not depend on the rest of its batch.
+
+DLR needs 3 classes, targeted DLR 4 (its denominator uses the 3rd and 4th
+largest logits). With fewer classes :func:`resolve_loss` swaps in the margin
+loss (untargeted: max_{k != y} z_k - z_y; targeted: z_t - z_y) and says so.
+"""
+from __future__ import annotations
+
+import functools
+import math
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from robustjax.attacks import common
+from robustjax.attacks.pgd import ascent_direction, project
+
+LOSSES = ('ce', 'dlr', 'dlr-t', 'margin', 'margin-t')
+
+
+def _sorted_desc(z):
+  return -jnp.sort(-z, axis=-1)
+
+
+def loss_value(name: str, logits: jax.Array, y: jax.Array, target: jax.Array) -> jax.Array:
+  """Per-example loss to maximise; ``target`` is ignored by untargeted losses."""
+  z_y = jnp.take_along_axis(logits, y[:, None], axis=-1)[:, 0]
+  z_t = jnp.take_along_axis(logits, target[:, None], axis=-1)[:, 0]
+  if name == 'ce':
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y)
+  if name == 'margin':
+    return -common.margin(logits, y)
+  if name == 'margin-t':
+    return z_t - z_y
+  zs = _sorted_desc(logits)
+  if name == 'dlr':
+    return -common.margin(logits, y) / (zs[:, 0] - zs[:, 2] + 1e-12)
+  if name == 'dlr-t':
+    return (z_t - z_y) / (zs[:, 0] - 0.5 * (zs[:, 2] + zs[:, 3]) + 1e-12)
+  raise ValueError(f'loss must be one of {LOSSES}, got {name!r}')
+
+
+def resolve_loss(name: str, num_classes: int) -> tuple[str, str | None]:
+  """(loss actually used, a note when it had to change for too few classes)."""
+  if name == 'dlr' and num_classes < 3:
+    return 'margin', f'DLR needs >= 3 classes, {num_classes} given: margin loss used'
+  if name == 'dlr-t' and num_classes < 4:
+    return 'margin-t', (f'targeted DLR needs >= 4 classes, {num_classes} given: '
+                        'targeted margin loss used')
+  return name, None
+
+
+def checkpoints(n_iter: int) -> tuple[list[int], list[int]]:
+  """Iterations at which the step-size test runs, and each test's window length."""
+  p = [0.0, 0.22]
+  while p[-1] < 1.0:
+    p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
+  ws = sorted({int(math.ceil(q * n_iter)) for q in p[1:] if q <= 1.0})
+  ws = [w for w in ws if 0 < w <= n_iter]
+  windows = [w - prev for prev, w in zip([0] + ws[:-1], ws)]
+  return ws, windows
+
+
+def _project(x, x_adv, eps, norm, bounds):
+  delta = project(x_adv - x, eps, norm)
+  return common.clip_to_bounds(x + delta, bounds)
+
+
+def _random_start(keys, x, eps, norm):
+  if norm == 'linf':
+    u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
+    return eps * u
+  g = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
+  # AutoAttack's l2 start: a point on the sphere of radius eps.
+  return eps * g / common.bview(jnp.maximum(common.norm(g, 'l2'), 1e-12), x)
+
+
+@functools.partial(jax.jit, static_argnames=('norm', 'loss', 'n_iter', 'restarts', 'rho'))
+def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, restarts, rho):
+  eps_vec = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
+  eps = common.bview(eps_vec, x)
+  ws, windows = checkpoints(n_iter)
+  is_check = jnp.zeros((n_iter + 1,), bool).at[jnp.array(ws)].set(True)
+  window = jnp.zeros((n_iter + 1,), jnp.float32).at[jnp.array(ws)].set(
+      jnp.array(windows, jnp.float32))
+
+  def evaluate(xa):
+    def f(xa):
+      logits = logits_fn(xa)
+      return loss_value(loss, logits, y, target), logits
+    l, vjp, logits = jax.vjp(f, xa, has_aux=True)
+    return l, vjp(jnp.ones_like(l))[0], common.margin(logits, y) > 0
+
+  def sel(mask, a, b):
+    return jnp.where(common.bview(mask, a), a, b)
+
+  def one_restart(r, out):
+    adv_x, robust = out
+    rkeys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
+    x0 = _project(x, x + _random_start(rkeys, x, eps, norm), eps, norm, bounds)
+    l0, g0, ok0 = evaluate(x0)
+    adv_x = sel(robust & ~ok0, x0, adv_x)
+    robust = robust & ok0
+    state = dict(x_adv=x0, x_old=x0, grad=g0, loss=l0, x_best=x0, g_best=g0, l_best=l0,
+                 step=2.0 * eps_vec, n_inc=jnp.zeros_like(l0),
+                 l_best_check=l0, reduced=jnp.ones(l0.shape, bool), adv_x=adv_x,
+                 robust=robust)
+
+    def body(i, s):
+      a = jnp.where(i == 0, 1.0, 0.75)
+      step = common.bview(s['step'], x)
+      z = _project(x, s['x_adv'] + step * ascent_direction(s['grad'], norm), eps, norm, bounds)
+      x_new = s['x_adv'] + a * (z - s['x_adv']) + (1 - a) * (s['x_adv'] - s['x_old'])
+      x_new = _project(x, x_new, eps, norm, bounds)
+      l, g, ok = evaluate(x_new)
+      adv_x = sel(s['robust'] & ~ok, x_new, s['adv_x'])
+      better = l > s['l_best']
+      s = dict(s, x_old=s['x_adv'], x_adv=x_new, grad=g, adv_x=adv_x,
+               robust=s['robust'] & ok, n_inc=s['n_inc'] + (l > s['loss']), loss=l,
+               x_best=sel(better, x_new, s['x_best']), g_best=sel(better, g, s['g_best']),
+               l_best=jnp.where(better, l, s['l_best']))
+
+      def at_checkpoint(s):
+        oscillating = s['n_inc'] <= rho * window[i + 1]
+        stalled = ~s['reduced'] & (s['l_best_check'] >= s['l_best'])
+        halve = oscillating | stalled
+        return dict(s, step=jnp.where(halve, 0.5 * s['step'], s['step']),
+                    x_adv=sel(halve, s['x_best'], s['x_adv']),
+                    grad=sel(halve, s['g_best'], s['grad']), reduced=halve,
+                    l_best_check=s['l_best'], n_inc=jnp.zeros_like(s['n_inc']))
+
+      return jax.lax.cond(is_check[i + 1], at_checkpoint, lambda s: s, s)
+
+    s = jax.lax.fori_loop(0, n_iter, body, state)
+    # Points never misclassified report their highest-loss iterate.
+    return sel(s['robust'], s['x_best'], s['adv_x']), s['robust']
+
+  init = (x, jnp.ones(x.shape[:1], bool))
+  return jax.lax.fori_loop(0, restarts, one_restart, init)
+
+
+def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int = 100,
+         restarts: int = 1, target=None, bounds=None, index=None, rho: float = 0.75):
+  """Runs APGD; returns (x_adv, robust (n,) bool, loss actually used, note).
+
+  Args:
+    predict_fn: batch -> logits (n, C), or scalar logits (n,) with y in {-1,+1}.
+    x, y: clean batch and labels.
+    eps: radius, scalar or (n,). norm: 'l2' or 'linf'.
+    key: PRNG key; example i draws from fold_in(key, index[i]).
+    loss: 'ce', 'dlr', 'dlr-t' (needs ``target``), 'margin' or 'margin-t'.
+    n_iter: iterations per restart; restarts: independent random starts.
+    target: (n,) integer target classes for the targeted losses.
+    bounds: None or (lo, hi) input domain.
+    index: (n,) positions of the examples in the full data set (default arange).
+
+  ``robust[i]`` is False iff some iterate (start included) was misclassified;
+  ``x_adv[i]`` is then that misclassified point, inside the eps-ball.
+  """
+  if norm not in common.NORMS:
+    raise ValueError(f'norm must be one of {common.NORMS}, got {norm!r}')
+  logits_fn, yi, num_classes, _ = common.lift(predict_fn, x, y)
+  used, note = resolve_loss(loss, num_classes)
+  if used.endswith('-t') and target is None:
+    raise ValueError(f'loss {loss!r} needs target classes')
+  target = yi if target is None else jnp.asarray(target, jnp.int32)
+  index = jnp.arange(x.shape[0]) if index is None else jnp.asarray(index)
+  keys = common.example_keys(key, index)
+  x_adv, robust = _apgd(logits_fn, x, yi, target, eps, keys, bounds, norm=norm, loss=used,
+                        n_iter=int(n_iter), restarts=int(restarts), rho=float(rho))
+  return x_adv, robust, used, note
+
+
+def target_classes(predict_fn, x, rank: int) -> jax.Array:
+  """The class with the ``rank``-th largest clean logit (rank 2 = runner-up)."""
+  logits = common.multiclass(predict_fn)(x)
+  return jnp.argsort(-logits, axis=-1)[:, rank - 1].astype(jnp.int32)
