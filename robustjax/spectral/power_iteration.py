@@ -1,0 +1,98 @@
+"""Top singular value of a dense matrix by power iteration on W^T W.
+
+The iteration runs on ``stop_gradient(W)`` and returns its right singular
+vector estimate ``v`` (unit norm, no gradient). The value is then recomputed
+as ``sigma = ||W v||`` *with* the gradient through W, so that
+
+    d sigma^2 / dW = 2 W v v^T = 2 sigma u v^T,   u = W v / sigma,
+
+the gradient of the squared spectral norm at a converged v (Yoshida & Miyato
+2017; Paper B). Carrying v from one training step to the next (warm start)
+makes a few iterations per step enough, because W moves little per step.
+"""
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+_EPS = 1e-30
+
+
+def norm(v: jax.Array) -> jax.Array:
+  """Euclidean norm of all entries (any shape: vectors, conv activations)."""
+  return jnp.sqrt(jnp.sum(v * v))
+
+
+def _normalize(v: jax.Array) -> jax.Array:
+  return v / jnp.maximum(norm(v), _EPS)
+
+
+def initial_vector(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
+  """A random unit vector: almost surely not orthogonal to the top singular vector."""
+  return _normalize(jax.random.normal(key, (n,), dtype))
+
+
+def iterate_operator(op, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array, jax.Array]:
+  """Power iteration on A^T A for a linear map ``op`` = A; returns (v, iterations run).
+
+  Up to ``iters`` steps v <- A^T A v / ||A^T A v||, stopping once ||A v||
+  changes by at most ``tol`` relative. A^T comes from ``jax.vjp`` (so any
+  linear JAX function works: a matmul, a strided or padded convolution).
+  ``iters`` may be traced (a schedule picks warm-up vs per-step counts inside
+  jit). ``op`` must not carry gradients the caller wants: pass stopped arrays.
+  """
+  v = jax.lax.stop_gradient(v)
+  # op is linear, so its VJP at any point is the transpose: build it once.
+  _, op_t = jax.vjp(op, v)
+
+  def cond(carry):
+    i, _, sigma, prev = carry
+    return (i < iters) & (jnp.abs(sigma - prev) > tol * jnp.maximum(sigma, _EPS))
+
+  def body(carry):
+    i, v, sigma, _ = carry
+    av = op(v)
+    # Two operator applications per step; ||A v|| of the current v is the check.
+    return i + 1, _normalize(op_t(av)[0]), norm(av), sigma
+
+  start = (jnp.zeros((), jnp.int32), v, jnp.full((), -1.0, v.dtype),
+           jnp.full((), jnp.inf, v.dtype))
+  i, v, _, _ = jax.lax.while_loop(cond, body, start)
+  return v, i
+
+
+def iterate(w: jax.Array, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array, jax.Array]:
+  """``iterate_operator`` for a dense matrix w (m, n); v (n,). No gradient."""
+  w = jax.lax.stop_gradient(w)
+  return iterate_operator(lambda x: w @ x, v, iters=iters, tol=tol)
+
+
+def top_singular_value(w: jax.Array, v: jax.Array | None = None, *, iters=100,
+                       tol: float = 1e-6, key: jax.Array | None = None
+                       ) -> tuple[jax.Array, jax.Array]:
+  """(sigma_max(W), v) for a matrix w (m, n); v (n,) is the right singular vector estimate.
+
+  Args:
+    w: (m, n) matrix. A flax Dense kernel (in, out) works as is: W and W^T
+      have the same singular values (v then lives in the output space).
+    v: warm-start vector (n,) from the previous call; None draws a random one
+      from ``key`` (PRNGKey(0) when no key is given).
+    iters: maximum iterations (may be traced).
+    tol: stop when sigma changes by at most ``tol`` relative.
+
+  The returned sigma is ``||W v||``: differentiable in w (gradient 2 sigma u
+  v^T for sigma^2), constant in v. Rank-zero W gives sigma = 0.
+  """
+  if w.ndim != 2:
+    raise ValueError(f'top_singular_value needs a matrix, got shape {w.shape}')
+  if v is None:
+    v = initial_vector(jax.random.PRNGKey(0) if key is None else key, w.shape[1], w.dtype)
+  return _top_singular_value(w, v, iters, tol)
+
+
+@jax.jit
+def _top_singular_value(w, v, iters, tol):
+  # Compiled once per shape (iters and tol are traced): eager calls from a
+  # loop or a test sweep do not re-trace the while_loop every time.
+  v, _ = iterate(w, v, iters=iters, tol=tol)
+  return norm(w @ v), v
