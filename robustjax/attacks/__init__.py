@@ -1,4 +1,10 @@
-"""Attacks: pure, jit-compiled functions of a loss over a batch of inputs."""
+"""Attacks: pure, jit-compiled functions of a loss or a model over a batch of inputs."""
+from robustjax.attacks.apgd import apgd
+from robustjax.attacks.decision import decision_attack, hopskipjump, tangent_attack
+from robustjax.attacks.ensemble import evaluate_robust_accuracy
+from robustjax.attacks.minimal import bisection, fmn
 from robustjax.attacks.pgd import PGDSpec, pgd
+from robustjax.attacks.square import square
 
-__all__ = ["PGDSpec", "pgd"]
+__all__ = ["PGDSpec", "pgd", "apgd", "square", "fmn", "bisection", "decision_attack",
+           "hopskipjump", "tangent_attack", "evaluate_robust_accuracy"]

@@ -53,7 +53,7 @@ def _is_adv(logits_fn, y, xa):
   return common.margin(logits_fn(xa), y) < 0
 
 
-def _refine_along_ray(logits_fn, y, x, delta, found, steps):
+def _refine_along_ray(logits_fn, y, x, delta, found, steps, bounds):
   """Smallest t in (0, 1] (to 2^-steps) with x + t delta still adversarial."""
   def body(_, lohi):
     lo, hi = lohi
@@ -63,7 +63,12 @@ def _refine_along_ray(logits_fn, y, x, delta, found, steps):
 
   n = x.shape[0]
   _, hi = jax.lax.fori_loop(0, steps, body, (jnp.zeros((n,), x.dtype), jnp.ones((n,), x.dtype)))
-  return delta * common.bview(jnp.where(found, hi, 1.0), x)
+  hi = jnp.where(found, hi, 1.0)
+  # A 1e-4 relative step back past the boundary: a point within float rounding
+  # of it can flip back when the model runs on a batch of another shape.
+  safe = common.clip_to_bounds(x + common.bview(hi * (1.0 + 1e-4), x) * delta, bounds) - x
+  keep = _is_adv(logits_fn, y, x + safe) & found
+  return jnp.where(common.bview(keep, x), safe, delta * common.bview(hi, x))
 
 
 @functools.partial(jax.jit, static_argnames=('norm', 'steps', 'refine_steps'))
@@ -102,7 +107,7 @@ def _fmn(logits_fn, x, y, target, bounds, alpha_init, alpha_final, gamma_init, g
   last_better = last_adv & (common.norm(delta, norm) < best_norm)
   best_delta = jnp.where(common.bview(last_better, x), delta, best_delta)
   found = found | last_adv
-  best_delta = _refine_along_ray(logits_fn, y, x, best_delta, found, refine_steps)
+  best_delta = _refine_along_ray(logits_fn, y, x, best_delta, found, refine_steps, bounds)
   dist = jnp.where(found, common.norm(best_delta, norm), jnp.inf)
   return x + best_delta, dist
 

@@ -78,7 +78,7 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries):
     d = project(delta4, eps4, norm)
     return (common.clip_to_bounds(x + d.reshape(shape), bounds) - x).reshape(xi.shape)
 
-  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, -1))(keys)
+  init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys)  # not an iteration index
   stripes = jax.vmap(lambda k: jax.random.choice(k, jnp.array([-1.0, 1.0], x.dtype),
                                                  (1, w, c)))(init_keys)
   delta = eps4 * jnp.broadcast_to(stripes, xi.shape)

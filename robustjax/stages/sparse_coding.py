@@ -96,17 +96,29 @@ def evaluate(cfg, logit_fn, model, params, worlds, thetas, keys) -> np.ndarray:
   Each run gets its own fresh test set of ``eval.num_examples`` points of its
   task, and the white-box PGD of ``cfg.eval`` on the composed model.
   """
-  spec = sc.SparseCodingSpec.from_config(cfg.data)
   e = cfg.eval
+  return np.asarray(_evaluate_runs(
+      params, worlds, thetas, keys, logit_fn=logit_fn, model=model,
+      spec=sc.SparseCodingSpec.from_config(cfg.data), num_examples=e.num_examples,
+      eps=tuple(eval_eps(cfg)), norm=cfg.attack.norm, steps=e.attack_steps,
+      rel_step_size=e.rel_step_size, restarts=e.restarts))
 
+
+# Module-level and keyed by hashable statics, so equal evaluations (clean and
+# adversarial encoders of the same shape) share one compile.
+@functools.partial(jax.jit, static_argnames=(
+    'logit_fn', 'model', 'spec', 'num_examples', 'eps', 'norm', 'steps', 'rel_step_size',
+    'restarts'))
+def _evaluate_runs(params, worlds, thetas, keys, *, logit_fn, model, spec, num_examples, eps,
+                   norm, steps, rel_step_size, restarts):
   def one(params, world, theta, key):
     k_data, k_attack = jax.random.split(key)
-    z, y, _ = sc.sample_task(k_data, e.num_examples, world, spec, theta)
+    z, y, _ = sc.sample_task(k_data, num_examples, world, spec, theta)
     return robustness.robust_accuracy(
-        bind(logit_fn, model, params), z, y, eps=eval_eps(cfg), norm=cfg.attack.norm,
-        steps=e.attack_steps, step_size=e.rel_step_size, restarts=e.restarts, key=k_attack)
+        bind(logit_fn, model, params), z, y, eps=eps, norm=norm, steps=steps,
+        step_size=rel_step_size, restarts=restarts, key=k_attack)
 
-  return np.asarray(jax.jit(jax.vmap(one))(params, worlds, thetas, keys))
+  return jax.vmap(one)(params, worlds, thetas, keys)
 
 
 def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
@@ -209,6 +221,7 @@ def run(cfg, workdir: str) -> dict:
 def main(cfg, workdir: str) -> dict:
   """Runs the stage, prints the table, writes results.json and the plots."""
   t0 = time.perf_counter()
+  os.makedirs(workdir, exist_ok=True)
   out = run(cfg, workdir)
   summary = report.summarize(out)
   timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))

@@ -1,0 +1,202 @@
+"""Spectral-norm penalties on chosen layers: none, rep-spectral and ll-spectral.
+
+Paper B's penalty is ``lam * sum_l sigma_max(W_l)^2`` (no 1/2) over
+
+- ``rep``: the hidden layers up to the feature map (the layers a re-fitted
+  readout sees through), chosen by parameter path or by the model's own
+  ``feature_layers`` names;
+- ``ll``: all layers, readout included (Yoshida & Miyato 2017 style);
+- ``none``: nothing.
+
+Each sigma_max comes from power iteration with its vector carried between
+steps (``power_iteration``). Those vectors are state that the stage's loss
+``loss_fn(params, key, aux)`` cannot carry, so the penalty is applied as an
+optax gradient transformation chained *before* the optimizer: at every update
+it advances the vectors, adds ``lam * d/dW sum sigma^2 = lam * 2 sigma u v^T``
+to the task gradient and keeps the vectors in its own state. The result is
+the gradient of ``task + lam * penalty`` for any stage's loss and any
+optimizer; weight decay, momentum and Adam see the sum, as they would in a
+PyTorch ``loss.backward()``.
+
+Schedule: no penalty for the first ``burn_in_steps`` updates; at the switch-on
+update the vectors are warmed up (up to ``warmup_iters`` iterations, to
+convergence), then each penalised update runs up to ``iters`` (stopping at
+relative change ``tol``); with ``every_k > 1`` only every k-th update after
+the burn-in is penalised (the strength per penalised update stays ``lam``).
+"""
+from __future__ import annotations
+
+import dataclasses
+from typing import Any, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import optax
+
+from robustjax.spectral import power_iteration
+
+KINDS = ('none', 'rep', 'll')
+
+
+@dataclasses.dataclass(frozen=True)
+class SpectralSpec:
+  """The regularizer as config values; hashable, so jit can close over it."""
+  kind: str = 'none'            # 'none' | 'rep' | 'll'
+  lam: float = 1e-3             # strength of sum sigma_max^2
+  burn_in_steps: int = 0        # unpenalised updates before the switch-on
+  every_k: int = 1              # penalise every k-th update after the burn-in
+  iters: int = 10               # power iterations per penalised update
+  warmup_iters: int = 1000      # at the switch-on: iterate to convergence
+  tol: float = 1e-6             # relative change of sigma that stops iterating
+  layers: tuple[str, ...] = ()  # rep: parameter paths ('hidden_0' or 'hidden_0/kernel');
+                                # empty = the model's feature_layers
+
+  def __post_init__(self):
+    if self.kind not in KINDS:
+      raise ValueError(f'kind must be one of {KINDS}, got {self.kind!r}')
+
+  @classmethod
+  def from_config(cls, cfg, kind: str, steps_per_epoch: int) -> 'SpectralSpec':
+    """From a config block with burn_in_epochs (converted to updates)."""
+    return cls(kind=kind, lam=float(cfg.lam),
+               burn_in_steps=int(cfg.burn_in_epochs) * int(steps_per_epoch),
+               every_k=int(cfg.every_k), iters=int(cfg.iters),
+               warmup_iters=int(cfg.warmup_iters), tol=float(cfg.tol),
+               layers=tuple(cfg.layers))
+
+
+def _path(path) -> str:
+  return '/'.join(str(getattr(p, 'key', getattr(p, 'name', p))) for p in path)
+
+
+def _matches(path: str, prefixes: Sequence[str]) -> bool:
+  return any(path == p or path.startswith(p.rstrip('/') + '/') for p in prefixes)
+
+
+def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
+               layers: Sequence[str] = ()):
+  """A pytree of Python bools mirroring params: True on the kernels to penalise.
+
+  Kernels are the leaves named ``kernel``. ``rep`` takes those under the
+  paths in ``layers`` when given, else under the model's ``feature_layers``;
+  ``ll`` takes every kernel. Biases are never penalised. Raises ValueError
+  when ``rep`` selects nothing (a misspelt path would otherwise silently
+  train unregularised) or a selected kernel is not a matrix.
+  """
+  if kind not in KINDS:
+    raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
+  prefixes = tuple(layers) or tuple(feature_layers)
+  if kind == 'rep' and not prefixes:
+    raise ValueError("rep needs layer paths or a model with feature_layers")
+
+  def pick(path, leaf):
+    p = _path(path)
+    if kind == 'none' or not p.split('/')[-1] == 'kernel':
+      return False
+    chosen = kind == 'll' or _matches(p, prefixes)
+    if chosen and jnp.ndim(leaf) != 2:
+      raise ValueError(f'{p}: the spectral penalty handles dense kernels, got shape '
+                       f'{jnp.shape(leaf)} (conv layers: robustjax.spectral.conv_operator_norm)')
+    return chosen
+
+  mask = jax.tree_util.tree_map_with_path(pick, params)
+  if kind == 'rep' and not any(jax.tree.leaves(mask)):
+    paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
+    raise ValueError(f'rep: no kernel under {prefixes}; parameter paths are {paths}')
+  return mask
+
+
+def init_vectors(params, mask, key: jax.Array):
+  """Power-iteration vectors mirroring params: (n,) unit vectors on masked kernels
+  (n = the kernel's second dimension), empty arrays elsewhere."""
+  leaves, treedef = jax.tree.flatten(params)
+  flags = treedef.flatten_up_to(mask)
+  keys = jax.random.split(key, max(len(leaves), 1))
+  out = [power_iteration.initial_vector(k, w.shape[1], w.dtype) if m else jnp.zeros((0,), w.dtype)
+         for w, m, k in zip(leaves, flags, keys)]
+  return jax.tree.unflatten(treedef, out)
+
+
+def penalty(params, vectors, mask, *, iters, tol: float):
+  """(sum of sigma_max^2 over masked kernels, new vectors, sigmas pytree).
+
+  Differentiable in params only: d/dW = 2 sigma u v^T at the new vectors.
+  Unmasked leaves contribute 0, keep their (empty) vectors and report sigma 0.
+  """
+  leaves, treedef = jax.tree.flatten(params)
+  flags = treedef.flatten_up_to(mask)
+  vecs = treedef.flatten_up_to(vectors)
+  total, new_vecs, sigmas = jnp.zeros((), jnp.float32), [], []
+  for w, v, m in zip(leaves, vecs, flags):
+    if not m:
+      new_vecs.append(v)
+      sigmas.append(jnp.zeros((), jnp.float32))
+      continue
+    v, _ = power_iteration.iterate(w, v, iters=iters, tol=tol)
+    sigma = power_iteration.norm(w @ v)
+    total = total + sigma ** 2
+    new_vecs.append(v)
+    sigmas.append(sigma)
+  return total, jax.tree.unflatten(treedef, new_vecs), jax.tree.unflatten(treedef, sigmas)
+
+
+class SpectralState(NamedTuple):
+  count: jax.Array    # updates seen so far
+  vectors: Any        # power-iteration vectors mirroring the params
+  value: jax.Array    # the last penalised update's sum sigma^2 (for logging)
+
+
+def penalize(spec: SpectralSpec, mask, key: jax.Array | None = None
+             ) -> optax.GradientTransformation:
+  """The penalty as an optax transformation; chain it before the optimizer:
+
+      tx = optax.chain(penalize(spec, mask), make_optimizer(...))
+
+  ``update(grads, state, params)`` needs params (flax's TrainState passes
+  them). ``kind='none'`` (or an all-False mask) adds nothing.
+  """
+  key = jax.random.PRNGKey(0) if key is None else key
+
+  def init(params):
+    return SpectralState(jnp.zeros((), jnp.int32), init_vectors(params, mask, key),
+                         jnp.zeros((), jnp.float32))
+
+  def update(updates, state, params=None):
+    if params is None:
+      raise ValueError('penalize needs params in update(); flax TrainState passes them')
+    count = state.count
+    since = count - spec.burn_in_steps
+    active = (since >= 0) & (since % spec.every_k == 0)
+    iters = jnp.where(since == 0, spec.warmup_iters, spec.iters)
+
+    def on(_):
+      def scaled(p):
+        value, (vectors, _) = _penalty_aux(p, state.vectors, mask, iters, spec.tol)
+        return spec.lam * value, (vectors, value)
+      (_, (vectors, value)), g = jax.value_and_grad(scaled, has_aux=True)(params)
+      return jax.tree.map(jnp.add, updates, g), vectors, value
+
+    def off(_):
+      return updates, state.vectors, state.value
+
+    # A real branch when not vmapped: burn-in steps cost nothing extra.
+    updates, vectors, value = jax.lax.cond(active, on, off, None)
+    return updates, SpectralState(count + 1, vectors, value)
+
+  if spec.kind == 'none' or not any(jax.tree.leaves(mask)):
+    return optax.identity()
+  return optax.GradientTransformation(init, update)
+
+
+def _penalty_aux(params, vectors, mask, iters, tol):
+  value, vectors, sigmas = penalty(params, vectors, mask, iters=iters, tol=tol)
+  return value, (vectors, sigmas)
+
+
+def sigma_max(params, mask) -> dict[str, jax.Array]:
+  """Exact sigma_max (SVD) of every masked kernel, keyed by parameter path (reporting)."""
+  out = {}
+  for (path, w), m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(mask)):
+    if m:
+      out[_path(path)] = jnp.linalg.svd(w, compute_uv=False)[..., 0]
+  return out

@@ -1,0 +1,135 @@
+"""rep / ll / none: layer choice, the penalty gradient, the schedule, and training."""
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from robustjax import spectral
+from robustjax.models.mlp import MLP
+from robustjax.train import loop, state as state_lib
+
+MODEL = MLP(widths=(6, 5), num_classes=3)
+
+
+def _params(key=0):
+  return MODEL.init(jax.random.PRNGKey(key), jnp.zeros((1, 4)))['params']
+
+
+def _svd_top(w):
+  u, s, vt = np.linalg.svd(np.asarray(w, np.float64))
+  return s[0], u[:, 0], vt[0]
+
+
+def test_layer_choice():
+  p = _params()
+  flat = lambda m: {k: v for k, v in spectral.sigma_max(p, m).items()}
+  rep = spectral.layer_mask(p, 'rep', feature_layers=MODEL.feature_layers)
+  assert set(flat(rep)) == {'hidden_0/kernel', 'hidden_1/kernel'}
+  ll = spectral.layer_mask(p, 'll')
+  assert set(flat(ll)) == {'hidden_0/kernel', 'hidden_1/kernel', 'readout/kernel'}
+  assert not any(jax.tree.leaves(spectral.layer_mask(p, 'none')))
+  by_path = spectral.layer_mask(p, 'rep', layers=('hidden_1/kernel',))
+  assert set(flat(by_path)) == {'hidden_1/kernel'}
+  with pytest.raises(ValueError, match='no kernel'):
+    spectral.layer_mask(p, 'rep', layers=('hiden_0',))
+  with pytest.raises(ValueError, match='kind'):
+    spectral.layer_mask(p, 'all')
+
+
+def test_penalty_value_and_gradient_is_two_sigma_u_vT():
+  p = _params(1)
+  mask = spectral.layer_mask(p, 'll')
+  vecs = spectral.init_vectors(p, mask, jax.random.PRNGKey(0))
+  fn = lambda p: spectral.penalty(p, vecs, mask, iters=3000, tol=0.0)[0]
+  value, grads = jax.value_and_grad(fn)(p)
+  expected = 0.0
+  for name in ('hidden_0', 'hidden_1', 'readout'):
+    s, u, v = _svd_top(p[name]['kernel'])
+    expected += s ** 2
+    np.testing.assert_allclose(grads[name]['kernel'], 2 * s * np.outer(u, v), atol=2e-4)
+    chex.assert_trees_all_close(grads[name]['bias'], jnp.zeros_like(grads[name]['bias']))
+  np.testing.assert_allclose(value, expected, rtol=1e-4)
+
+
+def _one_update(spec, params, mask, count):
+  """The penalty transform's update of zero task gradients at update index ``count``."""
+  tx = spectral.penalize(spec, mask)
+  st = tx.init(params)
+  st = st._replace(count=jnp.asarray(count, jnp.int32))
+  zeros = jax.tree.map(jnp.zeros_like, params)
+  return tx.update(zeros, st, params)
+
+
+def test_transform_adds_lam_times_gradient_only_after_burn_in():
+  p = _params(2)
+  mask = spectral.layer_mask(p, 'rep', feature_layers=MODEL.feature_layers)
+  spec = spectral.SpectralSpec(kind='rep', lam=0.3, burn_in_steps=5, iters=10,
+                               warmup_iters=3000, tol=0.0)
+  before, st = _one_update(spec, p, mask, 4)
+  chex.assert_trees_all_close(before, jax.tree.map(jnp.zeros_like, p))
+  assert int(st.count) == 5
+  after, st = _one_update(spec, p, mask, 5)  # switch-on: warm-up to convergence
+  for name in ('hidden_0', 'hidden_1'):
+    s, u, v = _svd_top(p[name]['kernel'])
+    np.testing.assert_allclose(after[name]['kernel'], 0.3 * 2 * s * np.outer(u, v), atol=2e-4)
+    # The carried vector is the top right singular vector (up to sign).
+    np.testing.assert_allclose(abs(np.dot(st.vectors[name]['kernel'], v)), 1.0, atol=1e-4)
+  chex.assert_trees_all_close(after['readout'], jax.tree.map(jnp.zeros_like, p['readout']))
+  np.testing.assert_allclose(st.value, sum(_svd_top(p[n]['kernel'])[0] ** 2
+                                           for n in ('hidden_0', 'hidden_1')), rtol=1e-4)
+
+
+def test_every_k_schedule():
+  p = _params(3)
+  mask = spectral.layer_mask(p, 'll')
+  spec = spectral.SpectralSpec(kind='ll', lam=1.0, burn_in_steps=2, every_k=3)
+  active = [bool(jnp.any(_one_update(spec, p, mask, c)[0]['readout']['kernel'] != 0))
+            for c in range(10)]
+  assert active == [False, False, True, False, False, True, False, False, True, False]
+
+
+def test_none_is_identity():
+  p = _params()
+  tx = spectral.penalize(spectral.SpectralSpec(kind='none'), spectral.layer_mask(p, 'none'))
+  g = jax.tree.map(jnp.ones_like, p)
+  out, _ = tx.update(g, tx.init(p), p)
+  chex.assert_trees_all_close(out, g)
+
+
+def _xor_loss(params, key, aux):
+  x, y = aux
+  logits = MODEL.apply({'params': params}, x)
+  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)), {}
+
+
+@pytest.mark.parametrize('kind', ['rep', 'll'])
+def test_training_lowers_penalised_sigmas_through_loop_fit(kind):
+  """Composes with a stage's loss and loop.fit(batched=True): the penalised
+  layers end with smaller sigma_max than the same run without the penalty."""
+  x = jax.random.normal(jax.random.PRNGKey(0), (32, 4))
+  y = (x[:, 0] > 0).astype(jnp.int32)
+  seeds = jax.random.split(jax.random.PRNGKey(1), 2)
+  aux = (jnp.stack([x, x]), jnp.stack([y, y]))
+
+  def run(spec_kind):
+    p0 = jax.vmap(lambda k: MODEL.init(k, x[:1])['params'])(seeds)
+    mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], p0), spec_kind,
+                               feature_layers=MODEL.feature_layers)
+    spec = spectral.SpectralSpec(kind=spec_kind, lam=0.5, burn_in_steps=10, iters=5)
+    tx = optax.chain(spectral.penalize(spec, mask), state_lib.make_optimizer('sgd', 0.05))
+    states = jax.vmap(lambda p: state_lib.create(p, tx))(p0)
+    states, _ = loop.fit(states, aux, seeds, _xor_loss, steps=60, chunk_size=60, batched=True,
+                         progress=False)
+    sig = jax.vmap(lambda p: spectral.sigma_max(p, spectral.layer_mask(p, 'll')))(states.params)
+    return sig
+
+  base, reg = run('none'), run(kind)
+  penalised = ['hidden_0/kernel', 'hidden_1/kernel'] + (['readout/kernel'] if kind == 'll' else [])
+  for name in penalised:
+    assert np.all(reg[name] < base[name] * 0.9), (name, reg[name], base[name])
+  if kind == 'rep':  # the readout is free under rep
+    assert not np.all(reg['readout/kernel'] < base['readout/kernel'] * 0.9)
