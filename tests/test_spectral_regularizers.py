@@ -50,7 +50,9 @@ def test_penalty_value_and_gradient_is_two_sigma_u_vT():
   for name in ('hidden_0', 'hidden_1', 'readout'):
     s, u, v = _svd_top(p[name]['kernel'])
     expected += s ** 2
-    np.testing.assert_allclose(grads[name]['kernel'], 2 * s * np.outer(u, v), atol=2e-4)
+    g, want = np.asarray(grads[name]['kernel']), 2 * s * np.outer(u, v)
+    # float32 power iteration on random inits (gaps unknown): 1e-3 of the norm.
+    assert np.linalg.norm(g - want) <= 1e-3 * np.linalg.norm(want), name
     chex.assert_trees_all_close(grads[name]['bias'], jnp.zeros_like(grads[name]['bias']))
   np.testing.assert_allclose(value, expected, rtol=1e-4)
 
@@ -106,30 +108,29 @@ def _xor_loss(params, key, aux):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)), {}
 
 
-@pytest.mark.parametrize('kind', ['rep', 'll'])
-def test_training_lowers_penalised_sigmas_through_loop_fit(kind):
+def test_training_lowers_penalised_sigmas_through_loop_fit():
   """Composes with a stage's loss and loop.fit(batched=True): the penalised
-  layers end with smaller sigma_max than the same run without the penalty."""
+  layers end with smaller sigma_max than the same run without the penalty,
+  and only ll shrinks the readout as much."""
   x = jax.random.normal(jax.random.PRNGKey(0), (32, 4))
   y = (x[:, 0] > 0).astype(jnp.int32)
   seeds = jax.random.split(jax.random.PRNGKey(1), 2)
   aux = (jnp.stack([x, x]), jnp.stack([y, y]))
 
-  def run(spec_kind):
+  def run(kind):
     p0 = jax.vmap(lambda k: MODEL.init(k, x[:1])['params'])(seeds)
-    mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], p0), spec_kind,
+    mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], p0), kind,
                                feature_layers=MODEL.feature_layers)
-    spec = spectral.SpectralSpec(kind=spec_kind, lam=0.5, burn_in_steps=10, iters=5)
+    spec = spectral.SpectralSpec(kind=kind, lam=0.5, burn_in_steps=10, iters=5)
     tx = optax.chain(spectral.penalize(spec, mask), state_lib.make_optimizer('sgd', 0.05))
     states = jax.vmap(lambda p: state_lib.create(p, tx))(p0)
     states, _ = loop.fit(states, aux, seeds, _xor_loss, steps=60, chunk_size=60, batched=True,
                          progress=False)
-    sig = jax.vmap(lambda p: spectral.sigma_max(p, spectral.layer_mask(p, 'll')))(states.params)
-    return sig
+    return jax.vmap(lambda p: spectral.sigma_max(p, spectral.layer_mask(p, 'll')))(states.params)
 
-  base, reg = run('none'), run(kind)
-  penalised = ['hidden_0/kernel', 'hidden_1/kernel'] + (['readout/kernel'] if kind == 'll' else [])
-  for name in penalised:
-    assert np.all(reg[name] < base[name] * 0.9), (name, reg[name], base[name])
-  if kind == 'rep':  # the readout is free under rep
-    assert not np.all(reg['readout/kernel'] < base['readout/kernel'] * 0.9)
+  base, rep, ll = run('none'), run('rep'), run('ll')
+  for name in ('hidden_0/kernel', 'hidden_1/kernel'):
+    assert np.all(rep[name] < base[name] * 0.9), (name, rep[name], base[name])
+    assert np.all(ll[name] < base[name] * 0.9), (name, ll[name], base[name])
+  assert np.all(ll['readout/kernel'] < base['readout/kernel'] * 0.9)
+  assert np.all(ll['readout/kernel'] < rep['readout/kernel'])
