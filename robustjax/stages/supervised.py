@@ -56,23 +56,33 @@ def train(cfg, worlds: sc.SparseCodingWorld, thetas: jax.Array, keys: jax.Array,
   All runs share one compile (vmap). ``opt_cfg`` defaults to ``cfg.pretrain``.
   """
   opt_cfg = cfg.pretrain if opt_cfg is None else opt_cfg
-  spec = sc.SparseCodingSpec.from_config(cfg.data)
+  loss_fn = functools.partial(
+      supervised_loss, model=model_from_config(cfg),
+      spec=sc.SparseCodingSpec.from_config(cfg.data), batch_size=opt_cfg.batch_size,
+      attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
+  return train_two_layer(cfg, (worlds, thetas), keys, loss_fn, opt_cfg=opt_cfg, desc=desc)
+
+
+def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str):
+  """Initialises and trains one TwoLayer per key on ``loss_fn(params, key, aux)``.
+
+  Shared by every stage that trains the two-layer net (supervised,
+  contrastive): init from the first half of each key, data and attacks from
+  the second.
+  """
   model = model_from_config(cfg)
-  attack = PGDSpec.from_config(cfg.attack) if adversarial else None
   trainable = {'w': True, 'b': bool(cfg.model.train_bias), 'a': True}
   tx = state_lib.make_optimizer(opt_cfg.optimizer, opt_cfg.learning_rate,
                                 weight_decay=opt_cfg.weight_decay, trainable=trainable)
 
   def init(key):
     k_init, _ = jax.random.split(key)
-    params = model.init(k_init, jnp.zeros((1, spec.d)))['params']
+    params = model.init(k_init, jnp.zeros((1, cfg.data.d)))['params']
     return state_lib.create(params, tx)
 
   states = jax.vmap(init)(keys)
   train_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
-  loss_fn = functools.partial(supervised_loss, model=model, spec=spec,
-                              batch_size=opt_cfg.batch_size, attack=attack)
-  states, metrics = loop.fit(states, (worlds, thetas), train_keys, loss_fn,
+  states, metrics = loop.fit(states, aux, train_keys, loss_fn,
                              steps=opt_cfg.steps, chunk_size=cfg.chunk_size, batched=True,
                              desc=desc, progress=cfg.progress)
   return states.params, metrics
