@@ -69,7 +69,8 @@ def checkpoints(n_iter: int) -> tuple[list[int], list[int]]:
   p = [0.0, 0.22]
   while p[-1] < 1.0:
     p.append(p[-1] + max(p[-1] - p[-2] - 0.03, 0.06))
-  ws = sorted({int(math.ceil(q * n_iter)) for q in p[1:] if q <= 1.0})
+  # round() first: 0.57 * 100 is 57.000000000000007 in floating point.
+  ws = sorted({int(math.ceil(round(q * n_iter, 6))) for q in p[1:] if q <= 1.0})
   ws = [w for w in ws if 0 < w <= n_iter]
   windows = [w - prev for prev, w in zip([0] + ws[:-1], ws)]
   return ws, windows

@@ -1,14 +1,18 @@
-"""Clean and robust accuracy under PGD at a list of radii."""
+"""Clean and robust accuracy under PGD at a list of radii; adversarial distances;
+robustness curves under the attack ensemble with gradient-masking checks."""
 from __future__ import annotations
 
+import warnings
 from typing import Callable, Sequence
 
 import chex
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robustjax import losses
-from robustjax.attacks import pgd
+from robustjax.attacks import common, decision, minimal, pgd
+from robustjax.attacks.ensemble import black_box_check, evaluate_robust_accuracy
 
 
 def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
@@ -37,3 +41,190 @@ def robust_accuracy(logit_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y:
 
 def _neg_margin(logit_fn, y, x):
   return -losses.margin(logit_fn(x), y)
+
+
+# --- Adversarial distance (Paper B) -----------------------------------------
+
+DISTANCE_METHODS = ('fmn', 'ddn', 'bisection', 'hopskipjump', 'tangent')
+
+
+def _run_distance_method(method, predict_fn, x, y, key, bounds, kwargs):
+  """(x_adv, distances, queries or None) for one batch."""
+  if method in ('fmn', 'ddn'):
+    x_adv, dist = minimal.fmn(predict_fn, x, y, bounds=bounds, **kwargs)
+    return x_adv, dist, None
+  if method == 'bisection':
+    x_adv, dist = minimal.bisection(predict_fn, x, y, key=key, bounds=bounds, **kwargs)
+    return x_adv, dist, None
+  return decision.decision_attack(predict_fn, x, y, method=method, key=key, bounds=bounds,
+                                  **kwargs)
+
+
+def distance_summary(distances) -> dict:
+  """mean, median, q25, q75 over the points the attack broke; counts of all and failed."""
+  d = np.asarray(distances, np.float64)
+  ok = d[np.isfinite(d)]
+  stat = (lambda f: float(f(ok))) if ok.size else (lambda f: float('nan'))
+  return dict(mean=stat(np.mean), median=stat(np.median),
+              q25=stat(lambda v: np.quantile(v, 0.25)), q75=stat(lambda v: np.quantile(v, 0.75)),
+              num_points=int(d.size), num_failed=int(d.size - ok.size))
+
+
+def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.PRNGKey,
+                         max_points: int | None = 1000, bounds=None,
+                         batch_size: int | None = None, **method_kwargs) -> dict:
+  """Per-example adversarial distances for the correctly classified points.
+
+  Paper B's protocol: the first ``max_points`` correctly classified points of
+  ``x`` (all when None), attacked one batch of ``batch_size`` (default: all)
+  at a time.
+
+  Args:
+    predict_fn: batch -> logits (n, C) with integer labels, or scalar logits
+      (n,) with labels in {-1, +1}.
+    method: 'fmn' (white-box minimal norm; 'ddn' is accepted and runs FMN, the
+      same family), 'bisection' (radius bisection over PGD), 'hopskipjump' or
+      'tangent' (hard-label, l2, TangentAttack hemisphere variant).
+    key: PRNG key.
+    method_kwargs: passed to ``attacks.fmn`` / ``attacks.bisection`` /
+      ``attacks.decision_attack`` (e.g. norm='linf', iterations=40).
+
+  Returns a dict: 'distances' (n_correct,) with ``inf`` where the attack found
+  nothing (or its point did not re-check as misclassified), 'indices' into
+  ``x``, 'queries' (per point, hard-label methods; else None), 'x_adv',
+  'method' (the attack actually run) and 'summary' (:func:`distance_summary`).
+  """
+  if method not in DISTANCE_METHODS:
+    raise ValueError(f'method must be one of {DISTANCE_METHODS}, got {method!r}')
+  x = jnp.asarray(x)
+  y = jnp.asarray(y)
+  logits_fn, yi, _, _ = common.lift(predict_fn, x, y)
+  correct = np.asarray(common.margin(logits_fn(x), yi) > 0)
+  indices = np.nonzero(correct)[0]
+  if max_points is not None:
+    indices = indices[:int(max_points)]
+  norm = method_kwargs.get('norm', 'l2')
+  bs = len(indices) if batch_size is None else int(batch_size)
+  dists, queries, advs = [], [], []
+  for b, start in enumerate(range(0, len(indices), max(bs, 1))):
+    idx = indices[start:start + bs]
+    xb, yb = x[idx], y[idx]
+    x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb,
+                                          jax.random.fold_in(key, b), bounds, method_kwargs)
+    # Count only points that re-check as misclassified, at their true distance.
+    wrong = np.asarray(jnp.argmax(logits_fn(x_adv), -1) != yi[idx])
+    true_d = np.asarray(common.norm(x_adv - xb, norm))
+    dists.append(np.where(wrong & np.isfinite(np.asarray(dist)), true_d, np.inf))
+    advs.append(np.asarray(x_adv))
+    if q is not None:
+      queries.append(np.asarray(q))
+  distances = np.concatenate(dists) if dists else np.zeros((0,), np.float32)
+  return dict(distances=distances, indices=indices,
+              queries=np.concatenate(queries) if queries else None,
+              x_adv=np.concatenate(advs) if advs else np.zeros((0,) + x.shape[1:]),
+              method='fmn' if method == 'ddn' else method,
+              summary=distance_summary(distances))
+
+
+def compare_distances(white_box, hard_label, *, tol: float = 0.0, max_share: float = 0.05,
+                      warn: bool = True) -> dict:
+  """Flags a weak white-box attack: its distance should not exceed the hard-label one.
+
+  Both arrays are per point (same points, same order). Returns the share and
+  positions of points where ``white > hard * (1 + tol)`` and whether that share
+  is above ``max_share`` (then a warning is issued).
+  """
+  w = np.asarray(white_box, np.float64)
+  h = np.asarray(hard_label, np.float64)
+  larger = w > h * (1.0 + tol)
+  share = float(larger.mean()) if larger.size else 0.0
+  flagged = share > max_share
+  if flagged and warn:
+    warnings.warn(f'white-box minimal distance exceeds the hard-label one on {share:.1%} of '
+                  f'points (> {max_share:.0%}): the white-box attack looks weak',
+                  RuntimeWarning, stacklevel=2)
+  return dict(share_white_larger=share, positions=np.nonzero(larger)[0], flagged=flagged)
+
+
+# --- Robustness curves and gradient-masking checks --------------------------
+
+def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_tol: float = 0.0,
+                            zero_tol: float = 0.05, per_eps=None,
+                            masking_tol: float = 0.01) -> list[str]:
+  """Warnings (strings) for the usual signs of gradient masking.
+
+  - accuracy must not increase with eps (beyond ``monotone_tol``);
+  - at the large radius accuracy must be <= ``zero_tol`` (~0);
+  - black-box attacks must not break more than ``masking_tol`` of the points
+    the white-box ones left robust (from each eps's ensemble record).
+  """
+  msgs = []
+  eps = np.asarray(eps, np.float64)
+  acc = np.asarray(accuracy, np.float64)
+  order = np.argsort(eps)
+  rises = np.nonzero(np.diff(acc[order]) > monotone_tol)[0]
+  for i in rises:
+    msgs.append(f'gradient masking? accuracy rises with eps: {acc[order][i]:.4f} at '
+                f'eps={eps[order][i]:g} -> {acc[order][i + 1]:.4f} at eps={eps[order][i + 1]:g}')
+  if large_eps_accuracy is not None and large_eps_accuracy > zero_tol:
+    msgs.append(f'gradient masking? accuracy {large_eps_accuracy:.4f} at a large eps does not '
+                f'reach ~0 (tolerance {zero_tol:g})')
+  for rec in per_eps or ():
+    msgs.extend(black_box_check(rec, masking_tol))
+  return msgs
+
+
+def robustness_curve(predict_fn: Callable, x, y, *, eps: Sequence[float], norm: str,
+                     key: chex.PRNGKey, large_eps: float | None = None, zero_tol: float = 0.05,
+                     monotone_tol: float = 0.0, masking_tol: float = 0.01, warn: bool = True,
+                     **ensemble_kwargs) -> dict:
+  """Robust accuracy against eps under the attack ensemble, with masking checks.
+
+  Runs ``evaluate_robust_accuracy`` at each eps (same key, so the curve is
+  not noisier than the attacks) and, when ``large_eps`` is given, once more
+  there for the "reaches ~0" check. Returns {'eps', 'accuracy' (len(eps),),
+  'large_eps', 'large_eps_accuracy', 'per_eps' (the ensemble dicts without
+  their adversarial points), 'warnings'}; warnings are also issued.
+  """
+  eps = [float(e) for e in eps]
+  per_eps = []
+  for e in eps:
+    r = evaluate_robust_accuracy(predict_fn, x, y, eps=e, norm=norm, key=key, warn=False,
+                                 masking_tol=masking_tol, **ensemble_kwargs)
+    per_eps.append({k: v for k, v in r.items() if k not in ('x_adv',)})
+  large_acc = None
+  if large_eps is not None:
+    r = evaluate_robust_accuracy(predict_fn, x, y, eps=float(large_eps), norm=norm, key=key,
+                                 warn=False, masking_tol=masking_tol, **ensemble_kwargs)
+    large_acc = r['robust_accuracy']
+  acc = np.array([r['robust_accuracy'] for r in per_eps])
+  msgs = gradient_masking_checks(eps, acc, large_eps_accuracy=large_acc, zero_tol=zero_tol,
+                                 monotone_tol=monotone_tol, per_eps=per_eps,
+                                 masking_tol=masking_tol)
+  if warn:
+    for m in msgs:
+      warnings.warn(m, RuntimeWarning, stacklevel=2)
+  return dict(eps=np.array(eps), accuracy=acc, large_eps=large_eps, large_eps_accuracy=large_acc,
+              per_eps=per_eps, norm=norm, warnings=msgs)
+
+
+def plot_robustness_curve(curves, path: str | None = None, *, labels=None):
+  """One plot of accuracy against eps for one curve or a list; saves PNG when ``path``."""
+  import matplotlib  # noqa: PLC0415
+  matplotlib.use('Agg')
+  import matplotlib.pyplot as plt  # noqa: PLC0415
+  curves = [curves] if isinstance(curves, dict) else list(curves)
+  fig, ax = plt.subplots(figsize=(4.5, 3.2))
+  for i, c in enumerate(curves):
+    label = labels[i] if labels else None
+    ax.plot(c['eps'], c['accuracy'], marker='o', label=label)
+  ax.set_xlabel(f"eps ({curves[0]['norm']})")
+  ax.set_ylabel('robust accuracy')
+  ax.set_ylim(-0.02, 1.02)
+  ax.grid(alpha=0.3)
+  if labels:
+    ax.legend()
+  fig.tight_layout()
+  if path is not None:
+    fig.savefig(path, dpi=120)
+  return fig
