@@ -11,7 +11,6 @@ import optax
 import pytest
 from hypothesis import given, settings
 
-from robustjax.attacks import apgd as apgd_mod  # noqa: F401  (the function, see __init__)
 from robustjax.attacks import evaluate_robust_accuracy
 from robustjax.attacks.apgd import apgd, checkpoints, loss_value, resolve_loss
 from robustjax.attacks.exact import affine_min_distance

@@ -83,9 +83,9 @@ def _project(x, x_adv, eps, norm, bounds):
 
 def _random_start(keys, x, eps, norm):
   if norm == 'linf':
-    u = jax.vmap(lambda k: jax.random.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0))(keys)
+    u = common.per_example(lambda k: common.uniform(k, x.shape[1:], x.dtype, -1.0, 1.0), keys)
     return eps * u
-  g = jax.vmap(lambda k: jax.random.normal(k, x.shape[1:], x.dtype))(keys)
+  g = common.per_example(lambda k: common.normal(k, x.shape[1:], x.dtype), keys)
   # AutoAttack's l2 start: a point on the sphere of radius eps.
   return eps * g / common.bview(jnp.maximum(common.norm(g, 'l2'), 1e-12), x)
 

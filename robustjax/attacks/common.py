@@ -8,6 +8,7 @@ loss, so decision boundaries and losses are unchanged.
 """
 from __future__ import annotations
 
+import math
 from typing import Callable
 
 import jax
@@ -115,3 +116,30 @@ def take_padded(arrays, idx, size):
   pad = jnp.full((size - idx.shape[0],), idx[0] if idx.shape[0] else 0, idx.dtype)
   full = jnp.concatenate([idx, pad])
   return [a[full] for a in arrays]
+
+
+# Random draws of a flat shape, reshaped: XLA on CPU compiles threefry draws of
+# multi-dimensional shapes many times slower (seconds per draw) than flat ones.
+
+def normal(key, shape, dtype=jnp.float32):
+  return jax.random.normal(key, (math.prod(shape),), dtype).reshape(shape)
+
+
+def uniform(key, shape, dtype=jnp.float32, minval=0.0, maxval=1.0):
+  return jax.random.uniform(key, (math.prod(shape),), dtype, minval, maxval).reshape(shape)
+
+
+def signs(key, shape, dtype=jnp.float32):
+  """Uniform +-1 draws."""
+  return jnp.where(jax.random.bernoulli(key, 0.5, (math.prod(shape),)), 1.0, -1.0).astype(
+      dtype).reshape(shape)
+
+
+def per_example(draw, keys):
+  """Stacks ``draw(key)`` over per-example keys.
+
+  ``lax.map`` (a loop) rather than ``vmap``: vmapped threefry draws are again
+  multi-dimensional and compile slowly, and the loop costs little next to an
+  attack's model evaluations.
+  """
+  return jax.lax.map(draw, keys)

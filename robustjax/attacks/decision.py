@@ -93,7 +93,7 @@ def _estimate_normal(oracle_many, key, x_b, delta, num_evals, chunk, bounds):
 
   def body(c, acc):
     s_phi_u, s_u, s_phi = acc
-    u = jax.random.normal(jax.random.fold_in(key, c), (n, chunk, d), x_b.dtype)
+    u = common.normal(jax.random.fold_in(key, c), (n, chunk, d), x_b.dtype)
     u = u / jnp.linalg.norm(u, axis=-1, keepdims=True)
     probe = _clip(x_b[:, None] + delta[:, None, None] * u, bounds)
     u = (probe - x_b[:, None]) / jnp.maximum(delta[:, None, None], 1e-12)
@@ -133,7 +133,7 @@ def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, 
 
   def try_noise(i, s):
     x_s, ok, q = s
-    cand = _clip(xf + scale0 * 2.0 ** i * jax.random.normal(
+    cand = _clip(xf + scale0 * 2.0 ** i * common.normal(
         jax.random.fold_in(key, 10_000 + i), xf.shape, xf.dtype), bounds)
     adv = oracle(cand)
     q = q + (~ok).astype(jnp.int32)

@@ -79,8 +79,7 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries):
     return (common.clip_to_bounds(x + d.reshape(shape), bounds) - x).reshape(xi.shape)
 
   init_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2**31 - 1))(keys)  # not an iteration index
-  stripes = jax.vmap(lambda k: jax.random.choice(k, jnp.array([-1.0, 1.0], x.dtype),
-                                                 (1, w, c)))(init_keys)
+  stripes = jax.vmap(lambda k: common.signs(k, (1, w, c), x.dtype))(init_keys)
   delta = eps4 * jnp.broadcast_to(stripes, xi.shape)
   if norm == 'l2':
     delta = delta / jnp.sqrt(jnp.asarray(h * w * c, x.dtype))
@@ -97,7 +96,7 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries):
     def propose(k, d, e):
       kw, ks = jax.random.split(k)
       mask = _window_mask(kw, h, w, p)[:, :, None]
-      signs = jax.random.choice(ks, jnp.array([-1.0, 1.0], x.dtype), (1, 1, c))
+      signs = common.signs(ks, (1, 1, c), x.dtype)
       if norm == 'linf':
         return jnp.where(mask, e * signs, d)
       return d + mask * signs * e * jnp.sqrt(p)

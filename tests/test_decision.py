@@ -1,0 +1,148 @@
+"""Hard-label attacks: known answers on affine models, query counts, label-only access."""
+import math
+
+import chex
+import hypothesis.strategies as st
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from hypothesis import given, settings
+
+from robustjax.attacks.decision import decision_attack, tangent_point
+from robustjax.attacks.exact import affine_min_distance
+
+D, C, N = 10, 4, 24
+
+
+def _affine(w, b, x):
+  return x @ w + b
+
+
+def _scaled(w, b, x):
+  # Same labels as _affine, different logits: a hard-label attack cannot tell.
+  return jnp.exp(3.0 * (x @ w + b) + 1.0)
+
+
+@pytest.fixture(scope='module')
+def binary():
+  k = jax.random.split(jax.random.PRNGKey(11), 2)
+  w = jax.random.normal(k[0], (D,))
+  x = jax.random.normal(k[1], (N, D))
+  f = jax.tree_util.Partial(_affine, w, 0.2)
+  y = jnp.where(f(x) > 0, 1, -1)
+  return f, w, 0.2, x, y
+
+
+@pytest.fixture(scope='module')
+def multiclass():
+  k = jax.random.split(jax.random.PRNGKey(12), 3)
+  w = jax.random.normal(k[0], (D, C))
+  b = jax.random.normal(k[1], (C,))
+  x = jax.random.normal(k[2], (N, D))
+  f = jax.tree_util.Partial(_affine, w, b)
+  return f, w, b, x, jnp.argmax(f(x), -1)
+
+
+_tangent_point = jax.jit(tangent_point)
+
+
+@settings(max_examples=30, deadline=None)
+@given(st.integers(0, 100_000), st.floats(0.05, 0.95))
+def test_tangent_point_geometry(seed, rel_radius):
+  k = jax.random.split(jax.random.PRNGKey(seed), 3)
+  x = jax.random.normal(k[0], (1, 6))
+  x_b = jax.random.normal(k[1], (1, 6))
+  v = jax.random.normal(k[2], (1, 6))
+  v = v / jnp.linalg.norm(v)
+  # Orient the normal away from x, as at a boundary point seen from the clean side.
+  v = jnp.where(jnp.sum((x_b - x) * v) < 0, -v, v)
+  r = rel_radius * jnp.linalg.norm(x - x_b, axis=-1)
+  kpt = _tangent_point(x, x_b, v, r)
+  rel = kpt - x_b
+  chex.assert_trees_all_close(jnp.linalg.norm(rel, axis=-1), r, rtol=1e-4)
+  assert float(jnp.sum(rel * v)) >= -1e-5          # on the hemisphere
+  tangent = jnp.abs(jnp.sum((kpt - x) * rel)) <= 1e-4 * float(r[0]) * jnp.linalg.norm(kpt - x)
+  on_base = jnp.abs(jnp.sum(rel * v)) <= 1e-4 * float(r[0])
+  assert bool(tangent | on_base)                   # tangent point, or the base circle
+  # Nothing on the hemisphere is closer in angle to x's view: the tangent point
+  # makes the largest angle with x_b - x among hemisphere points we sample.
+  samples = jax.random.normal(jax.random.fold_in(k[0], 1), (256, 6))
+  samples = samples / jnp.linalg.norm(samples, axis=-1, keepdims=True)
+  samples = jnp.where((samples @ v[0] < 0)[:, None], samples - 2 * (samples @ v[0])[:, None] * v,
+                      samples)
+  pts = x_b + r[0] * samples
+  cos = lambda p: jnp.sum((p - x) * (x_b - x), -1) / (
+      jnp.linalg.norm(p - x, axis=-1) * jnp.linalg.norm(x_b - x))
+  assert float(cos(kpt)[0]) <= float(jnp.min(cos(pts))) + 1e-4
+
+
+@pytest.mark.parametrize('method', ['hopskipjump', 'tangent'])
+def test_binary_affine_within_5pct_default_budget(binary, method):
+  f, w, b, x, y = binary
+  exact = np.asarray(affine_min_distance(w, b, x, y, 'l2'))
+  x_adv, dist, q = decision_attack(f, x, y, method=method, key=jax.random.PRNGKey(0))
+  rel = np.asarray(dist) / exact - 1.0
+  assert rel.min() >= -1e-4 and rel.max() <= 0.05
+  assert np.all(np.asarray(jnp.sign(f(x_adv))) != np.asarray(y))
+  assert np.all(np.asarray(q) > 0)
+
+
+def _expected_queries(d, iterations=40, init_evals=100, max_evals=10_000, chunk=100):
+  """Fixed part of the count: clean label, bisections, Monte-Carlo probes."""
+  bisect = math.ceil(math.log2(1.0 / min(1.0 / (d * math.sqrt(d)), 1e-3)))
+  probes = sum(math.ceil(int(min(init_evals * math.sqrt(t + 1.0), max_evals)) / chunk) * chunk
+               for t in range(iterations))
+  return 1 + bisect * (iterations + 1) + probes
+
+
+def test_query_counts(binary):
+  f, _, _, x, y = binary
+  _, _, q = decision_attack(f, x, y, method='tangent', key=jax.random.PRNGKey(0))
+  base = _expected_queries(D)
+  q = np.asarray(q)
+  # Plus one query per step-size try: at least one, at most 20 per iteration.
+  assert np.all(q >= base + 40) and np.all(q <= base + 40 * 20)
+
+
+@pytest.mark.parametrize('method', ['hopskipjump', 'tangent'])
+def test_multiclass_affine_within_5pct_with_per_class_starts(multiclass, method):
+  f, w, b, x, y = multiclass
+  exact = np.asarray(affine_min_distance(w, b, x, y, 'l2'))
+  _, dist, q = decision_attack(f, x, y, method=method, key=jax.random.PRNGKey(0),
+                               starts='per_class')
+  rel = np.asarray(dist) / exact - 1.0
+  assert rel.min() >= -1e-4 and rel.max() <= 0.05
+  # One run per other class that has a start point: queries add up.
+  assert np.all(np.asarray(q) > _expected_queries(D))
+
+
+def test_single_start_is_an_upper_bound(multiclass):
+  f, w, b, x, y = multiclass
+  exact = np.asarray(affine_min_distance(w, b, x, y, 'l2'))
+  x_adv, dist, _ = decision_attack(f, x, y, method='tangent', key=jax.random.PRNGKey(0))
+  assert np.all(np.asarray(dist) >= exact * (1 - 1e-4))
+  assert np.all(np.asarray(jnp.argmax(f(x_adv), -1) != y))
+  # Local descent along the boundary: most points still reach the nearest facet.
+  assert np.mean(np.asarray(dist) <= exact * 1.05) >= 0.6
+
+
+def test_uses_labels_only(multiclass):
+  f, w, b, x, y = multiclass
+  g = jax.tree_util.Partial(_scaled, w, b)
+  key = jax.random.PRNGKey(4)
+  _, d1, q1 = decision_attack(f, x, y, method='hopskipjump', key=key, iterations=5)
+  _, d2, q2 = decision_attack(g, x, y, method='hopskipjump', key=key, iterations=5)
+  chex.assert_trees_all_close(d1, d2, rtol=1e-5)
+  np.testing.assert_array_equal(q1, q2)
+
+
+def test_noise_start_when_batch_has_one_class(binary):
+  f, w, b, x, y = binary
+  pos = np.nonzero(np.asarray(y) > 0)[0]
+  exact = np.asarray(affine_min_distance(w, b, x[pos], y[pos], 'l2'))
+  _, dist, _ = decision_attack(f, x[pos], y[pos], method='tangent', key=jax.random.PRNGKey(1),
+                               iterations=20)
+  assert np.all(np.isfinite(np.asarray(dist)))
+  assert np.all(np.asarray(dist) >= exact * (1 - 1e-4))
+  assert np.max(np.asarray(dist) / exact) <= 1.05
