@@ -34,7 +34,7 @@ def head_loss(head, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec, bat
 
 
 def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
-                keys: jax.Array, desc: str = 'downstream heads'):
+                keys: jax.Array, desc: str = 'downstream heads', checkpoint_dir: str | None = None):
   """One clean head per leading index of (encoders, worlds, thetas, keys)."""
   dcfg = cfg.downstream
   spec = sc.SparseCodingSpec.from_config(cfg.data)
@@ -46,5 +46,7 @@ def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
   loss_fn = functools.partial(head_loss, model=model, spec=spec, batch_size=dcfg.batch_size)
   states, metrics = loop.fit(states, (worlds, thetas, encoders), keys, loss_fn,
                              steps=dcfg.steps, chunk_size=cfg.chunk_size, batched=True,
-                             desc=desc, progress=cfg.progress)
+                             desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
+                             checkpoint_dir=checkpoint_dir,
+                             checkpoint_every=cfg.get('checkpoint_every'))
   return states.params, metrics

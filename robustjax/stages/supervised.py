@@ -50,7 +50,8 @@ def supervised_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCodingS
 
 
 def train(cfg, worlds: sc.SparseCodingWorld, thetas: jax.Array, keys: jax.Array, *,
-          adversarial: bool, opt_cfg=None, desc: str = 'supervised'):
+          adversarial: bool, opt_cfg=None, desc: str = 'supervised',
+          checkpoint_dir: str | None = None):
   """Trains one net per leading index of (worlds, thetas, keys); returns params.
 
   All runs share one compile (vmap). ``opt_cfg`` defaults to ``cfg.pretrain``.
@@ -84,5 +85,7 @@ def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str):
   train_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
   states, metrics = loop.fit(states, aux, train_keys, loss_fn,
                              steps=opt_cfg.steps, chunk_size=cfg.chunk_size, batched=True,
-                             desc=desc, progress=cfg.progress)
+                             desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
+                             checkpoint_dir=checkpoint_dir,
+                             checkpoint_every=cfg.get('checkpoint_every'))
   return states.params, metrics

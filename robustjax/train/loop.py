@@ -1,7 +1,9 @@
-"""Run a stage's training: compiled chunks of steps, a progress bar, a NaN guard."""
+"""Run a stage's training: compiled chunks of steps, a progress bar, a NaN guard,
+sharding over a mesh and resumable checkpoints."""
 from __future__ import annotations
 
 import functools
+import os
 
 import jax
 import jax.numpy as jnp
@@ -9,6 +11,7 @@ import numpy as np
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from robustjax.train import checkpoint, sharding
 from robustjax.train.steps import LossFn, train_steps
 
 
@@ -16,29 +19,112 @@ class DivergedError(FloatingPointError):
   """The training loss became NaN or inf."""
 
 
+def _chunk(state, key, aux, first_step, num_steps, *, loss_fn, batched, batch_sharding):
+  run = functools.partial(train_steps, num_steps=num_steps, loss_fn=loss_fn)
+  if batched:
+    run = jax.vmap(run, in_axes=(0, 0, 0, None))
+  # The body runs only while jax traces it, so the loss sees the batch
+  # sharding exactly then.
+  with sharding.batch_sharding(batch_sharding):
+    return run(state, key, aux, first_step)
+
+
+def _own_copy(state):
+  """Fresh device buffers (Python scalars become arrays): they get donated."""
+  return jax.tree.map(lambda x: jnp.array(x if isinstance(x, jax.Array) else np.asarray(x)),
+                      state)
+
+
+def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None):
+  """(run, state, aux, key): ``run(state, key, aux, first_step, n)``
+  is the jit-compiled scan of n steps; the inputs come back placed for it.
+
+  Without a mesh it is the plain single-device program. With one, state,
+  per-run inputs and outputs carry the ``sharding.Layout`` shardings as
+  jit in/out shardings. The state's buffers are donated either way: each
+  chunk updates them in place.
+  """
+  if mesh is None:
+    chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched, batch_sharding=None)
+    return (jax.jit(chunk, static_argnums=4, donate_argnums=0), _own_copy(state),
+            aux, key)
+  lay = sharding.layout(mesh, key.shape[0] if batched else None)
+  state_sh = lay.state(state, batched)
+  aux_sh, key_sh = lay.runs(aux, batched), lay.runs(key, batched)
+  chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched,
+                            batch_sharding=lay.batch())
+  run = jax.jit(chunk, static_argnums=4, donate_argnums=0,
+                in_shardings=(state_sh, key_sh, aux_sh, lay.replicated()),
+                out_shardings=(state_sh, lay.replicated()))
+  return (run, sharding.put(state, state_sh), sharding.put(aux, aux_sh),
+          sharding.put(key, key_sh))
+
+
 def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         steps: int, chunk_size: int = 250, batched: bool = False, desc: str = 'train',
-        progress: bool = True):
+        progress: bool = True, mesh=None, checkpoint_dir: str | None = None,
+        checkpoint_every: int | None = None):
   """Trains for ``steps`` steps; returns (state, metrics of the last chunk).
 
   ``batched=True`` vmaps everything over the leading axis of ``state``, ``aux``
   and ``key`` (seeds, tasks): one compile trains them all. The loss is checked
   for NaN/inf after every chunk; a diverging run raises ``DivergedError``.
-  """
-  run = functools.partial(train_steps, loss_fn=loss_fn)
-  if batched:
-    run = jax.vmap(run, in_axes=(0, 0, 0, None, None))
-  run = jax.jit(run, static_argnums=4)
 
-  metrics = {}
-  with tqdm(total=steps, desc=desc, disable=not progress, leave=False) as bar:
-    for start in range(0, steps, chunk_size):
-      n = min(chunk_size, steps - start)
-      state, chunk_metrics = run(state, key, aux, jnp.asarray(start), n)
-      metrics = jax.tree.map(lambda m: np.asarray(m).mean(axis=-1), chunk_metrics)
-      if not np.all(np.isfinite(metrics['loss'])):
-        raise DivergedError(f'{desc}: loss is not finite at step <= {start + n}; '
-                            'lower the learning rate or the attack radius')
-      bar.update(n)
-      bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}")
+  ``mesh``: a ``jax.sharding.Mesh``, a ``{'data', 'model'}`` config block or
+  None (one device, the default); see ``robustjax.train.sharding``.
+
+  ``checkpoint_dir``: this fit's own directory. The state is saved at the end
+  of the first chunk at or past every ``checkpoint_every`` steps (every chunk
+  when None) and at the end; a rerun with the same directory and key resumes
+  from the newest complete checkpoint, and a finished one returns at once.
+  Step t always uses fold_in(key, t), so a resumed run replays exactly the
+  steps an uninterrupted one would have taken. A chunk with a non-finite loss
+  is never saved: the last good checkpoint stays where the error says.
+  """
+  mesh = sharding.mesh_from_config(mesh)
+  run, state, aux, key = compile_chunks(loss_fn, state, aux, key, batched=batched, mesh=mesh)
+
+  mngr, start, metrics = None, 0, {}
+  record = {'steps': int(steps), 'key': checkpoint.key_record(key)}
+  if checkpoint_dir:
+    mngr = checkpoint.manager(checkpoint_dir)
+    restored = checkpoint.restore_latest(mngr, state, record)
+    if restored is not None:
+      start, state, metrics = restored
+      print(f'{desc}: resuming from step {start}/{steps} ({os.path.abspath(checkpoint_dir)})',
+            flush=True)
+
+  saved = start if mngr is not None and start else None
+  try:
+    with tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False) as bar:
+      first = start
+      while first < steps:
+        # Chunks end on multiples of chunk_size wherever the run (re)started,
+        # so an interrupted run compiles and runs the same chunks.
+        end = min((first // chunk_size + 1) * chunk_size, steps)
+        state, chunk_metrics = run(state, key, aux, np.int32(first), end - first)
+        metrics = jax.tree.map(lambda m: np.asarray(m).mean(axis=-1), chunk_metrics)
+        if not np.all(np.isfinite(metrics['loss'])):
+          raise DivergedError(f'{desc}: loss is not finite at step <= {end}; lower the '
+                              'learning rate or the attack radius. ' + _kept(mngr, saved))
+        if mngr is not None and (end == steps or checkpoint_every is None
+                                 or end // checkpoint_every > (saved or 0) // checkpoint_every):
+          checkpoint.save(mngr, end, state, metrics, record)
+          saved = end
+        bar.update(end - first)
+        bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}")
+        first = end
+  finally:
+    if mngr is not None:
+      mngr.wait_until_finished()
+      mngr.close()
   return state, metrics
+
+
+def _kept(mngr, saved: int | None) -> str:
+  if mngr is None:
+    return 'No checkpoint kept (no checkpoint_dir).'
+  if saved is None:
+    return f'No checkpoint was saved yet in {mngr.directory}.'
+  return (f'Last good checkpoint: step {saved} in {mngr.directory}; rerunning with the same '
+          'workdir resumes from it.')
