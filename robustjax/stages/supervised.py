@@ -61,10 +61,12 @@ def train(cfg, worlds: sc.SparseCodingWorld, thetas: jax.Array, keys: jax.Array,
       supervised_loss, model=model_from_config(cfg),
       spec=sc.SparseCodingSpec.from_config(cfg.data), batch_size=opt_cfg.batch_size,
       attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
-  return train_two_layer(cfg, (worlds, thetas), keys, loss_fn, opt_cfg=opt_cfg, desc=desc)
+  return train_two_layer(cfg, (worlds, thetas), keys, loss_fn, opt_cfg=opt_cfg, desc=desc,
+                         checkpoint_dir=checkpoint_dir)
 
 
-def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str):
+def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str,
+                    checkpoint_dir: str | None = None):
   """Initialises and trains one TwoLayer per key on ``loss_fn(params, key, aux)``.
 
   Shared by every stage that trains the two-layer net (supervised,
