@@ -64,8 +64,9 @@ def validate(cfg) -> None:
   else:
     cv.number(cfg, 'data.test_fraction', low=0, high=1, strict_low=True)
     for f in ('max_train', 'max_test'):
-      if cfg.data[f] is not None:
-        cv.positive_int(cfg, f'data.{f}')
+      v = cfg.data[f]
+      if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+        raise cv.ConfigError(f'data.{f}', 'an integer >= 0 (0 = all)', v)
     if cfg.data.name == 'mnist' and not os.path.isdir(cfg.data.data_dir or '/nonexistent'):
       raise cv.ConfigError('data.data_dir', "a tfds data_dir holding a prepared 'mnist' "
                            "(offline: use data.name='digits')", cfg.data.data_dir)
@@ -125,8 +126,8 @@ def load_data(cfg, keys: jax.Array) -> dict:
     return dict(x_train=tr[0], y_train=tr[1], x_test=te[0], y_test=te[1], num_classes=2,
                 bounds=None, image_shape=None)
   x_tr, y_tr, x_te, y_te = images.load(d.name, data_dir=d.data_dir, test_fraction=d.test_fraction,
-                                       split_seed=d.split_seed, max_train=d.max_train,
-                                       max_test=d.max_test)
+                                       split_seed=d.split_seed, max_train=d.max_train or None,
+                                       max_test=d.max_test or None)
   # loop.fit vmaps aux over seeds, so every seed gets its (identical) copy.
   rep = lambda a: jnp.broadcast_to(jnp.asarray(a), (S,) + a.shape)
   flat = lambda a: a.reshape(a.shape[0], -1)
@@ -179,6 +180,19 @@ def _adversarial_distance():
   return robustness.adversarial_distance
 
 
+def first_correct(predict_fn, x, y, n: int):
+  """Indices of the first ``n`` correctly classified points, padded to exactly n.
+
+  Padding repeats the first index, so every seed, kind and head hands the
+  attacks a batch of one shape and they compile once (the number of correct
+  points differs from model to model). Returns (padded indices, how many are real).
+  """
+  idx = np.nonzero(np.asarray(jnp.argmax(predict_fn(x), -1) == y))[0][:n]
+  if idx.size == 0:
+    return idx, 0
+  return np.concatenate([idx, np.full(n - idx.size, idx[0])]), idx.size
+
+
 def attack_kwargs(cfg, attack: str) -> dict:
   block = {'ddn': 'fmn', 'hopskipjump': 'tangent'}.get(attack, attack)
   return dict(cfg.eval[block]) if block in cfg.eval else {}
@@ -208,11 +222,17 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
   for h in e.heads:
     for a in e.attacks:
       per_seed = []
+      n = min(e.max_points, x_te.shape[1])
       for s in range(S):
-        r = distance(predict[h][s], x_te[s], y_te[s], method=a,
-                     key=jax.random.fold_in(keys[s], len(per_seed)), max_points=e.max_points,
+        idx, real = first_correct(predict[h][s], x_te[s], y_te[s], n)
+        if real == 0:
+          per_seed.append(np.zeros((0,)))
+          continue
+        # All points handed over are correct, so max_points=None keeps them all.
+        r = distance(predict[h][s], x_te[s][idx], y_te[s][idx], method=a,
+                     key=jax.random.fold_in(keys[s], len(out['distances'])), max_points=None,
                      bounds=data['bounds'], **attack_kwargs(cfg, a))
-        per_seed.append(np.asarray(r['distances'], np.float64))
+        per_seed.append(np.asarray(r['distances'], np.float64)[:real])
       out['distances'][f'{h}/{a}'] = per_seed
   mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], params), 'll')
   out['sigma_max'] = {k: np.asarray(v) for k, v in
