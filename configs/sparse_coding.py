@@ -85,4 +85,13 @@ def get_config(stage: str = 'pipeline'):
       rel_step_size=0.25,
       restarts=1,
   ))
+  # Scale and durability (robustjax/train/sharding.py, loop.fit). The mesh has
+  # a 'data' axis (seeds/tasks, or each step's batch, split over it) and a
+  # 'model' axis (wide layers' hidden units split over it); 1 x 1 = one device.
+  # data=-1 takes every device left after model (e.g. 8 TPU cores in Colab).
+  # Training state is checkpointed under <workdir>/train_checkpoints/<stage>
+  # every checkpoint_every steps (at chunk ends) and at the end; rerunning the
+  # same command with the same --workdir resumes there.
+  c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
+  c.checkpoint_every = 500
   return c

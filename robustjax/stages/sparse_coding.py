@@ -70,6 +70,16 @@ def validate(cfg) -> None:
     if not found:
       raise cv.ConfigError('downstream.encoder_dir', "a run's <workdir>/checkpoints holding "
                            'encoder_clean/ or encoder_adversarial/', cfg.downstream.encoder_dir)
+  # Scale and durability: the mesh must fit the devices this process sees.
+  cv.positive_int(cfg, 'checkpoint_every', 'mesh.model')
+  if cfg.mesh.data != -1:
+    cv.positive_int(cfg, 'mesh.data')
+  try:
+    from robustjax.train import sharding  # pylint: disable=import-outside-toplevel
+    sharding.mesh_shape(cfg.mesh.data, cfg.mesh.model)
+  except ValueError as e:
+    raise cv.ConfigError('mesh', f'a data x model mesh that fits the devices ({e})',
+                         cfg.mesh.to_dict()) from None
 
 
 def _repeat(tree, times: int):
@@ -172,7 +182,8 @@ def run(cfg, workdir: str) -> dict:
     for mode in cfg.pretrain.modes:
       params, _ = _timed(timings, f'pretrain_{mode}', supervised.train, cfg, worlds,
                          worlds.theta0, keys['pretrain'], adversarial=mode == 'adversarial',
-                         desc=f'pre-train {mode}')
+                         desc=f'pre-train {mode}', checkpoint_dir=os.path.join(
+                             workdir, 'train_checkpoints', f'pretrain_{mode}'))
       encoders[mode] = params
       save_encoders(os.path.join(ckpt_dir, f'encoder_{mode}'), params, worlds)
       acc = _timed(timings, f'eval_pretrain_{mode}', evaluate, cfg, logits_fn, model, params, worlds,
@@ -191,7 +202,9 @@ def run(cfg, workdir: str) -> dict:
       enc = _repeat({'w': params['w'], 'b': params['b']}, T)
       heads, _ = _timed(timings, f'downstream_{mode}', downstream.train_heads, cfg, enc,
                         worlds_st, thetas, task_keys('downstream'),
-                        desc=f'downstream heads on {mode}')
+                        desc=f'downstream heads on {mode}',
+                        checkpoint_dir=os.path.join(workdir, 'train_checkpoints',
+                                                    f'downstream_{mode}'))
       acc = _timed(timings, f'eval_downstream_{mode}', evaluate, cfg, downstream.head_logits, model,
                    {'encoder': enc, 'head': heads}, worlds_st, thetas, eval_keys)
       rows.setdefault(mode, {})['downstream_acc'] = acc
@@ -206,7 +219,8 @@ def run(cfg, workdir: str) -> dict:
       for ref in cfg.downstream.references:
         params, _ = _timed(timings, ref, supervised.train, cfg, ref_worlds, ref_thetas,
                            pick(task_keys('downstream')),
-                           adversarial=ref == 'end_to_end_adversarial', desc=ref)
+                           adversarial=ref == 'end_to_end_adversarial', desc=ref,
+                           checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))
         acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params, ref_worlds,
                      ref_thetas, pick(eval_keys))
         rows[ref] = {'downstream_acc': acc}
