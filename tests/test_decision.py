@@ -93,7 +93,7 @@ def _expected_queries(d, iterations=40, init_evals=100, max_evals=10_000, chunk=
   bisect = math.ceil(math.log2(1.0 / min(1.0 / (d * math.sqrt(d)), 1e-3)))
   probes = sum(math.ceil(int(min(init_evals * math.sqrt(t + 1.0), max_evals)) / chunk) * chunk
                for t in range(iterations))
-  return 1 + bisect * (iterations + 1) + probes
+  return 1 + bisect * (iterations + 1) + probes + 1   # + the final settling query
 
 
 def test_query_counts(binary):

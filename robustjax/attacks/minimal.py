@@ -11,7 +11,9 @@ to ||delta|| + |margin| / ||grad||_* (the first-order distance to the
 boundary). alpha and gamma follow cosine schedules. Step lengths are relative
 to each example's first-order distance estimate at x, so the attack needs no
 tuning to the input's scale. The best adversarial point is finally pulled back
-towards x by bisection along its own ray, which can only shorten it.
+towards x by bisection along its own ray, which can only shorten it, and then
+settled 1e-4 (relative) past the boundary so that float rounding cannot flip
+it back (see :func:`settle`).
 
 DDN (Rony et al. 2019) is the same family; ``method='ddn'`` maps to FMN.
 
@@ -63,12 +65,21 @@ def _refine_along_ray(logits_fn, y, x, delta, found, steps, bounds):
 
   n = x.shape[0]
   _, hi = jax.lax.fori_loop(0, steps, body, (jnp.zeros((n,), x.dtype), jnp.ones((n,), x.dtype)))
-  hi = jnp.where(found, hi, 1.0)
-  # A 1e-4 relative step back past the boundary: a point within float rounding
-  # of it can flip back when the model runs on a batch of another shape.
-  safe = common.clip_to_bounds(x + common.bview(hi * (1.0 + 1e-4), x) * delta, bounds) - x
+  return settle(logits_fn, y, x, delta * common.bview(jnp.where(found, hi, 1.0), x), found,
+                bounds)
+
+
+def settle(logits_fn, y, x, delta, found, bounds, rel=1e-4):
+  """delta lengthened by ``rel`` when that is still adversarial.
+
+  A point found by bisection sits within float rounding of the boundary and
+  can flip back when the model runs on a batch of another shape (XLA's
+  matmuls round differently); a 1e-4 relative step past it keeps it
+  adversarial at a negligible cost in distance.
+  """
+  safe = common.clip_to_bounds(x + (1.0 + rel) * delta, bounds) - x
   keep = _is_adv(logits_fn, y, x + safe) & found
-  return jnp.where(common.bview(keep, x), safe, delta * common.bview(hi, x))
+  return jnp.where(common.bview(keep, x), safe, delta)
 
 
 @functools.partial(jax.jit, static_argnames=('norm', 'steps', 'refine_steps'))
@@ -198,7 +209,9 @@ def _bisection(logits_fn, x, y, target, key, bounds, *, norm, search_steps, expa
 
   _, _, (dist, x_adv) = jax.lax.fori_loop(0, search_steps, search,
                                           (jnp.zeros((n,), x.dtype), hi, best))
-  return x_adv, dist
+  found = jnp.isfinite(dist)
+  x_adv = x + settle(logits_fn, y, x, x_adv - x, found, bounds)
+  return x_adv, jnp.where(found, common.norm(x_adv - x, norm), jnp.inf)
 
 
 def bisection(predict_fn, x, y, *, norm: str = 'l2', key, search_steps: int = 12,
