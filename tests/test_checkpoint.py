@@ -1,0 +1,125 @@
+"""loop.fit checkpoints: resume equals an uninterrupted run, finished fits
+return at once, the NaN guard keeps the last good checkpoint, and a resume
+after it."""
+import os
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from robustjax.train import loop, state as state_lib
+from robustjax.train.steps import train_steps
+
+KEY = jax.random.PRNGKey(0)
+
+
+def quad_loss(params, key, aux):
+  """A noisy quadratic: every step's batch comes from its key."""
+  x = jax.random.normal(key, (16, 3))
+  return jnp.mean((x @ (params['w'] - aux['target'])) ** 2), {'norm': jnp.linalg.norm(params['w'])}
+
+
+def blowup_loss(params, key, aux):
+  """Finite until ||w|| passes aux['limit'], then NaN (as a diverging run's loss)."""
+  loss, metrics = quad_loss(params, key, aux)
+  return jnp.where(jnp.linalg.norm(params['w']) > aux['limit'], jnp.nan, loss), metrics
+
+
+def never_traced(params, key, aux):
+  raise AssertionError('a finished fit must not train again')
+
+
+def new_state(lr=0.05, batched=False):
+  st = state_lib.create({'w': jnp.zeros((3,))}, optax.adam(lr))
+  return jax.tree.map(lambda x: jnp.stack([x, x]), st) if batched else st
+
+
+AUX = {'target': jnp.array([2.0, -1.0, 1.0]), 'limit': jnp.float32(1e9)}
+
+
+def steps_saved(path):
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit())
+
+
+@pytest.mark.parametrize('batched', [False, True])
+def test_resumed_run_equals_uninterrupted(tmp_path, batched, capsys):
+  key = jax.random.split(KEY, 2) if batched else KEY
+  aux = jax.tree.map(lambda a: jnp.stack([a, a + 1]), AUX) if batched else AUX
+  kw = dict(chunk_size=4, batched=batched, progress=False)
+  ref, ref_m = loop.fit(new_state(batched=batched), aux, key, quad_loss, steps=14, **kw)
+  ckpt = str(tmp_path / 'fit')
+  # "Killed" after 9 steps: checkpoints at chunk ends 4 (>= every 3), 8 and the end 9.
+  loop.fit(new_state(batched=batched), aux, key, quad_loss, steps=9, checkpoint_dir=ckpt,
+           checkpoint_every=3, **kw)
+  assert steps_saved(ckpt) == [8, 9]  # the last two kept
+  out, m = loop.fit(new_state(batched=batched), aux, key, quad_loss, steps=14,
+                    checkpoint_dir=ckpt, checkpoint_every=3, **kw)
+  assert 'resuming from step 9/14' in capsys.readouterr().out
+  chex.assert_trees_all_equal(out.params, ref.params)
+  chex.assert_trees_all_equal(out.opt_state, ref.opt_state)
+  chex.assert_trees_all_equal(m, ref_m)
+  assert int(np.max(out.step)) == 14
+  assert steps_saved(ckpt) == [12, 14]
+
+
+def test_finished_fit_returns_saved_state_without_training(tmp_path):
+  ckpt = str(tmp_path / 'fit')
+  done, m = loop.fit(new_state(), AUX, KEY, quad_loss, steps=6, chunk_size=4, progress=False,
+                     checkpoint_dir=ckpt)
+  again, m2 = loop.fit(new_state(), AUX, KEY, never_traced, steps=6, chunk_size=4,
+                       progress=False, checkpoint_dir=ckpt)
+  chex.assert_trees_all_equal(again.params, done.params)
+  chex.assert_trees_all_close(m2, m)
+
+
+def test_checkpoint_of_another_run_is_refused(tmp_path):
+  ckpt = str(tmp_path / 'fit')
+  loop.fit(new_state(), AUX, KEY, quad_loss, steps=4, chunk_size=4, progress=False,
+           checkpoint_dir=ckpt)
+  with pytest.raises(ValueError, match='another PRNG key'):
+    loop.fit(new_state(), AUX, jax.random.PRNGKey(1), quad_loss, steps=4, chunk_size=4,
+             progress=False, checkpoint_dir=ckpt)
+  with pytest.raises(ValueError, match='past this run'):
+    loop.fit(new_state(), AUX, KEY, quad_loss, steps=2, chunk_size=4, progress=False,
+             checkpoint_dir=ckpt)
+
+
+def test_callers_state_survives_donation():
+  st = new_state()
+  loop.fit(st, AUX, KEY, quad_loss, steps=4, chunk_size=2, progress=False)
+  chex.assert_trees_all_equal(st.params['w'], jnp.zeros((3,)))  # still readable, unchanged
+
+
+def test_nan_guard_keeps_last_good_checkpoint_then_resumes(tmp_path, capsys):
+  """lr 0.1 drives ||w|| towards ||target|| = 2.45, past 1.5 within 16 steps:
+  that chunk is not saved, the error names the last good step, and a rerun with a larger limit resumes
+  there and ends where a run that never hit the limit ends."""
+  ckpt = str(tmp_path / 'fit')
+  aux = dict(AUX, limit=jnp.float32(1.5))
+  kw = dict(chunk_size=4, progress=False, checkpoint_every=4)
+  ref, _ = loop.fit(new_state(lr=0.1), AUX, KEY, blowup_loss, steps=16, **kw)
+  # Step t's loss sees the params before its update: the first bad step.
+  _, per_step = train_steps(new_state(lr=0.1), KEY, AUX, 0, 16, blowup_loss)
+  first_bad = int(np.argmax(np.asarray(per_step['norm']) > 1.5))
+  last_good = (first_bad // 4) * 4
+  assert 0 < last_good < 16
+
+  with pytest.raises(loop.DivergedError, match=f'not finite.*Last good checkpoint: step '
+                     f'{last_good} in .*fit'):
+    loop.fit(new_state(lr=0.1), aux, KEY, blowup_loss, steps=16, checkpoint_dir=ckpt, **kw)
+  assert max(steps_saved(ckpt)) == last_good
+  capsys.readouterr()
+  out, m = loop.fit(new_state(lr=0.1), AUX, KEY, blowup_loss, steps=16, checkpoint_dir=ckpt,
+                    **kw)
+  assert f'resuming from step {last_good}/16' in capsys.readouterr().out
+  chex.assert_trees_all_equal(out.params, ref.params)
+  assert np.isfinite(m['loss'])
+
+
+def test_nan_guard_without_checkpoints_says_so():
+  aux = dict(AUX, limit=jnp.float32(-1.0))  # NaN from the first step
+  with pytest.raises(loop.DivergedError, match='No checkpoint kept'):
+    loop.fit(new_state(), aux, KEY, blowup_loss, steps=4, chunk_size=2, progress=False)
