@@ -95,8 +95,9 @@ def test_callers_state_survives_donation():
 
 def test_nan_guard_keeps_last_good_checkpoint_then_resumes(tmp_path, capsys):
   """lr 0.1 drives ||w|| towards ||target|| = 2.45, past 1.5 within 16 steps:
-  that chunk is not saved, the error names the last good step, and a rerun with a larger limit resumes
-  there and ends where a run that never hit the limit ends."""
+  that chunk is not saved, the error names the last good step, and a rerun
+  with a larger limit resumes there and ends where a run that never hit the
+  limit ends."""
   ckpt = str(tmp_path / 'fit')
   aux = dict(AUX, limit=jnp.float32(1.5))
   kw = dict(chunk_size=4, progress=False, checkpoint_every=4)

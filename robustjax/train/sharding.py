@@ -125,7 +125,9 @@ def put(tree, shardings):
   buffers can be donated without invalidating the caller's arrays.
   """
   def one(x, s):
-    x = np.asarray(x)
+    # A private host copy: on CPU the new array may alias the host memory
+    # it is built from, and donation then writes into it.
+    x = np.array(x)
     return jax.make_array_from_callback(x.shape, s, lambda idx: x[idx])
   return jax.tree.map(one, tree, shardings)
 
