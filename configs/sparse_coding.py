@@ -23,11 +23,25 @@ Why these numbers (d = D = 64, k = 4, sigma = 0.1, eps = 0.4):
 import ml_collections
 
 
-def get_config(stage: str = 'pipeline'):
-  """``--config=configs/sparse_coding.py:supervised`` selects one stage."""
+VARIANTS = ('pipeline', 'supervised', 'contrastive', 'pretrain', 'downstream', 'widths')
+
+
+def get_config(variant: str = 'pipeline'):
+  """``--config=configs/sparse_coding.py:VARIANT`` with VARIANT one of:
+
+  pipeline     supervised and contrastive pre-training, clean downstream heads,
+               references, the controlled-purification sweep (default)
+  supervised   the supervised pipeline only (Paper A, first half)
+  contrastive  the contrastive pipeline only (Paper A, second half)
+  pretrain     pre-training only (both kinds); saves encoders for `downstream`
+  downstream   heads on saved encoders: set --config.downstream.encoder_dir
+  widths       purity of contrastive encoders against the width m
+  """
+  if variant not in VARIANTS:
+    raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
   c = ml_collections.ConfigDict()
   c.experiment = 'sparse_coding'  # robustjax.stages.<experiment> runs it
-  c.stage = stage        # 'pipeline' | 'supervised' | 'downstream'
+  c.stage = {'pretrain': 'pretrain', 'downstream': 'downstream'}.get(variant, 'pipeline')
   c.seed = 0
   c.num_seeds = 3        # seeds draw the dictionary, theta0, init and data
   c.chunk_size = 250     # training steps per compiled chunk (progress-bar tick)
@@ -78,6 +92,25 @@ def get_config(stage: str = 'pipeline'):
       reference_tasks=1,     # tasks per seed the (costly) references train on
       encoder_dir='',        # stage=downstream: a run's <workdir>/checkpoints
   ))
+  # Contrastive pre-training: pairs scored s = score_scale * <h(Z), h(Z')>,
+  # logistic loss on y * s. The attack (config.attack) perturbs both views
+  # jointly; modes pick the pairs it perturbs (Paper A's negative-pair effect).
+  c.contrastive = ml_collections.ConfigDict(dict(
+      modes=('clean', 'adversarial', 'adv_negatives_only', 'adv_positives_only'),
+      steps=2000,
+      batch_size=256,
+      optimizer='adam',
+      learning_rate=1e-2,
+      weight_decay=0.0,
+      negative_fraction=0.5,  # share of dissimilar pairs
+      dropout=0.3,            # feature-dropout augmentation of each view
+      score_scale=0.1,
+      # Controlled purification (Fig. 4 left): units at level alpha, threshold
+      # sweep_bias, the score scale fitted per alpha on clean pairs.
+      sweep_alphas=(0.0, 0.2, 0.4, 0.6, 0.8, 1.0),
+      sweep_bias=0.1,
+      width_sweep=(),         # e.g. (32, 64, 128, 256): purity against width
+  ))
   c.eval = ml_collections.ConfigDict(dict(
       num_examples=2000,     # fresh test points per task
       eps=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8),  # curve radii (0 and attack.eps added)
@@ -85,6 +118,14 @@ def get_config(stage: str = 'pipeline'):
       rel_step_size=0.25,
       restarts=1,
   ))
+  if variant == 'supervised':
+    c.contrastive.modes = ()
+  if variant == 'contrastive':
+    c.pretrain.modes = ()
+    c.downstream.references = ()
+  if variant == 'widths':
+    c.pretrain.modes, c.contrastive.modes, c.downstream.references = (), (), ()
+    c.contrastive.width_sweep = (32, 64, 128, 256)
   # Scale and durability (robustjax/train/sharding.py, loop.fit). The mesh has
   # a 'data' axis (seeds/tasks, or each step's batch, split over it) and a
   # 'model' axis (wide layers' hidden units split over it); 1 x 1 = one device.

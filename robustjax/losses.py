@@ -30,3 +30,13 @@ def cross_entropy(logits: jax.Array, y: jax.Array) -> jax.Array:
   if logits.ndim == 1:
     return logistic(logits, y)
   return optax.softmax_cross_entropy_with_integer_labels(logits, y.astype(jnp.int32))
+
+
+def pair_score(h: jax.Array, h2: jax.Array, scale: float | jax.Array = 1.0) -> jax.Array:
+  """s = scale * <h, h'> per pair: positive means "same latent features"."""
+  return scale * jnp.sum(h * h2, axis=-1)
+
+
+def pair_contrastive(score: jax.Array, y: jax.Array) -> jax.Array:
+  """Paper A's pair loss: logistic on y * s, y = +1 similar, -1 dissimilar."""
+  return logistic(score, y)

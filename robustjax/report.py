@@ -60,7 +60,8 @@ def table(summary: dict, train_eps: float) -> str:
   fmt = lambda r: ' | '.join(v.ljust(w) for v, w in zip(r, widths))
   lines = [fmt(head), '-+-'.join('-' * w for w in widths)] + [fmt(r) for r in rows]
   lines.append(f'robust = PGD accuracy at eps = {train_eps:g}; '
-               'mean +- std over seeds (pre-training) and seeds x tasks (downstream)')
+               'mean +- std over seeds (pre-training) and seeds x tasks (downstream); '
+               'contrastive pre-training acc = pair accuracy sign(s) = y')
   return '\n'.join(lines)
 
 
@@ -123,3 +124,48 @@ def plot_curves(summary: dict, eps: list, path: str) -> None:
   fig.tight_layout()
   fig.savefig(path, dpi=120)
   plt.close(fig)
+
+
+def plot_purification_sweep(sweep: dict, path: str) -> None:
+  """Paper A Fig. 4 (left): clean and adversarial pair loss against alpha."""
+  fig, ax = plt.subplots(figsize=(5.5, 3.8))
+  a = sweep['alpha']
+  for kind, color in (('similar', 'tab:blue'), ('dissimilar', 'tab:red')):
+    for cond, style in (('clean', '--'), ('adversarial', '-')):
+      key = f'{kind}_{cond}'
+      ax.errorbar(a, sweep[key], yerr=sweep[f'{key}_std'], color=color, linestyle=style,
+                  marker='o', capsize=2, label=f'{kind} pairs, {cond}')
+  ax.set_xlabel('alpha (0 = purified units, 1 = dense mixtures)')
+  ax.set_ylabel('contrastive test loss')
+  ax.legend(fontsize=8)
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def plot_width_sweep(sweep: dict, path: str) -> None:
+  """Median unit purity after contrastive pre-training against the width m."""
+  fig, ax = plt.subplots(figsize=(5, 3.5))
+  for mode in ('clean', 'adversarial'):
+    ax.plot(sweep['width'], sweep[f'purity_median_{mode}'], marker='o', label=mode)
+  ax.set_xscale('log', base=2)
+  ax.set_xlabel('width m')
+  ax.set_ylabel('median unit purity')
+  ax.set_ylim(0, 1)
+  ax.legend()
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
+def sweep_table(sweep: dict) -> str:
+  """The controlled-purification sweep as text: loss increase per pair kind."""
+  lines = ['alpha | similar clean -> adv (increase) | dissimilar clean -> adv (increase) | ratio']
+  for i, a in enumerate(sweep['alpha']):
+    inc = {k: sweep[f'{k}_adversarial'][i] - sweep[f'{k}_clean'][i]
+           for k in ('similar', 'dissimilar')}
+    ratio = inc['dissimilar'] / inc['similar'] if inc['similar'] > 0 else float('inf')
+    lines.append(f"{a:5.2f} | {sweep['similar_clean'][i]:.3f} -> {sweep['similar_adversarial'][i]:.3f}"
+                 f" (+{inc['similar']:.3f}) | {sweep['dissimilar_clean'][i]:.3f} -> "
+                 f"{sweep['dissimilar_adversarial'][i]:.3f} (+{inc['dissimilar']:.3f}) | {ratio:.1f}x")
+  return '\n'.join(lines)

@@ -11,7 +11,8 @@ TINY = ['--config.num_seeds=2', '--config.chunk_size=10', '--config.progress=Fal
         '--config.attack.steps=2', '--config.downstream.num_tasks=2',
         '--config.downstream.steps=20', '--config.downstream.batch_size=32',
         '--config.eval.num_examples=64', '--config.eval.eps=(0.2,)',
-        '--config.eval.attack_steps=3']
+        '--config.eval.attack_steps=3', '--config.contrastive.steps=20',
+        '--config.contrastive.batch_size=32', '--config.contrastive.sweep_alphas=(0.0,1.0)']
 
 
 def launch(*args, timeout=600):

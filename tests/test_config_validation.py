@@ -10,7 +10,14 @@ from robustjax.stages import sparse_coding
 from tests.helpers import launch
 
 BAD = [
-    ('stage', 'pretrain', 'stage'),
+    ('stage', 'finetune', 'stage'),
+    ('contrastive.modes', ('adversarial', 'both'), 'contrastive.modes'),
+    ('contrastive.negative_fraction', 1.5, 'contrastive.negative_fraction'),
+    ('contrastive.dropout', -0.1, 'contrastive.dropout'),
+    ('contrastive.score_scale', 0.0, 'contrastive.score_scale'),
+    ('contrastive.sweep_alphas', (0.0, 2.0), 'contrastive.sweep_alphas'),
+    ('contrastive.width_sweep', (16, 0), 'contrastive.width_sweep'),
+    ('contrastive.steps', 0, 'contrastive.steps'),
     ('num_seeds', 0, 'num_seeds'),
     ('data.d', -3, 'data.d'),
     ('data.D', 0, 'data.D'),
@@ -24,7 +31,7 @@ BAD = [
     ('model.width', 0, 'model.width'),
     ('model.bias_init', -1.0, 'model.bias_init'),
     ('pretrain.modes', ('clean', 'fgsm'), 'pretrain.modes'),
-    ('pretrain.modes', (), 'pretrain.modes'),
+
     ('pretrain.steps', 0, 'pretrain.steps'),
     ('pretrain.batch_size', 0, 'pretrain.batch_size'),
     ('pretrain.optimizer', 'lbfgs', 'pretrain.optimizer'),
@@ -55,6 +62,21 @@ def test_bad_field_is_named(field, value, named):
   node[leaf] = value
   with pytest.raises(ConfigError, match=rf'^config\.{named}: must be '):
     sparse_coding.validate(cfg)
+
+
+def test_nothing_to_run():
+  cfg = sparse_coding_config.get_config('supervised')
+  cfg.pretrain.modes = ()
+  with pytest.raises(ConfigError, match='nothing to run'):
+    sparse_coding.validate(cfg)
+
+
+@pytest.mark.parametrize('variant', sparse_coding_config.VARIANTS)
+def test_variants_are_valid(variant):
+  cfg = sparse_coding_config.get_config(variant)
+  if variant == 'downstream':
+    cfg.stage = 'pretrain'  # the encoder_dir check needs a real run; see test_launch
+  sparse_coding.validate(cfg)
 
 
 def test_downstream_stage_needs_encoders(tmp_path):

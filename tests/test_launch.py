@@ -22,9 +22,11 @@ def test_launch_tiny_pipeline(tmp_path):
   assert 'downstream robust acc' in proc.stdout  # the table was printed
   res = json.loads((tmp_path / 'results.json').read_text())
   assert res['config']['data']['d'] == 8 and res['config']['num_seeds'] == 2
-  assert set(res['summary']) == {'clean', 'adversarial', 'end_to_end_clean',
-                                 'end_to_end_adversarial'}
-  for mode in ('clean', 'adversarial'):
+  assert set(res['summary']) == {
+      'clean', 'adversarial', 'end_to_end_clean', 'end_to_end_adversarial',
+      'contrastive_clean', 'contrastive_adversarial', 'contrastive_adv_negatives_only',
+      'contrastive_adv_positives_only'}
+  for mode in ('clean', 'adversarial', 'contrastive_clean', 'contrastive_adv_positives_only'):
     s = res['summary'][mode]
     for k in KEYS:
       assert 0.0 <= s[k] <= (1.0 if 'ratio' not in k else 8.0), (mode, k, s[k])
@@ -34,27 +36,59 @@ def test_launch_tiny_pipeline(tmp_path):
     assert s['downstream_robust_acc'] <= s['downstream_clean_acc']
   assert res['eval_eps'] == [0.0, 0.2, 0.4]
   assert res['timings']['total'] > 0 and 'pretrain_adversarial' in res['timings']
-  for png in ('purity.png', 'loadings.png', 'robustness.png'):
+  sweep = res['sweeps']['purification']
+  assert sweep['alpha'] == [0.0, 1.0]
+  for kind in ('similar', 'dissimilar'):  # the attack never lowers the pair loss
+    assert np.all(np.array(sweep[f'{kind}_adversarial']) >= np.array(sweep[f'{kind}_clean']))
+  assert 'controlled purification' in proc.stdout
+  for png in ('purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png'):
     assert (tmp_path / png).stat().st_size > 1000
   assert (tmp_path / 'checkpoints' / 'encoder_adversarial').is_dir()
 
 
 def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config):
   cfg = tiny_sparse_coding_config
-  cfg.stage = 'supervised'
+  cfg.stage = 'pretrain'
   cfg.pretrain.modes = ('adversarial',)
+  cfg.contrastive.modes = ('adv_negatives_only',)
   pre = sparse_coding.main(cfg, str(tmp_path / 'pre'))
-  assert set(pre) == {'adversarial'} and 'downstream_clean_acc' not in pre['adversarial']
+  assert set(pre) == {'adversarial', 'contrastive_adv_negatives_only'}
+  assert 'downstream_clean_acc' not in pre['adversarial']
   cfg.stage = 'downstream'
   cfg.downstream.encoder_dir = str(tmp_path / 'pre' / 'checkpoints')
   sparse_coding.validate(cfg)
   down = sparse_coding.main(cfg, str(tmp_path / 'down'))
   # The downstream stage reads the encoders back: same units, same purity.
-  assert set(down) == {'adversarial'}
-  s = down['adversarial']
-  assert s['purity_median'] == pytest.approx(pre['adversarial']['purity_median'], rel=1e-6)
-  assert 0.0 <= s['downstream_robust_acc'] <= s['downstream_clean_acc']
+  assert set(down) == set(pre)
+  for name, s in down.items():
+    assert s['purity_median'] == pytest.approx(pre[name]['purity_median'], rel=1e-6)
+    assert 0.0 <= s['downstream_robust_acc'] <= s['downstream_clean_acc']
   assert not os.path.exists(tmp_path / 'down' / 'checkpoints')
+
+
+@pytest.mark.parametrize('variant,rows', [
+    ('supervised', {'clean', 'adversarial', 'end_to_end_clean', 'end_to_end_adversarial'}),
+    ('contrastive', {'contrastive_clean', 'contrastive_adversarial',
+                     'contrastive_adv_negatives_only', 'contrastive_adv_positives_only'}),
+])
+def test_variants_select_their_pipeline(tmp_path, variant, rows):
+  proc = launch(f'--config=configs/sparse_coding.py:{variant}', f'--workdir={tmp_path}', *TINY,
+                '--config.downstream.steps=10', '--config.eval.eps=()')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  res = json.loads((tmp_path / 'results.json').read_text())
+  assert set(res['summary']) == rows
+  assert ('purification' in res['sweeps']) == (variant == 'contrastive')
+
+
+def test_width_sweep_variant(tmp_path):
+  proc = launch('--config=configs/sparse_coding.py:widths', f'--workdir={tmp_path}', *TINY,
+                '--config.contrastive.width_sweep=(4,8)')
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  w = json.loads((tmp_path / 'results.json').read_text())['sweeps']['width']
+  assert w['width'] == [4, 8]
+  for mode in ('clean', 'adversarial'):
+    assert all(0.0 < p <= 1.0 for p in w[f'purity_median_{mode}'])
+  assert (tmp_path / 'width_sweep.png').stat().st_size > 1000
 
 
 def test_fit_stops_on_non_finite_loss():
@@ -72,10 +106,26 @@ def test_main_job_reproduces_paper_a(tmp_path):
   proc = launch('--config=configs/sparse_coding.py', f'--workdir={tmp_path}',
                 '--config.progress=False', timeout=1800)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  s = json.loads((tmp_path / 'results.json').read_text())['summary']
+  res = json.loads((tmp_path / 'results.json').read_text())
+  s = res['summary']
   clean, adv = s['clean'], s['adversarial']
   assert adv['purity_median'] > clean['purity_median'] + 0.2
   assert adv['downstream_robust_acc'] >= clean['downstream_robust_acc'] + 0.15
   assert abs(adv['downstream_clean_acc'] - clean['downstream_clean_acc']) <= 0.05
   assert np.min(adv['downstream_robust_acc_per_run']) > np.max(
       clean['downstream_robust_acc_per_run'])
+  # Contrastive half: purification comes from the dissimilar pairs ...
+  c, ca = s['contrastive_clean'], s['contrastive_adversarial']
+  neg, pos = s['contrastive_adv_negatives_only'], s['contrastive_adv_positives_only']
+  gain = ca['purity_median'] - c['purity_median']
+  assert gain > 0.2
+  assert neg['purity_median'] - c['purity_median'] > 0.7 * gain
+  assert pos['purity_median'] - c['purity_median'] < 0.5 * gain
+  # ... and clean heads on adversarial contrastive encoders inherit robustness.
+  assert ca['downstream_robust_acc'] >= c['downstream_robust_acc'] + 0.10
+  assert abs(ca['downstream_clean_acc'] - c['downstream_clean_acc']) <= 0.05
+  # Controlled purification: dense units hurt dissimilar pairs several times more.
+  sw = res['sweeps']['purification']
+  inc = lambda kind, i: sw[f'{kind}_adversarial'][i] - sw[f'{kind}_clean'][i]
+  assert inc('dissimilar', -1) > 3 * inc('similar', -1)
+  assert inc('dissimilar', 0) / inc('similar', 0) < inc('dissimilar', -1) / inc('similar', -1)

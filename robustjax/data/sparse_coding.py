@@ -103,3 +103,27 @@ def sample_task(key: chex.PRNGKey, n: int, world: SparseCodingWorld,
   k_x, k_noise = jax.random.split(key)
   x = sample_features(k_x, n, spec)
   return observe(k_noise, x, world, spec), labels(x, theta), x
+
+
+def feature_dropout(key: chex.PRNGKey, x: jax.Array, rate: float) -> jax.Array:
+  """Augmentation: drop each latent feature independently with probability rate."""
+  if rate <= 0.0:
+    return x
+  return jnp.where(jax.random.bernoulli(key, rate, x.shape), 0.0, x)
+
+
+def sample_pairs(key: chex.PRNGKey, n: int, world: SparseCodingWorld, spec: SparseCodingSpec,
+                 *, negative_fraction: float = 0.5, dropout: float = 0.0):
+  """Contrastive pairs: (pairs (n, 2, d), y (n,) in {-1, +1}).
+
+  Similar (y = +1): two views of one X, each with its own noise and its own
+  feature dropout. Dissimilar (y = -1): views of independent X and X'. Each
+  pair is dissimilar with probability ``negative_fraction``.
+  """
+  k_x, k_x2, k_neg, k_drop, k_noise = jax.random.split(key, 5)
+  x = sample_features(k_x, n, spec)
+  negative = jax.random.bernoulli(k_neg, negative_fraction, (n,))
+  x2 = jnp.where(negative[:, None], sample_features(k_x2, n, spec), x)
+  views = jnp.stack([x, x2], axis=1)                       # (n, 2, D)
+  views = feature_dropout(k_drop, views, dropout)
+  return observe(k_noise, views, world, spec), jnp.where(negative, -1.0, 1.0)

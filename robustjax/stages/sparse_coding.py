@@ -24,14 +24,15 @@ import orbax.checkpoint as ocp
 
 from robustjax import config_validation as cv
 from robustjax import report
-from robustjax.attacks.pgd import NORMS
+from robustjax.attacks.pgd import NORMS, PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.metrics import purification, robustness
-from robustjax.stages import downstream, supervised
+from robustjax.stages import contrastive, downstream, supervised
 
-STAGES = ('pipeline', 'supervised', 'downstream')
+STAGES = ('pipeline', 'pretrain', 'downstream')
 PRETRAIN_MODES = ('clean', 'adversarial')
+CONTRASTIVE_MODES = tuple(contrastive.MODES)
 REFERENCES = ('end_to_end_clean', 'end_to_end_adversarial')
 
 
@@ -39,8 +40,7 @@ def validate(cfg) -> None:
   """Raises ConfigError on the first field the run cannot use."""
   cv.one_of(cfg, 'stage', STAGES)
   cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'data.d', 'data.D', 'data.k', 'model.width',
-                  'pretrain.steps', 'pretrain.batch_size', 'attack.steps', 'attack.restarts',
-                  'downstream.num_tasks', 'downstream.steps', 'downstream.batch_size',
+                  'attack.steps', 'attack.restarts', 'downstream.num_tasks',
                   'downstream.reference_tasks',
                   'eval.num_examples', 'eval.attack_steps', 'eval.restarts')
   if cfg.data.k > cfg.data.D:
@@ -53,23 +53,40 @@ def validate(cfg) -> None:
   cv.number(cfg, 'data.magnitude_low', low=0, high=1, strict_low=True)
   cv.number(cfg, 'model.bias_init', low=0)
   cv.number(cfg, 'model.init_scale', low=0, strict_low=True)
-  cv.subset_of(cfg, 'pretrain.modes', PRETRAIN_MODES)
+  cv.subset_of(cfg, 'pretrain.modes', PRETRAIN_MODES, nonempty=False)
+  cv.subset_of(cfg, 'contrastive.modes', CONTRASTIVE_MODES, nonempty=False)
+  if cfg.stage != 'downstream' and not (cfg.pretrain.modes or cfg.contrastive.modes
+                                        or cfg.contrastive.width_sweep):
+    raise cv.ConfigError('pretrain.modes', 'non-empty when contrastive.modes and '
+                         'contrastive.width_sweep are empty (nothing to run)', ())
   cv.subset_of(cfg, 'downstream.references', REFERENCES, nonempty=False)
-  for part in ('pretrain', 'downstream'):
+  for part in ('pretrain', 'contrastive', 'downstream'):
+    cv.positive_int(cfg, f'{part}.steps', f'{part}.batch_size')
     cv.one_of(cfg, f'{part}.optimizer', ('adam', 'sgd'))
     cv.number(cfg, f'{part}.learning_rate', low=0, strict_low=True)
     cv.number(cfg, f'{part}.weight_decay', low=0)
+  cv.number(cfg, 'contrastive.negative_fraction', low=0, high=1)
+  cv.number(cfg, 'contrastive.dropout', low=0, high=1)
+  cv.number(cfg, 'contrastive.score_scale', low=0, strict_low=True)
+  cv.number(cfg, 'contrastive.sweep_bias', low=0)
+  cv.nonnegative_list(cfg, 'contrastive.sweep_alphas')
+  if any(a > 1 for a in cfg.contrastive.sweep_alphas):
+    raise cv.ConfigError('contrastive.sweep_alphas', 'a list of numbers in [0, 1]',
+                         cfg.contrastive.sweep_alphas)
+  if any(isinstance(w, bool) or not isinstance(w, int) or w < 1
+         for w in cfg.contrastive.width_sweep):
+    raise cv.ConfigError('contrastive.width_sweep', 'a list of integers >= 1',
+                         cfg.contrastive.width_sweep)
   cv.one_of(cfg, 'attack.norm', NORMS)
   cv.number(cfg, 'attack.eps', low=0)
   cv.number(cfg, 'attack.rel_step_size', low=0, strict_low=True)
   cv.number(cfg, 'eval.rel_step_size', low=0, strict_low=True)
   cv.nonnegative_list(cfg, 'eval.eps')
   if cfg.stage == 'downstream':
-    found = [m for m in PRETRAIN_MODES if os.path.isdir(
-        os.path.join(cfg.downstream.encoder_dir or '/nonexistent', f'encoder_{m}'))]
-    if not found:
+    d = cfg.downstream.encoder_dir
+    if not (d and os.path.isdir(d) and any(n.startswith('encoder_') for n in os.listdir(d))):
       raise cv.ConfigError('downstream.encoder_dir', "a run's <workdir>/checkpoints holding "
-                           'encoder_clean/ or encoder_adversarial/', cfg.downstream.encoder_dir)
+                           'encoder_<name>/ directories', d)
   # Scale and durability: the mesh must fit the devices this process sees.
   cv.positive_int(cfg, 'checkpoint_every', 'mesh.model')
   if cfg.mesh.data != -1:
@@ -100,32 +117,39 @@ def eval_eps(cfg) -> list[float]:
   return sorted(set(float(e) for e in cfg.eval.eps) | {0.0, float(cfg.attack.eps)})
 
 
-def evaluate(cfg, logit_fn, model, params, worlds, thetas, keys) -> np.ndarray:
+def evaluate(cfg, logit_fn, model, params, worlds, thetas, keys, pairs: bool = False
+             ) -> np.ndarray:
   """Accuracy at each eval eps for every run (leading axis): (runs, n_eps).
 
   Each run gets its own fresh test set of ``eval.num_examples`` points of its
-  task, and the white-box PGD of ``cfg.eval`` on the composed model.
+  task (or, with ``pairs``, contrastive pairs scored by sign(s)), and the
+  white-box PGD of ``cfg.eval`` on the composed model.
   """
   e = cfg.eval
   return np.asarray(_evaluate_runs(
       params, worlds, thetas, keys, logit_fn=logit_fn, model=model,
       spec=sc.SparseCodingSpec.from_config(cfg.data), num_examples=e.num_examples,
       eps=tuple(eval_eps(cfg)), norm=cfg.attack.norm, steps=e.attack_steps,
-      rel_step_size=e.rel_step_size, restarts=e.restarts))
+      rel_step_size=e.rel_step_size, restarts=e.restarts,
+      negative_fraction=cfg.contrastive.negative_fraction if pairs else None))
 
 
 # Module-level and keyed by hashable statics, so equal evaluations (clean and
 # adversarial encoders of the same shape) share one compile.
 @functools.partial(jax.jit, static_argnames=(
     'logit_fn', 'model', 'spec', 'num_examples', 'eps', 'norm', 'steps', 'rel_step_size',
-    'restarts'))
+    'restarts', 'negative_fraction'))
 def _evaluate_runs(params, worlds, thetas, keys, *, logit_fn, model, spec, num_examples, eps,
-                   norm, steps, rel_step_size, restarts):
+                   norm, steps, rel_step_size, restarts, negative_fraction):
   def one(params, world, theta, key):
     k_data, k_attack = jax.random.split(key)
-    z, y, _ = sc.sample_task(k_data, num_examples, world, spec, theta)
+    if negative_fraction is None:
+      x, y, _ = sc.sample_task(k_data, num_examples, world, spec, theta)
+    else:
+      x, y = sc.sample_pairs(k_data, num_examples, world, spec,
+                             negative_fraction=negative_fraction)
     return robustness.robust_accuracy(
-        bind(logit_fn, model, params), z, y, eps=eps, norm=norm, steps=steps,
+        bind(logit_fn, model, params), x, y, eps=eps, norm=norm, steps=steps,
         step_size=rel_step_size, restarts=restarts, key=k_attack)
 
   return jax.vmap(one)(params, worlds, thetas, keys)
@@ -149,6 +173,47 @@ def load_encoders(path: str):
   return jax.tree.map(jnp.asarray, tree['params']), jax.tree.map(jnp.asarray, world)
 
 
+def pretraining_jobs(cfg, worlds, keys):
+  """(row name, thunk) for every configured pre-training, supervised then contrastive."""
+  jobs = [(mode, functools.partial(supervised.train, cfg, worlds, worlds.theta0, keys,
+                                   adversarial=mode == 'adversarial', desc=f'pre-train {mode}'))
+          for mode in cfg.pretrain.modes]
+  jobs += [(f'contrastive_{mode}', functools.partial(contrastive.train, cfg, worlds, keys,
+                                                     mode=mode, desc=f'contrastive {mode}'))
+           for mode in cfg.contrastive.modes]
+  return jobs
+
+
+def purification_sweep(cfg, worlds, keys) -> dict:
+  """Pair losses of units at each purification level alpha, (alphas,) means over seeds."""
+  alphas = jnp.asarray(cfg.contrastive.sweep_alphas, jnp.float32)
+  run = functools.partial(
+      contrastive.controlled_purification, model=supervised.model_from_config(cfg),
+      spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=cfg.contrastive,
+      attack=PGDSpec(eps=cfg.attack.eps, norm=cfg.attack.norm, steps=cfg.eval.attack_steps,
+                     rel_step_size=cfg.eval.rel_step_size, restarts=cfg.eval.restarts),
+      num_examples=cfg.eval.num_examples)
+  over_alphas = jax.vmap(run, in_axes=(None, None, 0))
+  out = jax.jit(jax.vmap(over_alphas, in_axes=(0, 0, None)))(keys, worlds, alphas)  # (S, A)
+  return {'alpha': alphas.tolist(), **{k: np.asarray(v).mean(0).tolist() for k, v in out.items()},
+          **{f'{k}_std': np.asarray(v).std(0).tolist() for k, v in out.items()}}
+
+
+def width_sweep(cfg, worlds, keys) -> dict:
+  """Median unit purity after contrastive pre-training, clean and adversarial, per width."""
+  out = {'width': list(cfg.contrastive.width_sweep)}
+  for mode in ('clean', 'adversarial'):
+    meds = []
+    for width in cfg.contrastive.width_sweep:
+      c = cfg.copy_and_resolve_references()
+      c.model.width = width
+      params, _ = contrastive.train(c, worlds, keys, mode=mode, desc=f'{mode} width {width}')
+      meds.append(np.median(unit_stats(params, worlds)['purity'], axis=-1).tolist())
+    out[f'purity_median_{mode}'] = [float(np.mean(m)) for m in meds]
+    out[f'purity_median_{mode}_per_seed'] = meds
+  return out
+
+
 def _timed(timings, name, fn, *args, **kwargs):
   t0 = time.perf_counter()
   out = fn(*args, **kwargs)
@@ -159,7 +224,7 @@ def _timed(timings, name, fn, *args, **kwargs):
 
 def run(cfg, workdir: str) -> dict:
   """Runs ``cfg.stage``; returns the results dict (see ``report.write_results``)."""
-  timings, rows, units = {}, {}, {}
+  timings, rows, units, sweeps = {}, {}, {}, {}
   keys = _keys(cfg.seed, cfg.num_seeds)
   spec = sc.SparseCodingSpec.from_config(cfg.data)
   S, T = cfg.num_seeds, cfg.downstream.num_tasks
@@ -170,28 +235,35 @@ def run(cfg, workdir: str) -> dict:
 
   if cfg.stage == 'downstream':
     encoders = {}
-    for mode in PRETRAIN_MODES:
-      path = os.path.join(cfg.downstream.encoder_dir, f'encoder_{mode}')
-      if os.path.isdir(path):
-        encoders[mode], worlds = load_encoders(path)
+    for name in sorted(os.listdir(cfg.downstream.encoder_dir)):
+      if name.startswith('encoder_'):
+        encoders[name[len('encoder_'):]], worlds = load_encoders(
+            os.path.join(cfg.downstream.encoder_dir, name))
     S = worlds.theta0.shape[0]  # the checkpoint's seeds, whatever num_seeds says
     keys = _keys(cfg.seed, S)
   else:
     worlds = jax.vmap(lambda k: sc.make_world(k, spec))(keys['world'])
+    test_keys = jax.vmap(lambda k: jax.random.fold_in(k, T))(keys['eval'])
     encoders = {}
-    for mode in cfg.pretrain.modes:
-      params, _ = _timed(timings, f'pretrain_{mode}', supervised.train, cfg, worlds,
-                         worlds.theta0, keys['pretrain'], adversarial=mode == 'adversarial',
-                         desc=f'pre-train {mode}', checkpoint_dir=os.path.join(
-                             workdir, 'train_checkpoints', f'pretrain_{mode}'))
-      encoders[mode] = params
-      save_encoders(os.path.join(ckpt_dir, f'encoder_{mode}'), params, worlds)
-      acc = _timed(timings, f'eval_pretrain_{mode}', evaluate, cfg, logits_fn, model, params, worlds,
-                   worlds.theta0, jax.vmap(lambda k: jax.random.fold_in(k, T))(keys['eval']))
-      rows[mode] = {'pretrain_acc': acc}
-      units[mode] = unit_stats(params, worlds)
+    for name, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
+      params, _ = _timed(timings, f'pretrain_{name}', train, checkpoint_dir=os.path.join(
+          workdir, 'train_checkpoints', f'pretrain_{name}'))
+      encoders[name] = params
+      save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), params, worlds)
+      if name in PRETRAIN_MODES:  # accuracy on the pre-training task
+        acc = evaluate(cfg, logits_fn, model, params, worlds, worlds.theta0, test_keys)
+      else:  # pair accuracy sign(s) = y on fresh pairs
+        acc = evaluate(cfg, contrastive.pair_logits, (model, cfg.contrastive.score_scale),
+                       params, worlds, worlds.theta0, test_keys, pairs=True)
+      rows[name] = {'pretrain_acc': acc}
+      units[name] = unit_stats(params, worlds)
+    if cfg.stage == 'pipeline' and cfg.contrastive.modes and cfg.contrastive.sweep_alphas:
+      sweeps['purification'] = _timed(timings, 'purification_sweep', purification_sweep, cfg,
+                                      worlds, keys['eval'])
+    if cfg.contrastive.width_sweep:
+      sweeps['width'] = _timed(timings, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
-  if cfg.stage != 'supervised':
+  if cfg.stage != 'pretrain':
     thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
         jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
     worlds_st = _repeat(worlds, T)
@@ -227,7 +299,7 @@ def run(cfg, workdir: str) -> dict:
         units[ref] = unit_stats(params, ref_worlds)
 
   return {'eps': eps_list, 'train_eps': float(cfg.attack.eps), 'i_eps': i_eps,
-          'rows': rows, 'units': units, 'timings': timings,
+          'rows': rows, 'units': units, 'timings': timings, 'sweeps': sweeps,
           'dictionary_seed0': np.asarray(worlds.dictionary[0]),
           'encoders_seed0': {m: np.asarray(p['w'][0]) for m, p in encoders.items()}}
 
@@ -242,7 +314,7 @@ def main(cfg, workdir: str) -> dict:
   print(report.table(summary, out['train_eps']))
   report.write_json(os.path.join(workdir, 'results.json'), {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'],
-      'timings': timings, 'summary': summary,
+      'timings': timings, 'summary': summary, 'sweeps': out['sweeps'],
       'units': {k: {m: np.asarray(v).tolist() for m, v in u.items() if m != 'norm'}
                 for k, u in out['units'].items()}})
   if out['units']:
@@ -251,5 +323,16 @@ def main(cfg, workdir: str) -> dict:
     report.plot_loadings(out['encoders_seed0'], out['dictionary_seed0'],
                          os.path.join(workdir, 'loadings.png'))
   report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
+  if 'purification' in out['sweeps']:
+    print('controlled purification (pair loss at eps = %g):' % out['train_eps'])
+    print(report.sweep_table(out['sweeps']['purification']))
+    report.plot_purification_sweep(out['sweeps']['purification'],
+                                   os.path.join(workdir, 'purification_sweep.png'))
+  if 'width' in out['sweeps']:
+    w = out['sweeps']['width']
+    print('width | median purity clean | adversarial')
+    for i, m in enumerate(w['width']):
+      print(f"{m:5d} | {w['purity_median_clean'][i]:.3f} | {w['purity_median_adversarial'][i]:.3f}")
+    report.plot_width_sweep(w, os.path.join(workdir, 'width_sweep.png'))
   print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s)')
   return summary

@@ -1,0 +1,125 @@
+"""Contrastive pre-training of the two-layer encoder on sparse-coding pairs (Paper A).
+
+The encoder is the hidden layer h(Z) = sigma_b(W^T Z) of ``TwoLayer``; a pair
+(Z, Z') is scored s = scale * <h(Z), h(Z')> and trained with the logistic pair
+loss on y * s (y = +1 similar, -1 dissimilar).
+
+Adversarial variants perturb the pair (both views jointly, one l2/linf ball of
+radius eps over the (2, d) pair) to maximise the pair loss, with the same
+``robustjax.attacks.pgd`` as supervised training. ``attack_pairs`` chooses
+which pairs are attacked: the others get radius 0 (per-example eps), so
+the ablations cost the same compiled program.
+"""
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+
+from robustjax import losses
+from robustjax.attacks import PGDSpec, pgd
+from robustjax.data import sparse_coding as sc
+from robustjax.models.apply import bind
+from robustjax.models.two_layer import TwoLayer, purified_units
+from robustjax.stages.supervised import model_from_config, train_two_layer
+
+# Pre-training mode -> which pairs the attack perturbs (None: clean training).
+MODES = {'clean': None, 'adversarial': 'both', 'adv_negatives_only': 'negatives',
+         'adv_positives_only': 'positives'}
+
+
+def pair_scores(model: TwoLayer, scale: float, params, pairs: jax.Array) -> jax.Array:
+  """(n, 2, d) pairs -> (n,) scores scale * <h(Z), h(Z')>."""
+  h = model.apply({'params': params}, pairs, features_only=True)
+  return losses.pair_score(h[:, 0], h[:, 1], scale)
+
+
+def pair_loss_of_input(score_fn, params, y, pairs):
+  """Per-pair loss under fixed params: what the attack maximises."""
+  return losses.pair_contrastive(score_fn(params, pairs), y)
+
+
+def attack_pairs(score_fn, params, pairs, y, key, attack: PGDSpec, which: str):
+  """PGD on the pair loss; pairs not selected by ``which`` keep radius 0."""
+  selected = {'both': jnp.ones_like(y), 'negatives': (y < 0).astype(y.dtype),
+              'positives': (y > 0).astype(y.dtype)}[which]
+  eps = attack.eps * selected
+  loss = jax.tree_util.Partial(pair_loss_of_input, score_fn, params, y)
+  return pgd(loss, pairs, eps=eps, norm=attack.norm, steps=attack.steps,
+             step_size=attack.rel_step_size * eps, key=key, random_start=attack.random_start,
+             restarts=attack.restarts)
+
+
+def contrastive_loss(params, key, world, *, model: TwoLayer, spec: sc.SparseCodingSpec,
+                     ccfg, attack: PGDSpec | None, which: str | None):
+  k_data, k_attack = jax.random.split(key)
+  pairs, y = sc.sample_pairs(k_data, ccfg.batch_size, world, spec,
+                             negative_fraction=ccfg.negative_fraction, dropout=ccfg.dropout)
+  score_fn = bind(pair_scores, model, ccfg.score_scale)
+  if attack is not None:
+    pairs = jax.lax.stop_gradient(attack_pairs(
+        score_fn, jax.lax.stop_gradient(params), pairs, y, k_attack, attack, which))
+  s = score_fn(params, pairs)
+  return jnp.mean(losses.pair_contrastive(s, y)), {'accuracy': jnp.mean(y * s > 0)}
+
+
+def train(cfg, worlds: sc.SparseCodingWorld, keys: jax.Array, *, mode: str,
+          desc: str = 'contrastive', checkpoint_dir: str | None = None):
+  """Contrastive pre-training of one encoder per (world, key); returns params."""
+  ccfg = cfg.contrastive
+  which = MODES[mode]
+  loss_fn = functools.partial(
+      contrastive_loss, model=model_from_config(cfg),
+      spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=ccfg,
+      attack=PGDSpec.from_config(cfg.attack) if which else None, which=which)
+  return train_two_layer(cfg, worlds, keys, loss_fn, opt_cfg=ccfg, desc=desc,
+                         checkpoint_dir=checkpoint_dir)
+
+
+def pair_logits(model_and_scale, params, pairs):
+  """pair_scores with (model, scale) as one hashable static, for ``bind``."""
+  model, scale = model_and_scale
+  return pair_scores(model, scale, params, pairs)
+
+
+def split_pair_losses(score_fn, params, pairs, y):
+  """Mean pair loss over similar and over dissimilar pairs."""
+  loss = losses.pair_contrastive(score_fn(params, pairs), y)
+  pos = (y > 0).astype(loss.dtype)
+  return (jnp.sum(loss * pos) / jnp.maximum(pos.sum(), 1),
+          jnp.sum(loss * (1 - pos)) / jnp.maximum((1 - pos).sum(), 1))
+
+
+SCALE_GRID = jnp.logspace(-2, 2, 41)
+
+
+def controlled_purification(key, world, alpha, *, model: TwoLayer, spec: sc.SparseCodingSpec,
+                            ccfg, attack: PGDSpec, num_examples: int):
+  """Paper A, Fig. 4 (left): pair losses of units at purification level alpha.
+
+  Units are ``purified_units(alpha)`` with threshold ``ccfg.sweep_bias``; the
+  score scale is the one of ``SCALE_GRID`` with the lowest clean loss on
+  fresh training pairs (so each alpha is scored at its best, not at an
+  arbitrary scale). Returns clean and adversarial test losses on similar and
+  dissimilar pairs, the adversarial ones under ``attack`` on both views.
+  """
+  k_units, k_fit, k_test, k_attack = jax.random.split(key, 4)
+  params = {'w': purified_units(k_units, world.dictionary, model.width, alpha),
+            'b': jnp.full((model.width,), ccfg.sweep_bias)}
+  fit_pairs, fit_y = sc.sample_pairs(k_fit, num_examples, world, spec,
+                                     negative_fraction=ccfg.negative_fraction)
+  h = model.apply({'params': params}, fit_pairs, features_only=True)
+  raw = jnp.sum(h[:, 0] * h[:, 1], axis=-1)
+  fit_loss = jax.vmap(lambda c: jnp.mean(losses.pair_contrastive(c * raw, fit_y)))(SCALE_GRID)
+  scale = SCALE_GRID[jnp.argmin(fit_loss)]
+  pairs, y = sc.sample_pairs(k_test, num_examples, world, spec,
+                             negative_fraction=ccfg.negative_fraction)
+  score_fn = bind(pair_logits, (model, 1.0))
+  scaled = {'w': params['w'] * jnp.sqrt(scale), 'b': params['b'] * jnp.sqrt(scale)}
+  # h is 1-homogeneous in (w, b): scaling both by sqrt(c) scales the score by c.
+  clean = split_pair_losses(score_fn, scaled, pairs, y)
+  adv_pairs = attack_pairs(score_fn, scaled, pairs, y, k_attack, attack, 'both')
+  adv = split_pair_losses(score_fn, scaled, adv_pairs, y)
+  return {'similar_clean': clean[0], 'similar_adversarial': adv[0],
+          'dissimilar_clean': clean[1], 'dissimilar_adversarial': adv[1], 'scale': scale}
