@@ -81,12 +81,15 @@ def test_protocol_and_known_answer(affine):
   assert s['median'] == pytest.approx(np.median(out['distances']))
   assert s['q25'] <= s['median'] <= s['q75']
   # Paper B: only the first max_points correctly classified points.
-  first = adversarial_distance(f, x, y, method='ddn', key=jax.random.PRNGKey(0), max_points=7)
+  # (batch_size pads the 7 points to the compiled batch of all correct points.)
+  first = adversarial_distance(f, x, y, method='ddn', key=jax.random.PRNGKey(0), max_points=7,
+                               batch_size=len(correct))
   np.testing.assert_array_equal(first['indices'], correct[:7])
   assert first['method'] == 'fmn'          # 'ddn' runs FMN
   np.testing.assert_allclose(first['distances'], out['distances'][:7], rtol=1e-3)
 
 
+@pytest.mark.slow
 def test_linf_and_bisection(affine):
   f, w, b, x, y = affine
   out = adversarial_distance(f, x, y, method='bisection', key=jax.random.PRNGKey(0),
@@ -97,7 +100,7 @@ def test_linf_and_bisection(affine):
   assert np.all(out['distances'] <= exact * 1.05)
 
 
-@pytest.mark.parametrize('method', ['tangent', 'hopskipjump'])
+@pytest.mark.parametrize('method', ['tangent', pytest.param('hopskipjump', marks=pytest.mark.slow)])
 def test_binary_scalar_logits_hard_label(method):
   k = jax.random.split(jax.random.PRNGKey(22), 2)
   w = jax.random.normal(k[0], (D,))
@@ -114,7 +117,7 @@ def test_binary_scalar_logits_hard_label(method):
   assert np.all(out['queries'] > 1000)
 
 
-@pytest.mark.parametrize('method', ['fmn', 'tangent'])
+@pytest.mark.parametrize('method', ['fmn', pytest.param('tangent', marks=pytest.mark.slow)])
 def test_failures_are_inf_and_counted(method):
   x = jax.random.normal(jax.random.PRNGKey(0), (16, D))
   y = jnp.zeros((16,), jnp.int32)

@@ -32,8 +32,9 @@ def _check_summary(res, num_seeds=2, combos=('original/fmn', 'original/tangent',
     assert math.isfinite(row['adv_distance_mean']) and row['adv_distance_mean'] > 0
     assert math.isfinite(row['adv_distance_median']) and row['adv_distance_median'] > 0
     assert set(row['distances']) == set(combos)
-    # The headline is the refit head under the hard-label attack.
-    assert row['adv_distance_mean'] == row['distances']['refit/tangent']['mean']
+    # The headline is the configured primary head/attack.
+    primary = res['config']['eval']['primary_head'] + '/' + res['config']['eval']['primary_attack']
+    assert row['adv_distance_mean'] == row['distances'][primary]['mean']
   for plot in res['plots']:
     assert plot.endswith('.png')
   return s
@@ -44,16 +45,17 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
   # sigma_max below the unregularised run's, and only ll the readout's.
   proc = launch('--config=configs/xor_spectral.py', f'--workdir={tmp_path}', *COMMON,
                 '--config.train.epochs=60', '--config.regularizer.burn_in_epochs=30',
-                '--config.regularizer.lam=0.05', '--config.data.test_per_blob=10')
+                '--config.regularizer.lam=0.05', '--config.data.test_per_blob=10',
+                "--config.eval.attacks=('fmn',)", '--config.eval.primary_attack=fmn')
   res = _results(tmp_path, proc)
-  s = _check_summary(res)
+  s = _check_summary(res, combos=('original/fmn', 'refit/fmn'))
   sig = lambda kind, layer: np.asarray(s[kind]['sigma_max_per_seed'][f'{layer}/kernel'])
   assert np.all(sig('rep', 'hidden_0') < sig('none', 'hidden_0'))
   assert np.all(sig('ll', 'hidden_0') < sig('none', 'hidden_0'))
   assert np.all(sig('ll', 'readout') < sig('rep', 'readout'))
   for name in ('adv_distance_box', 'log_volume', 'log10_lambda_max', 'boundary'):
     assert os.path.getsize(os.path.join(tmp_path, f'{name}.png')) > 1000
-  assert 'none' in proc.stdout and 'refit/tangent' in proc.stdout  # the table
+  assert 'none' in proc.stdout and 'refit/fmn' in proc.stdout  # the table
 
 
 def test_digits_end_to_end(tmp_path):
@@ -72,18 +74,36 @@ def test_digits_end_to_end(tmp_path):
       assert all(n <= 16 for n in d['num_points_per_seed'])
 
 
-@pytest.mark.parametrize('override,field', [
-    ("--config.regularizer.kinds=('rep','spectral')", 'regularizer.kinds'),
-    ('--config.regularizer.burn_in_epochs=20000', 'regularizer.burn_in_epochs'),
-    ("--config.regularizer.layers=('hiden_0',)", 'regularizer.layers'),
-    ("--config.eval.primary_attack='hopskipjump'", 'eval.primary_attack'),
-    ('--config.data.name=mnist', 'data.data_dir'),
-])
-def test_bad_config_is_one_line_exit_2(tmp_path, override, field):
+def test_bad_config_through_launch_is_one_line_exit_2(tmp_path):
   workdir = os.path.join(tmp_path, 'w')
-  proc = launch('--config=configs/xor_spectral.py' if 'mnist' not in override else
-                '--config=configs/mnist_spectral.py', f'--workdir={workdir}', override)
+  proc = launch('--config=configs/mnist_spectral.py', f'--workdir={workdir}',
+                '--config.data.name=mnist')  # no prepared data_dir
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert len(lines) == 1 and f'config.{field}' in lines[0], proc.stderr
+  assert len(lines) == 1 and 'config.data.data_dir' in lines[0], proc.stderr
   assert not os.path.exists(workdir)
+
+
+@pytest.mark.parametrize('field,value', [
+    ('regularizer.kinds', ('rep', 'spectral')),
+    ('regularizer.burn_in_epochs', 20000),
+    ('regularizer.layers', ('hiden_0',)),
+    ('regularizer.lam', -1.0),
+    ('eval.primary_attack', 'hopskipjump'),   # not among eval.attacks
+    ('eval.attacks', ('fgsm',)),
+    ('model.widths', ()),
+    ('data.max_test', -1),
+])
+def test_validate_names_the_bad_field(field, value):
+  from configs import mnist_spectral
+  from robustjax.config_validation import ConfigError
+  from robustjax.stages import spectral
+  cfg = mnist_spectral.get_config()
+  spectral.validate(cfg)  # the defaults are valid
+  node, *_ = cfg, None
+  *parents, leaf = field.split('.')
+  for p in parents:
+    node = node[p]
+  node[leaf] = value
+  with pytest.raises(ConfigError, match=f'config.{field}'):
+    spectral.validate(cfg)

@@ -77,7 +77,9 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
 
   Paper B's protocol: the first ``max_points`` correctly classified points of
   ``x`` (all when None), attacked one batch of ``batch_size`` (default: all)
-  at a time.
+  at a time; a short last batch is padded so every batch shares one compile.
+  Hard-label attacks pick their start points inside the batch, so larger
+  batches give them better starts.
 
   Args:
     predict_fn: batch -> logits (n, C) with integer labels, or scalar logits
@@ -104,20 +106,26 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   if max_points is not None:
     indices = indices[:int(max_points)]
   norm = method_kwargs.get('norm', 'l2')
-  bs = len(indices) if batch_size is None else int(batch_size)
+  bs = max(len(indices), 1) if batch_size is None else int(batch_size)
   dists, queries, advs = [], [], []
-  for b, start in enumerate(range(0, len(indices), max(bs, 1))):
+  for b, start in enumerate(range(0, len(indices), bs)):
     idx = indices[start:start + bs]
+    m = len(idx)
+    if batch_size is not None and m < bs:
+      # Pad the last batch with copies of its first point: one compile serves
+      # all batches. (Copies share their label, so hard-label attacks never
+      # start from them.)
+      idx = np.concatenate([idx, np.full(bs - m, idx[0])])
     xb, yb = x[idx], y[idx]
     x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb,
                                           jax.random.fold_in(key, b), bounds, method_kwargs)
     # Count only points that re-check as misclassified, at their true distance.
-    wrong = np.asarray(jnp.argmax(logits_fn(x_adv), -1) != yi[idx])
-    true_d = np.asarray(common.norm(x_adv - xb, norm))
-    dists.append(np.where(wrong & np.isfinite(np.asarray(dist)), true_d, np.inf))
-    advs.append(np.asarray(x_adv))
+    wrong = np.asarray(jnp.argmax(logits_fn(x_adv), -1) != yi[idx])[:m]
+    true_d = np.asarray(common.norm(x_adv - xb, norm))[:m]
+    dists.append(np.where(wrong & np.isfinite(np.asarray(dist)[:m]), true_d, np.inf))
+    advs.append(np.asarray(x_adv)[:m])
     if q is not None:
-      queries.append(np.asarray(q))
+      queries.append(np.asarray(q)[:m])
   distances = np.concatenate(dists) if dists else np.zeros((0,), np.float32)
   return dict(distances=distances, indices=indices,
               queries=np.concatenate(queries) if queries else None,

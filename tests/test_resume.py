@@ -1,0 +1,72 @@
+"""SIGKILL a launch.py run in the middle of training, rerun the same command:
+it resumes from its last checkpoint and ends with the uninterrupted results."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+from tests.helpers import ROOT, TINY, launch
+
+STEPS = 300
+# Adversarial pre-training only (stage 'pretrain'): 10 chunks of 30 steps, a
+# checkpoint after each; the run is killed as soon as the first one is on disk.
+ARGS = ['--config=configs/sparse_coding.py:supervised', *TINY, '--config.stage=pretrain',
+        "--config.pretrain.modes=('adversarial',)", f'--config.pretrain.steps={STEPS}',
+        '--config.chunk_size=30', '--config.checkpoint_every=30']
+CKPT = os.path.join('train_checkpoints', 'pretrain_adversarial')
+
+
+def complete_steps(workdir):
+  """Finished checkpoint steps of the pre-training fit (orbax renames a step's
+  temporary directory to its number only once it is fully written)."""
+  path = os.path.join(workdir, CKPT)
+  return sorted(int(n) for n in os.listdir(path) if n.isdigit()) if os.path.isdir(path) else []
+
+
+def numbers(tree):
+  """The results' numbers, flattened in a fixed order (timings excluded)."""
+  if isinstance(tree, dict):
+    return [x for k in sorted(tree) if k != 'timings' for x in numbers(tree[k])]
+  if isinstance(tree, list):
+    return [x for v in tree for x in numbers(v)]
+  return [float(tree)] if isinstance(tree, (int, float)) and not isinstance(tree, bool) else []
+
+
+def test_sigkill_then_rerun_resumes_and_matches(tmp_path):
+  ref_dir, dir_ = str(tmp_path / 'ref'), str(tmp_path / 'killed')
+  ref = launch(f'--workdir={ref_dir}', *ARGS)
+  assert ref.returncode == 0, ref.stderr[-3000:]
+
+  env = dict(os.environ, PYTHONPATH=ROOT)
+  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={dir_}',
+                           *ARGS], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
+                          stderr=subprocess.DEVNULL)
+  try:
+    deadline = time.time() + 300
+    while not complete_steps(dir_) and proc.poll() is None and time.time() < deadline:
+      time.sleep(0.02)
+    proc.send_signal(signal.SIGKILL)  # the first checkpoint is on disk: kill mid-training
+  finally:
+    proc.wait()
+  assert proc.returncode == -signal.SIGKILL
+  at_kill = complete_steps(dir_)
+  assert at_kill and max(at_kill) < STEPS, at_kill  # killed before pre-training finished
+  assert not os.path.exists(os.path.join(dir_, 'results.json'))
+
+  again = launch(f'--workdir={dir_}', *ARGS)
+  assert again.returncode == 0, again.stderr[-3000:]
+  # Resumed (not restarted) from a checkpoint at or after the one seen at the kill.
+  line = next(l for l in again.stdout.splitlines() if 'pre-train adversarial: resuming' in l)
+  step = int(line.split('resuming from step ')[1].split('/')[0])
+  assert max(at_kill) <= step < STEPS, line
+
+  want = json.loads(open(os.path.join(ref_dir, 'results.json')).read())
+  got = json.loads(open(os.path.join(dir_, 'results.json')).read())
+  want.pop('config'), got.pop('config')
+  a, b = numbers(want), numbers(got)
+  assert len(a) == len(b) > 50
+  np.testing.assert_allclose(b, a, rtol=0, atol=1e-6)
