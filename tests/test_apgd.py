@@ -243,11 +243,13 @@ def test_robustness_curve_on_affine_model(affine, tmp_path):
     warnings.simplefilter('error')  # a sound model raises no masking warning
     curve = robustness.robustness_curve(f, x, y, eps=eps, norm='l2', key=jax.random.PRNGKey(0),
                                         large_eps=20.0, attacks=('apgd-ce', 'apgd-t', 'square'),
-                                        n_iter=20, square_queries=200)
+                                        n_iter=20, square_queries=200,
+                                        plot_path=str(tmp_path / 'curve.png'))
   np.testing.assert_allclose(curve['accuracy'], [np.mean(exact > e) for e in eps])
   assert curve['large_eps_accuracy'] == 0.0 and curve['warnings'] == []
-  robustness.plot_robustness_curve(curve, str(tmp_path / 'curve.png'))
   assert (tmp_path / 'curve.png').stat().st_size > 0
+  fig = robustness.plot_robustness_curve([curve, curve], labels=['a', 'b'])
+  assert len(fig.axes[0].lines) == 2
 
 
 def test_robustness_curve_warns_on_masked_model(affine):

@@ -185,14 +185,15 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
 def robustness_curve(predict_fn: Callable, x, y, *, eps: Sequence[float], norm: str,
                      key: chex.PRNGKey, large_eps: float | None = None, zero_tol: float = 0.05,
                      monotone_tol: float = 0.0, masking_tol: float = 0.01, warn: bool = True,
-                     **ensemble_kwargs) -> dict:
+                     plot_path: str | None = None, **ensemble_kwargs) -> dict:
   """Robust accuracy against eps under the attack ensemble, with masking checks.
 
   Runs ``evaluate_robust_accuracy`` at each eps (same key, so the curve is
   not noisier than the attacks) and, when ``large_eps`` is given, once more
   there for the "reaches ~0" check. Returns {'eps', 'accuracy' (len(eps),),
   'large_eps', 'large_eps_accuracy', 'per_eps' (the ensemble dicts without
-  their adversarial points), 'warnings'}; warnings are also issued.
+  their adversarial points), 'warnings'}; warnings are also issued. With
+  ``plot_path`` the curve is also saved there as a PNG.
   """
   eps = [float(e) for e in eps]
   per_eps = []
@@ -212,8 +213,11 @@ def robustness_curve(predict_fn: Callable, x, y, *, eps: Sequence[float], norm: 
   if warn:
     for m in msgs:
       warnings.warn(m, RuntimeWarning, stacklevel=2)
-  return dict(eps=np.array(eps), accuracy=acc, large_eps=large_eps, large_eps_accuracy=large_acc,
-              per_eps=per_eps, norm=norm, warnings=msgs)
+  curve = dict(eps=np.array(eps), accuracy=acc, large_eps=large_eps,
+               large_eps_accuracy=large_acc, per_eps=per_eps, norm=norm, warnings=msgs)
+  if plot_path is not None:
+    plot_robustness_curve(curve, plot_path)
+  return curve
 
 
 def plot_robustness_curve(curves, path: str | None = None, *, labels=None):
