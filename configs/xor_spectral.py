@@ -68,12 +68,13 @@ def get_config(variant: str = 'paper'):
   c.eval = ml_collections.ConfigDict(dict(
       heads=('original', 'refit'),   # the trained head; a re-fitted logistic readout
       attacks=('fmn', 'tangent'),    # white-box minimal norm; hard-label TangentAttack
+      skip=(),                       # 'head/attack' pairs to leave out
       primary_head='refit',          # the headline adv_distance_* (Paper B's protocol)
       primary_attack='tangent',
       max_points=1000,               # first correctly classified test points
       refit_l2=1e-4,                 # logistic readout: l2 / 2 ||W||^2
       refit_max_iter=500,
-      fmn=ml_collections.ConfigDict(dict(steps=100)),
+      fmn=ml_collections.ConfigDict(dict(steps=100, targets=9)),  # runner-up classes tried
       tangent=ml_collections.ConfigDict(dict(iterations=40, init_evals=100, max_evals=10000)),
       bisection=ml_collections.ConfigDict(dict(search_steps=12, pgd_steps=20)),
       geometry=True,                 # volume-element / lambda_max maps (seed 0)

@@ -38,7 +38,7 @@ import optax
 from robustjax import config_validation as cv
 from robustjax import losses, report, spectral
 from robustjax.data import images, toy
-from robustjax.metrics import geometry
+from robustjax.metrics import geometry, robustness
 from robustjax.models import heads
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.models.mlp import ACTIVATIONS, MLP, features as features_fn
@@ -100,6 +100,11 @@ def validate(cfg) -> None:
   cv.subset_of(cfg, 'eval.attacks', ATTACKS)
   cv.one_of(cfg, 'eval.primary_head', tuple(cfg.eval.heads))
   cv.one_of(cfg, 'eval.primary_attack', tuple(cfg.eval.attacks))
+  combos = [f'{h}/{a}' for h in cfg.eval.heads for a in cfg.eval.attacks]
+  cv.subset_of(cfg, 'eval.skip', combos, nonempty=False)
+  primary = f'{cfg.eval.primary_head}/{cfg.eval.primary_attack}'
+  if primary in cfg.eval.skip:
+    raise cv.ConfigError('eval.skip', f'a list without the primary {primary!r}', cfg.eval.skip)
   cv.number(cfg, 'eval.refit_l2', low=0)
   cv.positive_int(cfg, 'eval.refit_max_iter')
 
@@ -174,12 +179,6 @@ def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, desc: str = '
 
 # --- evaluation ----------------------------------------------------------------
 
-def _adversarial_distance():
-  """robustness.adversarial_distance (the attack suite's protocol)."""
-  from robustjax.metrics import robustness
-  return robustness.adversarial_distance
-
-
 def first_correct(predict_fn, x, y, n: int):
   """Indices of the first ``n`` correctly classified points, padded to exactly n.
 
@@ -217,10 +216,11 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
     predict['refit'] = [heads.readout_predict_fn(
         bind(features_fn, model, jax.tree.map(lambda a: a[s], params)),
         jax.tree.map(lambda a: a[s], head)) for s in range(S)]
-  distance = _adversarial_distance()
   out['distances'] = {}
   for h in e.heads:
     for a in e.attacks:
+      if f'{h}/{a}' in e.skip:
+        continue
       per_seed = []
       n = min(e.max_points, x_te.shape[1])
       for s in range(S):
@@ -229,7 +229,7 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
           per_seed.append(np.zeros((0,)))
           continue
         # All points handed over are correct, so max_points=None keeps them all.
-        r = distance(predict[h][s], x_te[s][idx], y_te[s][idx], method=a,
+        r = robustness.adversarial_distance(predict[h][s], x_te[s][idx], y_te[s][idx], method=a,
                      key=jax.random.fold_in(keys[s], len(out['distances'])), max_points=None,
                      bounds=data['bounds'], **attack_kwargs(cfg, a))
         per_seed.append(np.asarray(r['distances'], np.float64)[:real])
