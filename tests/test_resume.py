@@ -38,13 +38,13 @@ def numbers(tree):
 
 def test_sigkill_then_rerun_resumes_and_matches(tmp_path):
   ref_dir, dir_ = str(tmp_path / 'ref'), str(tmp_path / 'killed')
-  ref = launch(f'--workdir={ref_dir}', *ARGS)
-  assert ref.returncode == 0, ref.stderr[-3000:]
-
   env = dict(os.environ, PYTHONPATH=ROOT)
-  proc = subprocess.Popen([sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={dir_}',
-                           *ARGS], cwd=ROOT, env=env, stdout=subprocess.DEVNULL,
-                          stderr=subprocess.DEVNULL)
+  start = lambda workdir, out: subprocess.Popen(
+      [sys.executable, os.path.join(ROOT, 'launch.py'), f'--workdir={workdir}', *ARGS],
+      cwd=ROOT, env=env, stdout=out, stderr=out, text=True)
+  # The uninterrupted reference runs alongside (each run is mostly one thread).
+  ref = start(ref_dir, subprocess.PIPE)
+  proc = start(dir_, subprocess.DEVNULL)
   try:
     deadline = time.time() + 300
     while not complete_steps(dir_) and proc.poll() is None and time.time() < deadline:
@@ -64,6 +64,9 @@ def test_sigkill_then_rerun_resumes_and_matches(tmp_path):
   step = int(line.split('resuming from step ')[1].split('/')[0])
   assert max(at_kill) <= step < STEPS, line
 
+  ref_out, ref_err = ref.communicate(timeout=600)
+  assert ref.returncode == 0, ref_err[-3000:]
+  assert 'resuming' not in ref_out
   want = json.loads(open(os.path.join(ref_dir, 'results.json')).read())
   got = json.loads(open(os.path.join(dir_, 'results.json')).read())
   want.pop('config'), got.pop('config')

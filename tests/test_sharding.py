@@ -1,7 +1,7 @@
 """Meshes and shardings: rules, and 8 fake CPU devices agreeing with 1 device.
 
-The equivalence runs in a subprocess because XLA_FLAGS (the fake device count)
-must be set before jax starts.
+The equivalence runs in subprocesses because XLA_FLAGS (the fake device
+count) must be set before jax starts.
 """
 import json
 import os
@@ -20,14 +20,14 @@ from tests.helpers import ROOT
 
 TOL = 1e-5
 
-# Runs N steps of (a) a loss that shards its batch, unbatched, and (b) the
-# sparse-coding supervised stage (adversarial, seeds vmapped) and (c) a
-# rep-spectral regularized MLP (power-iteration vectors in the optimizer
-# state), on one device and on 8 x 1 and 4 x 2 meshes; prints the max abs
-# differences to one device, the shardings it got and whether the compiled
-# batch-parallel step all-reduces.
+# Part (a) a loss that shards its batch, unbatched, (b) the sparse-coding
+# supervised stage (adversarial, seeds vmapped), (c) a rep-spectral regularized
+# MLP (power-iteration vectors in the optimizer state): each trains on one
+# device and on 8 x 1 and 4 x 2 meshes and prints the max abs differences to
+# one device, the shardings it got, and whether the batch-parallel step
+# all-reduces.
 SCRIPT = r'''
-import json
+import json, sys
 import jax, jax.numpy as jnp, numpy as np, optax
 from configs import sparse_coding as cfg_lib
 from robustjax import spectral
@@ -38,16 +38,17 @@ from robustjax.train import loop, sharding, state as state_lib
 
 assert jax.device_count() == 8, jax.devices()
 MESHES = {'data8': {'data': 8, 'model': 1}, 'data4_model2': {'data': 4, 'model': 2}}
-out = {}
+
 
 def maxdiff(a, b):
   return max(float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
              for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b)) if np.size(x))
 
+
 def specs(tree):
   return jax.tree.map(lambda x: str(x.sharding.spec), tree)
 
-# (a) batch parallelism inside one run: 64 examples split over 'data'.
+
 def mlp_loss(params, key, aux):
   kx, kn = jax.random.split(key)
   x = sharding.constrain_batch(jax.random.normal(kx, (64, 8)))
@@ -55,85 +56,104 @@ def mlp_loss(params, key, aux):
   pred = jnp.tanh(x @ params['w']) @ params['a']
   return jnp.mean((pred - y) ** 2), {}
 
-p0 = {'w': jax.random.normal(jax.random.PRNGKey(1), (8, 32)) / 3, 'a': jnp.zeros((32,))}
-st = state_lib.create(p0, optax.adam(1e-2))
-aux = jax.random.normal(jax.random.PRNGKey(2), (8,))
-fit = lambda mesh: loop.fit(st, aux, jax.random.PRNGKey(3), mlp_loss, steps=30, chunk_size=10,
-                            progress=False, mesh=mesh)
-ref = fit(None)
-for name, m in MESHES.items():
-  s, met = fit(m)
-  out[f'batch_{name}'] = {'params': maxdiff(s.params, ref[0].params),
-                          'opt_state': maxdiff(s.opt_state, ref[0].opt_state),
-                          'loss': maxdiff(met, ref[1]), 'specs': specs(s.params)}
-mesh = sharding.make_mesh(8, 1)
-run, s8, aux8, key8 = loop.compile_chunks(mlp_loss, st, aux, jax.random.PRNGKey(3),
-                                          batched=False, mesh=mesh)
-hlo = run.lower(s8, key8, aux8, np.int32(0), 10).compile().as_text()
-out['batch_hlo_all_reduce'] = 'all-reduce' in hlo
 
-# (b) the supervised stage: 4 seeds vmapped in one compile.
-cfg = cfg_lib.get_config()
-cfg.data.d = cfg.data.D = 8; cfg.data.k = 2; cfg.model.width = 16
-cfg.pretrain.steps = 30; cfg.pretrain.batch_size = 32; cfg.chunk_size = 10
-cfg.attack.steps = 2; cfg.progress = False
-spec = sc.SparseCodingSpec.from_config(cfg.data)
-keys = jax.random.split(jax.random.PRNGKey(0), 4)
-worlds = jax.vmap(lambda k: sc.make_world(k, spec))(keys)
-cfg.mesh = {'data': 1, 'model': 1}
-ref = supervised.train(cfg, worlds, worlds.theta0, keys, adversarial=True)
-for name, m in MESHES.items():
-  cfg.mesh = m
-  p, met = supervised.train(cfg, worlds, worlds.theta0, keys, adversarial=True)
-  out[f'supervised_{name}'] = {'params': maxdiff(p, ref[0]), 'loss': maxdiff(met, ref[1]),
-                               'specs': specs(p)}
+def part_batch(out):
+  # (a) batch parallelism inside one run: 64 examples split over 'data'.
+  p0 = {'w': jax.random.normal(jax.random.PRNGKey(1), (8, 32)) / 3, 'a': jnp.zeros((32,))}
+  st = state_lib.create(p0, optax.adam(1e-2))
+  aux = jax.random.normal(jax.random.PRNGKey(2), (8,))
+  fit = lambda mesh: loop.fit(st, aux, jax.random.PRNGKey(3), mlp_loss, steps=30,
+                              chunk_size=10, progress=False, mesh=mesh)
+  ref = fit(None)
+  for name, m in MESHES.items():
+    s, met = fit(m)
+    out[f'batch_{name}'] = {'params': maxdiff(s.params, ref[0].params),
+                            'opt_state': maxdiff(s.opt_state, ref[0].opt_state),
+                            'loss': maxdiff(met, ref[1]), 'specs': specs(s.params)}
+  run, s8, aux8, key8 = loop.compile_chunks(mlp_loss, st, aux, jax.random.PRNGKey(3),
+                                            batched=False, mesh=sharding.make_mesh(8, 1))
+  hlo = run.lower(s8, key8, aux8, np.int32(0), 10).compile().as_text()
+  out['batch_hlo_all_reduce'] = 'all-reduce' in hlo
 
-# (c) rep-spectral regularized MLP (Paper B): 2 seeds, power vectors carried.
-model = MLP(widths=(32, 32), num_classes=2)
-x = jax.random.normal(jax.random.PRNGKey(4), (64, 4))
-y = (x[:, 0] * x[:, 1] > 0).astype(jnp.int32)
-seeds = jax.random.split(jax.random.PRNGKey(5), 2)
-def xor_loss(params, key, aux):
-  x, y = aux
-  logits = model.apply({'params': params}, x)
-  return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)), {}
-p0 = jax.vmap(lambda k: model.init(k, x[:1])['params'])(seeds)
-mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], p0), 'rep',
-                           feature_layers=model.feature_layers)
-# tol=-1: always the full iteration count. With tol >= 0 the iteration that
-# stops is a discrete decision (|sigma - prev| <= tol sigma) that last-bit
-# rounding flips; when the top two singular values are close, sigma has
-# converged while v has not, so v (and then the params) jump by ~1e-2.
-tx = optax.chain(spectral.penalize(spectral.SpectralSpec(
-    kind='rep', lam=0.1, burn_in_steps=5, iters=5, warmup_iters=100, tol=-1.0), mask),
-                 state_lib.make_optimizer('sgd', 0.1))
-states = jax.vmap(lambda p: state_lib.create(p, tx))(p0)
-aux = (jnp.stack([x, x]), jnp.stack([y, y]))
-fit = lambda mesh: loop.fit(states, aux, seeds, xor_loss, steps=20, chunk_size=10,
-                            batched=True, progress=False, mesh=mesh)
-ref = fit(None)
-for name, m in MESHES.items():
-  s, met = fit(m)
-  out[f'spectral_{name}'] = {'params': maxdiff(s.params, ref[0].params),
-                             'opt_state': maxdiff(s.opt_state, ref[0].opt_state),
-                             'loss': maxdiff(met, ref[1])}
+
+def part_supervised(out):
+  # (b) the sparse-coding supervised stage, adversarial: 4 seeds in one compile.
+  cfg = cfg_lib.get_config()
+  cfg.data.d = cfg.data.D = 8; cfg.data.k = 2; cfg.model.width = 16
+  cfg.pretrain.steps = 30; cfg.pretrain.batch_size = 32; cfg.chunk_size = 10
+  cfg.attack.steps = 2; cfg.progress = False
+  spec = sc.SparseCodingSpec.from_config(cfg.data)
+  keys = jax.random.split(jax.random.PRNGKey(0), 4)
+  worlds = jax.vmap(lambda k: sc.make_world(k, spec))(keys)
+  cfg.mesh = {'data': 1, 'model': 1}
+  ref = supervised.train(cfg, worlds, worlds.theta0, keys, adversarial=True)
+  for name, m in MESHES.items():
+    cfg.mesh = m
+    p, met = supervised.train(cfg, worlds, worlds.theta0, keys, adversarial=True)
+    out[f'supervised_{name}'] = {'params': maxdiff(p, ref[0]), 'loss': maxdiff(met, ref[1]),
+                                 'specs': specs(p)}
+
+
+def part_spectral(out):
+  # (c) rep-spectral regularized MLP (Paper B): 2 seeds, power vectors carried.
+  model = MLP(widths=(32, 32), num_classes=2)
+  x = jax.random.normal(jax.random.PRNGKey(4), (64, 4))
+  y = (x[:, 0] * x[:, 1] > 0).astype(jnp.int32)
+  seeds = jax.random.split(jax.random.PRNGKey(5), 2)
+
+  def xor_loss(params, key, aux):
+    x, y = aux
+    logits = model.apply({'params': params}, x)
+    return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)), {}
+
+  p0 = jax.vmap(lambda k: model.init(k, x[:1])['params'])(seeds)
+  mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], p0), 'rep',
+                             feature_layers=model.feature_layers)
+  # tol=-1: always the full iteration count. With tol >= 0 the iteration that
+  # stops is a discrete decision (|sigma - prev| <= tol sigma) that last-bit
+  # rounding flips; when the top two singular values are close, sigma has
+  # converged while v has not, so v (and then the params) jump by ~1e-2.
+  tx = optax.chain(spectral.penalize(spectral.SpectralSpec(
+      kind='rep', lam=0.1, burn_in_steps=5, iters=5, warmup_iters=100, tol=-1.0), mask),
+                   state_lib.make_optimizer('sgd', 0.1))
+  states = jax.vmap(lambda p: state_lib.create(p, tx))(p0)
+  aux = (jnp.stack([x, x]), jnp.stack([y, y]))
+  fit = lambda mesh: loop.fit(states, aux, seeds, xor_loss, steps=20, chunk_size=10,
+                              batched=True, progress=False, mesh=mesh)
+  ref = fit(None)
+  for name, m in MESHES.items():
+    s, met = fit(m)
+    out[f'spectral_{name}'] = {'params': maxdiff(s.params, ref[0].params),
+                               'opt_state': maxdiff(s.opt_state, ref[0].opt_state),
+                               'loss': maxdiff(met, ref[1])}
+
+
+out = {}
+globals()['part_' + PART](out)
 print('RESULT ' + json.dumps(out))
 '''
+PARTS = ('batch', 'supervised', 'spectral')
 
 
 @pytest.fixture(scope='module')
 def fake_devices():
+  """The three parts in parallel subprocesses (compiles are mostly single-threaded)."""
   env = dict(os.environ, PYTHONPATH=ROOT, JAX_PLATFORMS='cpu',
              XLA_FLAGS='--xla_force_host_platform_device_count=8')
-  proc = subprocess.run([sys.executable, '-c', SCRIPT], cwd=ROOT, env=env, capture_output=True,
-                        text=True, timeout=600)
-  assert proc.returncode == 0, proc.stderr[-4000:]
-  line = [l for l in proc.stdout.splitlines() if l.startswith('RESULT ')][-1]
-  return json.loads(line[len('RESULT '):])
+  procs = [subprocess.Popen([sys.executable, '-c', SCRIPT, part], cwd=ROOT, env=env,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for part in PARTS]
+  out = {}
+  for proc in procs:
+    stdout, stderr = proc.communicate(timeout=600)
+    assert proc.returncode == 0, stderr[-4000:]
+    line = [l for l in stdout.splitlines() if l.startswith('RESULT ')][-1]
+    out.update(json.loads(line[len('RESULT '):]))
+  return out
 
 
 @pytest.mark.parametrize('mesh', ['data8', 'data4_model2'])
-@pytest.mark.parametrize('run', ['batch', 'supervised', 'spectral'])
+@pytest.mark.parametrize('run', PARTS)
 def test_eight_fake_devices_match_one(fake_devices, run, mesh):
   r = fake_devices[f'{run}_{mesh}']
   assert r['params'] <= TOL and r['loss'] <= TOL, (run, mesh, r)
