@@ -73,3 +73,14 @@ def test_readout_on_frozen_features(digits):
   # A Partial: attacks jit over it and gradients reach the input.
   g = jax.grad(lambda z: predict(z)[:, 0].sum())(x[:4])
   assert float(jnp.abs(g).sum()) > 0
+
+
+def test_vmaps_over_seeds_like_one_fit_each():
+  # The spectral stage fits one head per seed under vmap.
+  rng = np.random.default_rng(2)
+  f = jnp.asarray(rng.normal(size=(3, 50, 8)), jnp.float32)
+  y = jnp.asarray(rng.integers(0, 3, size=(3, 50)), jnp.int32)
+  fit = lambda f, y: fit_logistic_regression(f, y, num_classes=3, l2=1e-3, max_iter=100)
+  batched = jax.vmap(fit)(f, y)
+  single = fit(f[1], y[1])
+  chex.assert_trees_all_close(jax.tree.map(lambda a: a[1], batched), single, atol=1e-5)
