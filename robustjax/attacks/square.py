@@ -70,8 +70,7 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries):
   eps4 = eps_vec[:, None, None, None]
 
   def margin_of(delta4):
-    xa = common.clip_to_bounds(x + delta4.reshape(shape), bounds)
-    return common.margin(logits_fn(xa), y), xa - x
+    return common.margin(logits_fn(common.clip_to_bounds(x + delta4.reshape(shape), bounds)), y)
 
   def to_ball(delta4):
     # Back into the ball and the box; returns the feasible perturbation.
@@ -84,7 +83,7 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries):
   if norm == 'l2':
     delta = delta / jnp.sqrt(jnp.asarray(h * w * c, x.dtype))
   delta = to_ball(delta)
-  m, _ = margin_of(delta)
+  m = margin_of(delta)
   queries = jnp.ones((n,), jnp.int32)
 
   def body(it, carry):
@@ -107,7 +106,7 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries):
       nrm = common.norm(cand, 'l2')[:, None, None, None]
       cand = cand * eps4 / jnp.maximum(nrm, 1e-12)
     cand = to_ball(cand)
-    m_new, _ = margin_of(cand)
+    m_new = margin_of(cand)
     take = active & (m_new < m)
     delta = jnp.where(take[:, None, None, None], cand, delta)
     return delta, jnp.where(take, m_new, m), queries + active.astype(jnp.int32)
