@@ -27,6 +27,9 @@ from robustjax.stages.supervised import model_from_config, train_two_layer
 # Pre-training mode -> which pairs the attack perturbs (None: clean training).
 MODES = {'clean': None, 'adversarial': 'both', 'adv_negatives_only': 'negatives',
          'adv_positives_only': 'positives'}
+# The same as (attack similar pairs?, attack dissimilar pairs?): data, not code,
+# so every adversarial mode runs in one vmapped compile.
+TARGETS = {'both': (1.0, 1.0), 'negatives': (0.0, 1.0), 'positives': (1.0, 0.0)}
 
 
 def pair_scores(model: TwoLayer, scale: float, params, pairs: jax.Array) -> jax.Array:
@@ -40,41 +43,56 @@ def pair_loss_of_input(score_fn, params, y, pairs):
   return losses.pair_contrastive(score_fn(params, pairs), y)
 
 
-def attack_pairs(score_fn, params, pairs, y, key, attack: PGDSpec, which: str):
-  """PGD on the pair loss; pairs not selected by ``which`` keep radius 0."""
-  selected = {'both': jnp.ones_like(y), 'negatives': (y < 0).astype(y.dtype),
-              'positives': (y > 0).astype(y.dtype)}[which]
-  eps = attack.eps * selected
+def attack_pairs(score_fn, params, pairs, y, key, attack: PGDSpec, which):
+  """PGD on the pair loss; pairs not selected keep radius 0.
+
+  ``which``: 'both', 'negatives', 'positives', or a (2,) array of 0/1 flags
+  (attack similar, attack dissimilar) as in ``TARGETS``.
+  """
+  targets = jnp.asarray(TARGETS[which] if isinstance(which, str) else which, y.dtype)
+  eps = attack.eps * jnp.where(y > 0, targets[0], targets[1])
   loss = jax.tree_util.Partial(pair_loss_of_input, score_fn, params, y)
   return pgd(loss, pairs, eps=eps, norm=attack.norm, steps=attack.steps,
              step_size=attack.rel_step_size * eps, key=key, random_start=attack.random_start,
              restarts=attack.restarts)
 
 
-def contrastive_loss(params, key, world, *, model: TwoLayer, spec: sc.SparseCodingSpec,
-                     ccfg, attack: PGDSpec | None, which: str | None):
+def contrastive_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec,
+                     ccfg, attack: PGDSpec | None):
+  """aux = (world, targets): targets as in ``TARGETS``, ignored without attack."""
+  world, targets = aux
   k_data, k_attack = jax.random.split(key)
   pairs, y = sc.sample_pairs(k_data, ccfg.batch_size, world, spec,
                              negative_fraction=ccfg.negative_fraction, dropout=ccfg.dropout)
   score_fn = bind(pair_scores, model, ccfg.score_scale)
   if attack is not None:
     pairs = jax.lax.stop_gradient(attack_pairs(
-        score_fn, jax.lax.stop_gradient(params), pairs, y, k_attack, attack, which))
+        score_fn, jax.lax.stop_gradient(params), pairs, y, k_attack, attack, targets))
   s = score_fn(params, pairs)
   return jnp.mean(losses.pair_contrastive(s, y)), {'accuracy': jnp.mean(y * s > 0)}
 
 
-def train(cfg, worlds: sc.SparseCodingWorld, keys: jax.Array, *, mode: str,
-          desc: str = 'contrastive', checkpoint_dir: str | None = None):
-  """Contrastive pre-training of one encoder per (world, key); returns params."""
+def train(cfg, worlds: sc.SparseCodingWorld, keys: jax.Array, *, modes, desc: str = 'contrastive',
+          checkpoint_dir: str | None = None):
+  """Contrastive pre-training of one encoder per (mode, world, key).
+
+  ``modes`` must be all clean or all adversarial (one program). Returns params
+  with a leading axis of len(modes) * seeds, mode-major.
+  """
   ccfg = cfg.contrastive
-  which = MODES[mode]
+  adversarial = MODES[modes[0]] is not None
+  if any((MODES[m] is not None) != adversarial for m in modes):
+    raise ValueError(f'modes must be all clean or all adversarial, got {modes}')
+  n = len(modes)
+  targets = jnp.repeat(jnp.asarray([TARGETS[MODES[m]] if adversarial else (0.0, 0.0)
+                                    for m in modes]), keys.shape[0], axis=0)
+  aux = (jax.tree.map(lambda a: jnp.concatenate([a] * n), worlds), targets)
   loss_fn = functools.partial(
       contrastive_loss, model=model_from_config(cfg),
       spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=ccfg,
-      attack=PGDSpec.from_config(cfg.attack) if which else None, which=which)
-  return train_two_layer(cfg, worlds, keys, loss_fn, opt_cfg=ccfg, desc=desc,
-                         checkpoint_dir=checkpoint_dir)
+      attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
+  return train_two_layer(cfg, aux, jnp.concatenate([keys] * n), loss_fn, opt_cfg=ccfg,
+                         desc=desc, checkpoint_dir=checkpoint_dir)
 
 
 def pair_logits(model_and_scale, params, pairs):

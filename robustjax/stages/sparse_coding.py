@@ -174,14 +174,28 @@ def load_encoders(path: str):
 
 
 def pretraining_jobs(cfg, worlds, keys):
-  """(row name, thunk) for every configured pre-training, supervised then contrastive."""
-  jobs = [(mode, functools.partial(supervised.train, cfg, worlds, worlds.theta0, keys,
-                                   adversarial=mode == 'adversarial', desc=f'pre-train {mode}'))
+  """(row names, thunk) per compiled pre-training program.
+
+  A thunk returns params with a leading axis of len(names) * seeds; the
+  adversarial contrastive modes differ only in which pairs are attacked, so
+  they share one vmapped program.
+  """
+  jobs = [((mode,), functools.partial(supervised.train, cfg, worlds, worlds.theta0, keys,
+                                      adversarial=mode == 'adversarial',
+                                      desc=f'pre-train {mode}'))
           for mode in cfg.pretrain.modes]
-  jobs += [(f'contrastive_{mode}', functools.partial(contrastive.train, cfg, worlds, keys,
-                                                     mode=mode, desc=f'contrastive {mode}'))
-           for mode in cfg.contrastive.modes]
+  clean = [m for m in cfg.contrastive.modes if contrastive.MODES[m] is None]
+  adv = [m for m in cfg.contrastive.modes if contrastive.MODES[m] is not None]
+  for group, desc in ((clean, 'contrastive clean'), (adv, 'contrastive adversarial')):
+    if group:
+      jobs.append((tuple(f'contrastive_{m}' for m in group), functools.partial(
+          contrastive.train, cfg, worlds, keys, modes=tuple(group), desc=desc)))
   return jobs
+
+
+def _split(tree, n: int):
+  """(n * S, ...) -> n trees of (S, ...)."""
+  return [jax.tree.map(lambda a: a.reshape((n, -1) + a.shape[1:])[i], tree) for i in range(n)]
 
 
 def purification_sweep(cfg, worlds, keys) -> dict:
@@ -207,7 +221,7 @@ def width_sweep(cfg, worlds, keys) -> dict:
     for width in cfg.contrastive.width_sweep:
       c = cfg.copy_and_resolve_references()
       c.model.width = width
-      params, _ = contrastive.train(c, worlds, keys, mode=mode, desc=f'{mode} width {width}')
+      params, _ = contrastive.train(c, worlds, keys, modes=(mode,), desc=f'{mode} width {width}')
       meds.append(np.median(unit_stats(params, worlds)['purity'], axis=-1).tolist())
     out[f'purity_median_{mode}'] = [float(np.mean(m)) for m in meds]
     out[f'purity_median_{mode}_per_seed'] = meds
@@ -245,42 +259,48 @@ def run(cfg, workdir: str) -> dict:
     worlds = jax.vmap(lambda k: sc.make_world(k, spec))(keys['world'])
     test_keys = jax.vmap(lambda k: jax.random.fold_in(k, T))(keys['eval'])
     encoders = {}
-    for name, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
-      params, _ = _timed(timings, f'pretrain_{name}', train, checkpoint_dir=os.path.join(
-          workdir, 'train_checkpoints', f'pretrain_{name}'))
-      encoders[name] = params
-      save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), params, worlds)
-      if name in PRETRAIN_MODES:  # accuracy on the pre-training task
-        acc = evaluate(cfg, logits_fn, model, params, worlds, worlds.theta0, test_keys)
-      else:  # pair accuracy sign(s) = y on fresh pairs
-        acc = evaluate(cfg, contrastive.pair_logits, (model, cfg.contrastive.score_scale),
-                       params, worlds, worlds.theta0, test_keys, pairs=True)
-      rows[name] = {'pretrain_acc': acc}
-      units[name] = unit_stats(params, worlds)
+    for names, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
+      job = names[0] if len(names) == 1 else names[0].split('_')[0] + '_adversarial_modes'
+      params, _ = _timed(timings, f'pretrain_{job}', train, checkpoint_dir=os.path.join(
+          workdir, 'train_checkpoints', f'pretrain_{job}'))
+      for name, p in zip(names, _split(params, len(names))):
+        encoders[name] = p
+        save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), p, worlds)
+        if name in PRETRAIN_MODES:  # accuracy on the pre-training task
+          acc = evaluate(cfg, logits_fn, model, p, worlds, worlds.theta0, test_keys)
+        else:  # pair accuracy sign(s) = y on fresh pairs
+          acc = evaluate(cfg, contrastive.pair_logits, (model, cfg.contrastive.score_scale),
+                         p, worlds, worlds.theta0, test_keys, pairs=True)
+        rows[name] = {'pretrain_acc': acc}
+        units[name] = unit_stats(p, worlds)
     if cfg.stage == 'pipeline' and cfg.contrastive.modes and cfg.contrastive.sweep_alphas:
       sweeps['purification'] = _timed(timings, 'purification_sweep', purification_sweep, cfg,
                                       worlds, keys['eval'])
     if cfg.contrastive.width_sweep:
       sweeps['width'] = _timed(timings, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
-  if cfg.stage != 'pretrain':
+  if cfg.stage != 'pretrain' and encoders:
     thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
         jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
     worlds_st = _repeat(worlds, T)
     task_keys = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name]).reshape(
         S * T, -1)
     eval_keys = task_keys('eval')
-    for mode, params in encoders.items():
-      enc = _repeat({'w': params['w'], 'b': params['b']}, T)
-      heads, _ = _timed(timings, f'downstream_{mode}', downstream.train_heads, cfg, enc,
-                        worlds_st, thetas, task_keys('downstream'),
-                        desc=f'downstream heads on {mode}',
-                        checkpoint_dir=os.path.join(workdir, 'train_checkpoints',
-                                                    f'downstream_{mode}'))
-      acc = _timed(timings, f'eval_downstream_{mode}', evaluate, cfg, downstream.head_logits, model,
-                   {'encoder': enc, 'head': heads}, worlds_st, thetas, eval_keys)
-      rows.setdefault(mode, {})['downstream_acc'] = acc
-      units.setdefault(mode, unit_stats(params, worlds))
+    # Every encoder's heads train in one vmapped program: (encoders x seeds x tasks).
+    names = list(encoders)
+    cat = lambda trees: jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+    enc = cat([_repeat({'w': encoders[n]['w'], 'b': encoders[n]['b']}, T) for n in names])
+    worlds_all, thetas_all = cat([worlds_st] * len(names)), jnp.concatenate([thetas] * len(names))
+    heads, _ = _timed(timings, 'downstream_heads', downstream.train_heads, cfg, enc, worlds_all,
+                      thetas_all, jnp.concatenate([task_keys('downstream')] * len(names)),
+                      desc=f'downstream heads on {len(names)} encoders',
+                      checkpoint_dir=os.path.join(workdir, 'train_checkpoints', 'downstream'))
+    acc = _timed(timings, 'eval_downstream', evaluate, cfg, downstream.head_logits, model,
+                 {'encoder': enc, 'head': heads}, worlds_all, thetas_all,
+                 jnp.concatenate([eval_keys] * len(names)))
+    for name, a in zip(names, np.split(acc, len(names))):
+      rows.setdefault(name, {})['downstream_acc'] = a
+      units.setdefault(name, unit_stats(encoders[name], worlds))
     if cfg.stage == 'pipeline':
       # References train whole nets, so they run on the first reference_tasks
       # tasks of each seed only (the same tasks, test sets and keys as the heads).
@@ -311,7 +331,8 @@ def main(cfg, workdir: str) -> dict:
   out = run(cfg, workdir)
   summary = report.summarize(out)
   timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))
-  print(report.table(summary, out['train_eps']))
+  if summary:
+    print(report.table(summary, out['train_eps']))
   report.write_json(os.path.join(workdir, 'results.json'), {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'],
       'timings': timings, 'summary': summary, 'sweeps': out['sweeps'],
@@ -322,7 +343,8 @@ def main(cfg, workdir: str) -> dict:
   if out['encoders_seed0']:
     report.plot_loadings(out['encoders_seed0'], out['dictionary_seed0'],
                          os.path.join(workdir, 'loadings.png'))
-  report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
+  if any('downstream_acc_curve' in s for s in summary.values()):
+    report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
   if 'purification' in out['sweeps']:
     print('controlled purification (pair loss at eps = %g):' % out['train_eps'])
     print(report.sweep_table(out['sweeps']['purification']))
