@@ -80,6 +80,12 @@ def _jsonable(x):
   return str(x)
 
 
+def _save(fig, path: str) -> None:
+  fig.tight_layout()
+  fig.savefig(path, dpi=120)
+  plt.close(fig)
+
+
 def plot_purity(units: dict, path: str) -> None:
   """Histograms of per-unit purity and participation ratio, one colour per row."""
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
@@ -90,9 +96,7 @@ def plot_purity(units: dict, path: str) -> None:
   axes[1].set_xlabel('participation ratio  (1 = one feature)')
   axes[0].set_ylabel('density over units (all seeds)')
   axes[0].legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_loadings(encoders: dict, dictionary: np.ndarray, path: str) -> None:
@@ -106,9 +110,7 @@ def plot_loadings(encoders: dict, dictionary: np.ndarray, path: str) -> None:
     ax.set_title(f'{name}: |loadings| per unit (seed 0)')
     ax.set_xlabel('latent feature i')
     ax.set_ylabel('unit j (sorted by top feature)')
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_curves(summary: dict, eps: list, path: str) -> None:
@@ -121,9 +123,7 @@ def plot_curves(summary: dict, eps: list, path: str) -> None:
   ax.set_ylabel('downstream accuracy under PGD')
   ax.set_ylim(0, 1)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_purification_sweep(sweep: dict, path: str) -> None:
@@ -138,9 +138,7 @@ def plot_purification_sweep(sweep: dict, path: str) -> None:
   ax.set_xlabel('alpha (0 = purified units, 1 = dense mixtures)')
   ax.set_ylabel('contrastive test loss')
   ax.legend(fontsize=8)
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def plot_width_sweep(sweep: dict, path: str) -> None:
@@ -153,9 +151,7 @@ def plot_width_sweep(sweep: dict, path: str) -> None:
   ax.set_ylabel('median unit purity')
   ax.set_ylim(0, 1)
   ax.legend()
-  fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  _save(fig, path)
 
 
 def sweep_table(sweep: dict) -> str:
