@@ -116,8 +116,8 @@ def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
       ax.contour(xs, ys, c, levels=[0.0], colors='w', linewidths=1.5)
     if points is not None:
       p = np.asarray(points)
-      ax.scatter(p[:, 0], p[:, 1], c=None if labels is None else np.asarray(labels),
-                 cmap='coolwarm', s=10, edgecolors='k', linewidths=0.3)
+      colour = dict(c='w') if labels is None else dict(c=np.asarray(labels), cmap='coolwarm')
+      ax.scatter(p[:, 0], p[:, 1], s=10, edgecolors='k', linewidths=0.3, **colour)
     ax.set_title(name)
     fig.colorbar(im, ax=ax, fraction=0.046)
   if suptitle:
