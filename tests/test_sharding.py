@@ -129,7 +129,7 @@ def part_spectral(out):
 
 
 out = {}
-globals()['part_' + PART](out)
+globals()['part_' + sys.argv[1]](out)
 print('RESULT ' + json.dumps(out))
 '''
 PARTS = ('batch', 'supervised', 'spectral')
