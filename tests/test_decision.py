@@ -107,7 +107,8 @@ def test_query_counts(binary):
   assert np.all(q >= base + 40) and np.all(q <= base + 40 * 20)
 
 
-@pytest.mark.parametrize('method', ['hopskipjump', 'tangent'])
+@pytest.mark.parametrize('method', [pytest.param('hopskipjump', marks=pytest.mark.slow),
+                                    'tangent'])
 def test_multiclass_affine_within_5pct_with_per_class_starts(multiclass, method):
   f, w, b, x, y = multiclass
   exact = np.asarray(affine_min_distance(w, b, x, y, 'l2'))

@@ -75,6 +75,7 @@ def test_readout_on_frozen_features(digits):
   assert float(jnp.abs(g).sum()) > 0
 
 
+@pytest.mark.slow
 def test_vmaps_over_seeds_like_one_fit_each():
   # The spectral stage fits one head per seed under vmap.
   rng = np.random.default_rng(2)

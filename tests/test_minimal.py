@@ -91,7 +91,7 @@ def test_fmn_respects_bounds():
   _check_adversarial(f, x01, y, x_adv, dist, 'l2')
 
 
-@pytest.mark.parametrize('norm', ['l2', 'linf'])
+@pytest.mark.parametrize('norm', [pytest.param('l2', marks=pytest.mark.slow), 'linf'])
 def test_bisection_brackets_exact_distance(norm):
   f, w, b, x, y = _model(0, n=16)
   exact = np.asarray(affine_min_distance(w, b, x, y, norm))
