@@ -81,11 +81,12 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   steps an uninterrupted one would have taken. A chunk with a non-finite loss
   is never saved: the last good checkpoint stays where the error says.
   """
+  # Read on the host before the key becomes a (possibly multi-host) global array.
+  record = {'steps': int(steps), 'key': checkpoint.key_record(key)}
   mesh = sharding.mesh_from_config(mesh)
   run, state, aux, key = compile_chunks(loss_fn, state, aux, key, batched=batched, mesh=mesh)
 
   mngr, start, metrics = None, 0, {}
-  record = {'steps': int(steps), 'key': checkpoint.key_record(key)}
   if checkpoint_dir:
     mngr = checkpoint.manager(checkpoint_dir)
     restored = checkpoint.restore_latest(mngr, state, record)
