@@ -46,13 +46,16 @@ def project(delta: jax.Array, eps, norm: str) -> jax.Array:
 
 def random_init(key: chex.PRNGKey, x: jax.Array, eps, norm: str) -> jax.Array:
   """A uniform draw from the cube (linf) or from the ball (l2)."""
+  # Flat draws, reshaped: XLA on CPU compiles multi-dimensional threefry
+  # draws far more slowly.
   if norm == 'linf':
-    return eps * jax.random.uniform(key, x.shape, x.dtype, -1.0, 1.0)
+    return eps * jax.random.uniform(key, (x.size,), x.dtype, -1.0, 1.0).reshape(x.shape)
   k_dir, k_rad = jax.random.split(key)
-  direction = jax.random.normal(k_dir, x.shape, x.dtype)
+  direction = jax.random.normal(k_dir, (x.size,), x.dtype).reshape(x.shape)
   direction = direction / jnp.maximum(_l2_norm(direction), 1e-12)
   dim = x[0].size
-  radius = jax.random.uniform(k_rad, (x.shape[0],) + (1,) * (x.ndim - 1), x.dtype)
+  radius = jax.random.uniform(k_rad, (x.shape[0],), x.dtype).reshape(
+      (x.shape[0],) + (1,) * (x.ndim - 1))
   return eps * radius ** (1.0 / dim) * direction
 
 
