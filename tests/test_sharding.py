@@ -212,3 +212,17 @@ def test_put_copies_and_places():
   y = sharding.put({'x': x}, {'x': jax.sharding.NamedSharding(mesh, P())})['x']
   chex.assert_trees_all_equal(np.asarray(y), np.asarray(x))
   assert y.unsafe_buffer_pointer() != x.unsafe_buffer_pointer()
+
+
+def test_config_mesh_and_checkpoint_interval_are_validated(tiny_sparse_coding_config):
+  from robustjax import config_validation as cv
+  from robustjax.stages import sparse_coding
+  cfg = tiny_sparse_coding_config
+  cfg.mesh.data = -1
+  sparse_coding.validate(cfg)  # all devices: always fits
+  cfg.mesh.data = jax.device_count() + 1
+  with pytest.raises(cv.ConfigError, match=r'config\.mesh: .*needs'):
+    sparse_coding.validate(cfg)
+  cfg.mesh.data, cfg.checkpoint_every = 1, 0
+  with pytest.raises(cv.ConfigError, match=r'config\.checkpoint_every'):
+    sparse_coding.validate(cfg)
