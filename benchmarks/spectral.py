@@ -1,6 +1,6 @@
 """Cost of the spectral penalty: training-step overhead and sigma_max methods.
 
-    python benchmarks/spectral.py [--repeats 5] [--steps 20]
+    python benchmarks/spectral.py [--repeats 3] [--steps 5]
 
 1. One SGD step of Paper B's MNIST MLP (784-2000-10, batch 1024) without a
    penalty, with rep-spectral (hidden layer) and with ll-spectral (all
@@ -79,8 +79,8 @@ def conv_times(repeats: int):
 
 def main():
   parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-  parser.add_argument('--repeats', type=int, default=5)
-  parser.add_argument('--steps', type=int, default=20)
+  parser.add_argument('--repeats', type=int, default=3)
+  parser.add_argument('--steps', type=int, default=5)
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()}')
 

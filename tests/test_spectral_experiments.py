@@ -40,6 +40,7 @@ def _check_summary(res, num_seeds=2, combos=('original/fmn', 'original/tangent',
   return s
 
 
+@pytest.mark.slow  # ~40 s alone, minutes on a shared 2-core machine
 def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
   # A strong penalty for a short schedule: rep must shrink the hidden layer's
   # sigma_max below the unregularised run's, and only ll the readout's.

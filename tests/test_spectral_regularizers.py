@@ -108,6 +108,7 @@ def _xor_loss(params, key, aux):
   return jnp.mean(optax.softmax_cross_entropy_with_integer_labels(logits, y)), {}
 
 
+@pytest.mark.slow  # three loop.fit compiles
 def test_training_lowers_penalised_sigmas_through_loop_fit():
   """Composes with a stage's loss and loop.fit(batched=True): the penalised
   layers end with smaller sigma_max than the same run without the penalty,

@@ -100,8 +100,7 @@ def validate(cfg) -> None:
   cv.subset_of(cfg, 'eval.attacks', ATTACKS)
   cv.one_of(cfg, 'eval.primary_head', tuple(cfg.eval.heads))
   cv.one_of(cfg, 'eval.primary_attack', tuple(cfg.eval.attacks))
-  combos = [f'{h}/{a}' for h in cfg.eval.heads for a in cfg.eval.attacks]
-  cv.subset_of(cfg, 'eval.skip', combos, nonempty=False)
+  cv.subset_of(cfg, 'eval.skip', [f'{h}/{a}' for h in HEADS for a in ATTACKS], nonempty=False)
   primary = f'{cfg.eval.primary_head}/{cfg.eval.primary_attack}'
   if primary in cfg.eval.skip:
     raise cv.ConfigError('eval.skip', f'a list without the primary {primary!r}', cfg.eval.skip)
