@@ -66,10 +66,22 @@ def table(summary: dict, train_eps: float) -> str:
 
 
 def write_json(path: str, payload: dict) -> None:
+  """Atomic JSON; NaN and +-inf (e.g. a failed attack's distance) become null."""
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
-    json.dump(payload, f, indent=2, default=_jsonable)
+    json.dump(_finite(json.loads(json.dumps(payload, default=_jsonable))), f, indent=2,
+              allow_nan=False)
   os.replace(tmp, path)  # atomic: a reader never sees half a file
+
+
+def _finite(x):
+  if isinstance(x, float) and not np.isfinite(x):
+    return None
+  if isinstance(x, dict):
+    return {k: _finite(v) for k, v in x.items()}
+  if isinstance(x, list):
+    return [_finite(v) for v in x]
+  return x
 
 
 def _jsonable(x):

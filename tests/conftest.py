@@ -1,5 +1,19 @@
-"""Shared fixtures."""
-import pytest
+"""Shared fixtures, and one XLA compilation cache for the whole test session.
+
+Many tests compile the same programs (the tiny pipeline, its variants, the
+stage hand-off; subprocesses included): a persistent cache in a session
+temporary directory compiles each once. Set JAX_COMPILATION_CACHE_DIR to
+keep your own.
+"""
+import os
+import tempfile
+
+if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='robustjax-xla-cache-')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
+os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
+
+import pytest  # noqa: E402
 
 from tests.helpers import TINY
 

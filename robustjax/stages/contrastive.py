@@ -20,6 +20,7 @@ import jax.numpy as jnp
 from robustjax import losses
 from robustjax.attacks import PGDSpec, pgd
 from robustjax.data import sparse_coding as sc
+from robustjax.train import sharding
 from robustjax.models.apply import bind
 from robustjax.models.two_layer import TwoLayer, purified_units
 from robustjax.stages.supervised import model_from_config, train_two_layer
@@ -64,6 +65,7 @@ def contrastive_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCoding
   k_data, k_attack = jax.random.split(key)
   pairs, y = sc.sample_pairs(k_data, ccfg.batch_size, world, spec,
                              negative_fraction=ccfg.negative_fraction, dropout=ccfg.dropout)
+  pairs, y = sharding.constrain_batch((pairs, y))  # data parallel over the mesh, if any
   score_fn = bind(pair_scores, model, ccfg.score_scale)
   if attack is not None:
     pairs = jax.lax.stop_gradient(attack_pairs(

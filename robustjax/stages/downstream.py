@@ -15,7 +15,7 @@ from robustjax import losses
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
 from robustjax.stages.supervised import model_from_config
-from robustjax.train import loop, state as state_lib
+from robustjax.train import loop, sharding, state as state_lib
 
 
 def head_logits(model: TwoLayer, params, z):
@@ -27,6 +27,7 @@ def head_logits(model: TwoLayer, params, z):
 def head_loss(head, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec, batch_size: int):
   world, theta, encoder = aux
   z, y, _ = sc.sample_task(key, batch_size, world, spec, theta)
+  z, y = sharding.constrain_batch((z, y))  # data parallel over the mesh, if any
   # The encoder arrives through aux, so no gradient reaches it.
   logits = head_logits(model, {'encoder': encoder, 'head': head}, z)
   loss = jnp.mean(losses.logistic(logits, y))

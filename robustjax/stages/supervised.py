@@ -16,7 +16,7 @@ from robustjax.attacks import PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.models.two_layer import TwoLayer
-from robustjax.train import loop, state as state_lib
+from robustjax.train import loop, sharding, state as state_lib
 
 
 def model_from_config(cfg) -> TwoLayer:
@@ -40,6 +40,7 @@ def supervised_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCodingS
   world, theta = aux
   k_data, k_attack = jax.random.split(key)
   z, y, _ = sc.sample_task(k_data, batch_size, world, spec, theta)
+  z, y = sharding.constrain_batch((z, y))  # data parallel over the mesh, if any
   apply = bind(logits_fn, model)
   if attack is not None:
     loss_of_input = jax.tree_util.Partial(attack_loss, apply, jax.lax.stop_gradient(params), y)
