@@ -66,6 +66,7 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config):
   assert not os.path.exists(tmp_path / 'down' / 'checkpoints')
 
 
+@pytest.mark.slow  # the tiny pipeline above runs both halves in the default suite
 @pytest.mark.parametrize('variant,rows', [
     ('supervised', {'clean', 'adversarial', 'end_to_end_clean', 'end_to_end_adversarial'}),
     ('contrastive', {'contrastive_clean', 'contrastive_adversarial',
@@ -80,6 +81,7 @@ def test_variants_select_their_pipeline(tmp_path, variant, rows):
   assert ('purification' in res['sweeps']) == (variant == 'contrastive')
 
 
+@pytest.mark.slow
 def test_width_sweep_variant(tmp_path):
   proc = launch('--config=configs/sparse_coding.py:widths', f'--workdir={tmp_path}', *TINY,
                 '--config.contrastive.width_sweep=(4,8)')

@@ -172,7 +172,8 @@ def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, desc: str = '
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   states, metrics = loop.fit(states, (data['x_train'], data['y_train']), train_keys, loss_fn,
                              steps=t.epochs * spe, chunk_size=cfg.chunk_size, batched=True,
-                             desc=desc or f'train {kind}', progress=cfg.progress)
+                             desc=desc or f'train {kind}', progress=cfg.progress,
+                             mesh=cfg.get('mesh'))
   return states.params, metrics
 
 
