@@ -84,7 +84,7 @@ def get_config(variant: str = 'pipeline'):
   c.downstream = ml_collections.ConfigDict(dict(
       num_tasks=3,           # fresh theta per task, per seed
       steps=1000,            # a convex problem: 1000 Adam steps at 2e-2 converge
-      batch_size=256,
+      batch_size=128,
       optimizer='adam',
       learning_rate=2e-2,
       weight_decay=0.0,
@@ -112,7 +112,7 @@ def get_config(variant: str = 'pipeline'):
       width_sweep=(),         # e.g. (32, 64, 128, 256): purity against width
   ))
   c.eval = ml_collections.ConfigDict(dict(
-      num_examples=2000,     # fresh test points per task
+      num_examples=1000,     # fresh test points per task (accuracy s.e. <= 1.6%)
       eps=(0.1, 0.2, 0.3, 0.4, 0.6, 0.8),  # curve radii (0 and attack.eps added)
       attack_steps=20,
       rel_step_size=0.25,
