@@ -237,7 +237,7 @@ def _timed(timings, name, fn, *args, **kwargs):
 
 
 def run(cfg, workdir: str) -> dict:
-  """Runs ``cfg.stage``; returns the results dict (see ``report.write_results``)."""
+  """Runs ``cfg.stage``; returns rows, per-unit metrics, sweeps and timings for ``main``."""
   timings, rows, units, sweeps = {}, {}, {}, {}
   keys = _keys(cfg.seed, cfg.num_seeds)
   spec = sc.SparseCodingSpec.from_config(cfg.data)
