@@ -7,7 +7,6 @@ the attack (forward + backward matmuls), and that as a fraction of the
 float32 matmul GFLOP/s measured here (2048^3). Run it on an idle machine.
 """
 import argparse
-import time
 
 import jax
 import jax.numpy as jnp
@@ -17,17 +16,7 @@ from robustjax.attacks import pgd
 from robustjax.models.apply import bind, logits
 from robustjax.models.mlp import MLP
 from robustjax.models.two_layer import TwoLayer
-
-
-def timeit(fn, *args, repeats: int) -> float:
-  """Best wall time of ``repeats`` calls after one compile/warm-up call."""
-  jax.block_until_ready(fn(*args))
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
+from timing import timeit  # benchmarks/timing.py, beside this script
 
 
 def matmul_gflops(n: int, repeats: int) -> float:

@@ -17,7 +17,6 @@ Each time is the best of ``repeats`` after a compile call; steps run
 """
 import argparse
 import functools
-import time
 
 import jax
 import jax.numpy as jnp
@@ -29,16 +28,7 @@ from robustjax.spectral import conv_norm, power_iteration
 from robustjax.stages.spectral import batch_loss
 from robustjax.train import state as state_lib
 from robustjax.train.steps import train_steps
-
-
-def timeit(fn, *args, repeats: int) -> float:
-  jax.block_until_ready(fn(*args))
-  best = float('inf')
-  for _ in range(repeats):
-    t0 = time.perf_counter()
-    jax.block_until_ready(fn(*args))
-    best = min(best, time.perf_counter() - t0)
-  return best
+from timing import timeit  # benchmarks/timing.py, beside this script
 
 
 def step_time(kind: str, tol: float, model, data, steps: int, repeats: int) -> float:
