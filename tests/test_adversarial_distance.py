@@ -3,18 +3,15 @@ import chex
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 
 from robustjax.attacks.exact import affine_min_distance
 from robustjax.metrics.robustness import (adversarial_distance, compare_distances,
                                           distance_summary)
+from tests import models
+from tests.models import affine_logits, random_affine
 
 D, C, N = 10, 4, 40
-
-
-def _affine(w, b, x):
-  return x @ w + b
 
 
 def _constant(x):
@@ -24,46 +21,16 @@ def _constant(x):
 
 @pytest.fixture(scope='module')
 def affine():
-  k = jax.random.split(jax.random.PRNGKey(21), 3)
-  w = jax.random.normal(k[0], (D, C))
-  b = jax.random.normal(k[1], (C,))
-  x = jax.random.normal(k[2], (N, D))
-  f = jax.tree_util.Partial(_affine, w, b)
-  pred = np.asarray(jnp.argmax(f(x), -1))
+  f, w, b, x, pred = random_affine(21, D, C, N)
+  pred = np.asarray(pred)
   y = pred.copy()
   y[::5] = (y[::5] + 1) % C          # every fifth point misclassified
   return f, w, b, x, jnp.asarray(y)
 
 
-def _mlp(params, x):
-  h = jax.nn.gelu(x @ params['w1'] + params['b1'])
-  return h @ params['w2'] + params['b2']
-
-
 @pytest.fixture(scope='module')
 def digits_mlp():
-  """A 64-32-10 GELU MLP trained briefly on scikit-learn's 8x8 digits."""
-  from sklearn.datasets import load_digits
-  xs, ys = load_digits(return_X_y=True)
-  xs = jnp.asarray(xs / 16.0, jnp.float32)
-  ys = jnp.asarray(ys, jnp.int32)
-  rng = np.random.default_rng(0)
-  params = {'w1': jnp.asarray(rng.normal(size=(64, 32)) / 8.0, jnp.float32),
-            'b1': jnp.zeros(32), 'b2': jnp.zeros(10),
-            'w2': jnp.asarray(rng.normal(size=(32, 10)) / np.sqrt(32), jnp.float32)}
-  opt = optax.adam(1e-2)
-
-  @jax.jit
-  def step(p, s):
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        _mlp(p, xs[:1500]), ys[:1500]).mean()
-    u, s = opt.update(jax.grad(loss)(p), s)
-    return optax.apply_updates(p, u), s
-
-  state = opt.init(params)
-  for _ in range(200):
-    params, state = step(params, state)
-  return jax.tree_util.Partial(_mlp, params), xs[1500:1564], ys[1500:1564]
+  return models.digits_mlp()
 
 
 def test_protocol_and_known_answer(affine):
@@ -105,7 +72,7 @@ def test_binary_scalar_logits_hard_label(method):
   k = jax.random.split(jax.random.PRNGKey(22), 2)
   w = jax.random.normal(k[0], (D,))
   x = jax.random.normal(k[1], (N, D))
-  f = jax.tree_util.Partial(_affine, w, 0.1)
+  f = jax.tree_util.Partial(affine_logits, w, 0.1)
   y = jnp.where(f(x) > 0, 1, -1).at[:3].multiply(-1)   # three misclassified points
   out = adversarial_distance(f, x, y, method=method, key=jax.random.PRNGKey(0))
   idx = out['indices']

@@ -7,7 +7,6 @@ import hypothesis.strategies as st
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from hypothesis import given, settings
 
@@ -16,23 +15,15 @@ from robustjax.attacks.apgd import apgd, checkpoints, loss_value, resolve_loss
 from robustjax.attacks.exact import affine_min_distance
 from robustjax.attacks.square import p_selection, square
 from robustjax.metrics import robustness
+from tests import models
+from tests.models import affine_logits, random_affine
 
 D, C, N = 10, 5, 64
 
 
-def _affine(w, b, x):
-  return x @ w + b
-
-
 @pytest.fixture(scope='module')
 def affine():
-  k = jax.random.split(jax.random.PRNGKey(0), 3)
-  w = jax.random.normal(k[0], (D, C))
-  b = jax.random.normal(k[1], (C,))
-  x = jax.random.normal(k[2], (N, D))
-  f = jax.tree_util.Partial(_affine, w, b)
-  y = jnp.argmax(f(x), -1)
-  return f, w, b, x, y
+  return random_affine(0, D, C, N)
 
 
 @pytest.fixture(scope='module')
@@ -40,40 +31,14 @@ def binary_affine():
   k = jax.random.split(jax.random.PRNGKey(1), 3)
   w = jax.random.normal(k[0], (D,))
   x = jax.random.normal(k[2], (N, D))
-  f = jax.tree_util.Partial(_affine, w, 0.3)
+  f = jax.tree_util.Partial(affine_logits, w, 0.3)
   y = jnp.where(f(x) > 0, 1, -1)
   return f, w, 0.3, x, y
 
 
-def _mlp(params, x):
-  h = jax.nn.gelu(x @ params['w1'] + params['b1'])
-  return h @ params['w2'] + params['b2']
-
-
 @pytest.fixture(scope='module')
 def digits_mlp():
-  """A 64-32-10 GELU MLP trained briefly on scikit-learn's 8x8 digits."""
-  from sklearn.datasets import load_digits
-  xs, ys = load_digits(return_X_y=True)
-  xs = jnp.asarray(xs / 16.0, jnp.float32)
-  ys = jnp.asarray(ys, jnp.int32)
-  k1, k2 = jax.random.split(jax.random.PRNGKey(2))
-  params = {'w1': jax.random.normal(k1, (64, 32)) / 8.0, 'b1': jnp.zeros(32),
-            'w2': jax.random.normal(k2, (32, 10)) / np.sqrt(32), 'b2': jnp.zeros(10)}
-  opt = optax.adam(1e-2)
-
-  @jax.jit
-  def step(p, s):
-    loss = lambda p: optax.softmax_cross_entropy_with_integer_labels(
-        _mlp(p, xs[:1500]), ys[:1500]).mean()
-    g = jax.grad(loss)(p)
-    u, s = opt.update(g, s)
-    return optax.apply_updates(p, u), s
-
-  state = opt.init(params)
-  for _ in range(200):
-    params, state = step(params, state)
-  return jax.tree_util.Partial(_mlp, params), xs[1500:1564], ys[1500:1564]
+  return models.digits_mlp()
 
 
 def test_checkpoints_follow_published_schedule():

@@ -11,12 +11,9 @@ from hypothesis import given, settings
 
 from robustjax.attacks.decision import decision_attack, tangent_point
 from robustjax.attacks.exact import affine_min_distance
+from tests.models import affine_logits, random_affine
 
 D, C, N = 10, 4, 24
-
-
-def _affine(w, b, x):
-  return x @ w + b
 
 
 def _label_only(w, b, x):
@@ -31,19 +28,14 @@ def binary():
   k = jax.random.split(jax.random.PRNGKey(11), 2)
   w = jax.random.normal(k[0], (D,))
   x = jax.random.normal(k[1], (N, D))
-  f = jax.tree_util.Partial(_affine, w, 0.2)
+  f = jax.tree_util.Partial(affine_logits, w, 0.2)
   y = jnp.where(f(x) > 0, 1, -1)
   return f, w, 0.2, x, y
 
 
 @pytest.fixture(scope='module')
 def multiclass():
-  k = jax.random.split(jax.random.PRNGKey(12), 3)
-  w = jax.random.normal(k[0], (D, C))
-  b = jax.random.normal(k[1], (C,))
-  x = jax.random.normal(k[2], (N, D))
-  f = jax.tree_util.Partial(_affine, w, b)
-  return f, w, b, x, jnp.argmax(f(x), -1)
+  return random_affine(12, D, C, N)
 
 
 _tangent_point = jax.jit(tangent_point)
@@ -144,7 +136,7 @@ def test_noise_start_when_batch_has_one_class(binary):
   f, w, _, x, _ = binary
   # A bias that puts every point in class +1: no batch neighbour to start from.
   # (Same Partial structure as the fixture: the compiled attack is reused.)
-  g = jax.tree_util.Partial(_affine, w, 3.0 * float(jnp.abs(x @ w).max()))
+  g = jax.tree_util.Partial(affine_logits, w, 3.0 * float(jnp.abs(x @ w).max()))
   y = jnp.where(g(x) > 0, 1, -1)
   assert np.all(np.asarray(y) == 1)
   exact = np.asarray(affine_min_distance(w, 3.0 * float(jnp.abs(x @ w).max()), x, y, 'l2'))

@@ -9,21 +9,13 @@ from hypothesis import given, settings
 
 from robustjax.attacks.exact import affine_min_distance
 from robustjax.attacks.minimal import bisection, fmn, runner_up_classes
+from tests.models import affine_logits, random_affine
 
 D, C, N = 10, 5, 32
 
 
-def _affine(w, b, x):
-  return x @ w + b
-
-
 def _model(seed, d=D, c=C, n=N):
-  k = jax.random.split(jax.random.PRNGKey(seed), 3)
-  w = jax.random.normal(k[0], (d, c))
-  b = jax.random.normal(k[1], (c,))
-  x = jax.random.normal(k[2], (n, d))
-  f = jax.tree_util.Partial(_affine, w, b)
-  return f, w, b, x, jnp.argmax(f(x), -1)
+  return random_affine(seed, d, c, n)
 
 
 def _check_adversarial(f, x, y, x_adv, dist, norm):
@@ -58,7 +50,7 @@ def test_fmn_binary_scalar_logits():
   k = jax.random.split(jax.random.PRNGKey(3), 2)
   w = jax.random.normal(k[0], (D,))
   x = jax.random.normal(k[1], (N, D))
-  f = jax.tree_util.Partial(_affine, w, -0.2)
+  f = jax.tree_util.Partial(affine_logits, w, -0.2)
   y = jnp.where(f(x) > 0, 1, -1)
   exact = affine_min_distance(w, -0.2, x, y, 'l2')
   x_adv, dist = fmn(f, x, y, norm='l2')
