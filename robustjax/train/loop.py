@@ -19,10 +19,11 @@ class DivergedError(FloatingPointError):
   """The training loss became NaN or inf."""
 
 
-def _chunk(state, key, aux, first_step, num_steps, *, loss_fn, batched, batch_sharding):
+def _chunk(state, key, aux, first_step, num_steps, *, loss_fn, batched, shared_aux,
+           batch_sharding):
   run = functools.partial(train_steps, num_steps=num_steps, loss_fn=loss_fn)
   if batched:
-    run = jax.vmap(run, in_axes=(0, 0, 0, None))
+    run = jax.vmap(run, in_axes=(0, 0, None if shared_aux else 0, None))
   # The body runs only while jax traces it, so the loss sees the batch
   # sharding exactly then.
   with sharding.batch_sharding(batch_sharding):
@@ -35,7 +36,8 @@ def _own_copy(state):
                       state)
 
 
-def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None):
+def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None,
+                   shared_aux: bool = False):
   """(run, state, aux, key): ``run(state, key, aux, first_step, n)``
   is the jit-compiled scan of n steps; the inputs come back placed for it.
 
@@ -45,13 +47,14 @@ def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None
   chunk updates them in place.
   """
   if mesh is None:
-    chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched, batch_sharding=None)
+    chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched, shared_aux=shared_aux,
+                              batch_sharding=None)
     return (jax.jit(chunk, static_argnums=4, donate_argnums=0), _own_copy(state),
             aux, key)
   lay = sharding.layout(mesh, key.shape[0] if batched else None)
   state_sh = lay.state(state, batched)
-  aux_sh, key_sh = lay.runs(aux, batched), lay.runs(key, batched)
-  chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched,
+  aux_sh, key_sh = lay.runs(aux, batched and not shared_aux), lay.runs(key, batched)
+  chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched, shared_aux=shared_aux,
                             batch_sharding=lay.batch())
   run = jax.jit(chunk, static_argnums=4, donate_argnums=0,
                 in_shardings=(state_sh, key_sh, aux_sh, lay.replicated()),
@@ -63,11 +66,13 @@ def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None
 def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         steps: int, chunk_size: int = 250, batched: bool = False, desc: str = 'train',
         progress: bool = True, mesh=None, checkpoint_dir: str | None = None,
-        checkpoint_every: int | None = None):
+        checkpoint_every: int | None = None, shared_aux: bool = False):
   """Trains for ``steps`` steps; returns (state, metrics of the last chunk).
 
   ``batched=True`` vmaps everything over the leading axis of ``state``, ``aux``
-  and ``key`` (seeds, tasks): one compile trains them all. The loss is checked
+  and ``key`` (seeds, tasks): one compile trains them all; with
+  ``shared_aux=True`` every run reads the same ``aux`` (one copy of a dataset,
+  not one per seed). The loss is checked
   for NaN/inf after every chunk; a diverging run raises ``DivergedError``.
 
   ``mesh``: a ``jax.sharding.Mesh``, a ``{'data', 'model'}`` config block or
@@ -84,7 +89,8 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   # Read on the host before the key becomes a (possibly multi-host) global array.
   record = {'steps': int(steps), 'key': checkpoint.key_record(key)}
   mesh = sharding.mesh_from_config(mesh)
-  run, state, aux, key = compile_chunks(loss_fn, state, aux, key, batched=batched, mesh=mesh)
+  run, state, aux, key = compile_chunks(loss_fn, state, aux, key, batched=batched, mesh=mesh,
+                                        shared_aux=shared_aux)
 
   mngr, start, metrics = None, 0, {}
   if checkpoint_dir:

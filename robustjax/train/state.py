@@ -28,5 +28,11 @@ def make_optimizer(name: str, learning_rate: float, *, weight_decay: float = 0.0
   return optax.multi_transform({'train': tx, 'freeze': optax.set_to_zero()}, labels)
 
 
-def create(params, tx: optax.GradientTransformation) -> train_state.TrainState:
-  return train_state.TrainState.create(apply_fn=None, params=params, tx=tx)
+class TrainState(train_state.TrainState):
+  """flax's TrainState plus the model's non-trained state (BatchNorm running
+  statistics); None for models without one."""
+  batch_stats: Any = None
+
+
+def create(params, tx: optax.GradientTransformation, batch_stats: Any = None) -> TrainState:
+  return TrainState.create(apply_fn=None, params=params, tx=tx, batch_stats=batch_stats)

@@ -4,6 +4,12 @@ A stage supplies ``loss_fn(params, key, aux) -> (loss, metrics)``: it draws or
 picks its batch from ``key``, may attack it, and returns the scalar loss. ``aux``
 carries the arrays the loss needs besides the trained parameters (the data
 world, a frozen encoder), so one compiled step serves every seed when vmapped.
+
+Models with BatchNorm keep their running statistics in ``state.batch_stats``;
+their loss takes them and hands back the updated ones:
+``loss_fn(params, key, aux, batch_stats) -> (loss, (metrics, new_batch_stats))``.
+Only the training forward pass may update them: attacks inside the loss run
+the model in eval mode and never touch them.
 """
 from __future__ import annotations
 
@@ -18,8 +24,11 @@ LossFn = Callable[[Any, jax.Array, Any], tuple[jax.Array, dict]]
 def train_step(state: train_state.TrainState, key: jax.Array, aux: Any, loss_fn: LossFn):
   """One optax update on loss_fn's gradient; returns (state, metrics)."""
   grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
-  (loss, metrics), grads = grad_fn(state.params, key, aux)
-  return state.apply_gradients(grads=grads), dict(metrics, loss=loss)
+  if getattr(state, 'batch_stats', None) is None:
+    (loss, metrics), grads = grad_fn(state.params, key, aux)
+    return state.apply_gradients(grads=grads), dict(metrics, loss=loss)
+  (loss, (metrics, stats)), grads = grad_fn(state.params, key, aux, state.batch_stats)
+  return (state.apply_gradients(grads=grads, batch_stats=stats), dict(metrics, loss=loss))
 
 
 def train_steps(state: train_state.TrainState, key: jax.Array, aux: Any, first_step,
