@@ -26,4 +26,4 @@ def test_digits_offline_split():
   other = images.load('digits', split_seed=1)
   assert not np.array_equal(other[3], y_te)
   with pytest.raises(ValueError, match='dataset'):
-    images.load('cifar10')
+    images.load('svhn')
