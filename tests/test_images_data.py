@@ -1,5 +1,7 @@
 """Image data: tfds builders with mocked records, digits, class selection,
 host sharding, device-side epoch batches and the global array of a mesh."""
+import os
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -75,6 +77,42 @@ def test_shards_partition_the_records(monkeypatch):
   assert [len(c[1]) for c in cc] == [2, 1]
   assert set(as_set(cc[0][0])) <= set(as_set(sc[0][0]))
   assert set(as_set(cc[1][0])) <= set(as_set(sc[1][0]))
+
+
+class RobustjaxTinyImages(tfds.core.GeneratorBasedBuilder):
+  """A real array_record dataset, written here (Tensor images: no TensorFlow needed)."""
+  VERSION = tfds.core.Version('1.0.0')
+
+  def _info(self):
+    return tfds.core.DatasetInfo(builder=self, features=tfds.features.FeaturesDict({
+        'image': tfds.features.Tensor(shape=(4, 4, 3), dtype=np.uint8),
+        'label': tfds.features.ClassLabel(num_classes=5)}))
+
+  def _split_generators(self, dl_manager):
+    return {'train': self._generate_examples(23, 0), 'test': self._generate_examples(9, 1)}
+
+  def _generate_examples(self, n, seed):
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+      yield i, {'image': rng.integers(0, 256, (4, 4, 3), dtype=np.uint8), 'label': i % 5}
+
+
+def test_real_array_record_batched_threaded_reads(tmp_path, monkeypatch):
+  RobustjaxTinyImages(data_dir=str(tmp_path), file_format='array_record').download_and_prepare()
+  name, d = 'robustjax_tiny_images', str(tmp_path)
+  src = tfds.data_source(name, split='train', data_dir=d, download=False)
+  want = np.stack([src[i]['image'] for i in range(23)]) / np.float32(255)
+  labels = np.asarray([src[i]['label'] for i in range(23)], np.int32)
+  monkeypatch.setattr(images, 'CHUNK', 4)  # 6 chunks through __getitems__, 3 in flight
+  x_tr, y_tr, x_te, y_te = images.load_tfds(name, d, num_workers=3)
+  np.testing.assert_array_equal(x_tr, want)
+  np.testing.assert_array_equal(y_tr, labels)
+  chex.assert_shape(x_te, (9, 4, 4, 3))
+  x1, y1, _, _ = images.load_tfds(name, d, shard=(1, 3), classes=[4, 0], max_train=5)
+  keep = np.flatnonzero(np.isin(labels, [4, 0]))
+  mine = keep[np.isin(keep % 3, [1])]  # host 1 of 3 reads records 1, 4, 7, ...
+  np.testing.assert_array_equal(y1, np.where(labels[mine] == 4, 0, 1)[:2])  # quota 2 of 5
+  np.testing.assert_array_equal(x1, want[mine][:2])
 
 
 def test_digits_transfer_halves_and_shards():
@@ -160,3 +198,27 @@ def test_global_array_single_process():
   assert out['x'].sharding.spec == jax.sharding.PartitionSpec('data')
   with pytest.raises(ValueError, match="'data' axis"):
     images.global_array(local, Mesh(np.asarray(jax.devices()[:1]), ('batch',)))
+
+
+@pytest.mark.slow
+def test_global_array_and_batches_on_8_fake_devices():
+  """Rows of one host spread over 8 devices; a jitted gather of a shuffled batch."""
+  import subprocess
+  import sys
+  code = '''
+import jax, numpy as np
+from jax.sharding import Mesh
+from robustjax.data import images
+mesh = Mesh(np.asarray(jax.devices()).reshape(8, 1), ('data', 'model'))
+x = np.arange(16 * 3, dtype=np.float32).reshape(16, 3)
+g = images.global_array(x, mesh)
+assert len(g.addressable_shards) == 8 and {s.data.shape for s in g.addressable_shards} == {(2, 3)}
+np.testing.assert_array_equal(g, x)
+idx = jax.jit(lambda k, s: images.epoch_batch_indices(k, s, 16, 8))(jax.random.key(0), 3)
+np.testing.assert_array_equal(jax.jit(lambda a, i: a[i])(g, idx), x[np.asarray(idx)])
+print('ok')
+'''
+  env = dict(os.environ, XLA_FLAGS='--xla_force_host_platform_device_count=8', JAX_PLATFORMS='cpu')
+  out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
+                       cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
+  assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-2000:]

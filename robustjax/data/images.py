@@ -171,14 +171,21 @@ def _tfds_source(name: str, split: str, data_dir: str):
 
 def load_tfds(name: str, data_dir: str = '', *, max_train=None, max_test=None, classes=None,
               shard=None, num_workers: int = 8):
-  """(x_train, y_train, x_test, y_test) of a tfds dataset; see the module docstring."""
-  table = _check_classes(classes, info(name).num_classes)
+  """(x_train, y_train, x_test, y_test) of a prepared tfds image dataset.
+
+  Any dataset with an ``image`` feature and a ``ClassLabel`` ``label`` works
+  (shape and class count come from its features); see the module docstring.
+  """
   shard = _check_shard(shard)
+  sources = {split: _tfds_source(name, split, data_dir) for split in ('train', 'test')}
+  features = sources['train'].dataset_info.features
+  image_shape = tuple(int(d) for d in features['image'].shape)
+  table = _check_classes(classes, features['label'].num_classes)
   out = []
   for split, cap in (('train', max_train), ('test', max_test)):
-    source = _tfds_source(name, split, data_dir)
+    source = sources[split]
     out += _select(_tfds_reader(source), len(source), shard=shard, table=table, cap=cap,
-                   num_workers=num_workers, divisor=255.0, image_shape=info(name).image_shape)
+                   num_workers=num_workers, divisor=255.0, image_shape=image_shape)
   return tuple(out)
 
 
