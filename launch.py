@@ -18,7 +18,7 @@ from robustjax.train.loop import DivergedError
 _CONFIG = config_flags.DEFINE_config_file('config', None, 'experiment config file',
                                           lock_config=True)
 _WORKDIR = flags.DEFINE_string('workdir', None, 'output directory (default: runs/<config>)')
-EXPERIMENTS = ('sparse_coding', 'spectral')
+EXPERIMENTS = ('sparse_coding', 'spectral', 'images')
 
 
 def parse_flags(argv):

@@ -56,13 +56,17 @@ def table(summary: dict, train_eps: float) -> str:
            pm(s, 'pretrain_clean_acc'), pm(s, 'pretrain_robust_acc'),
            pm(s, 'downstream_clean_acc'), pm(s, 'downstream_robust_acc')]
           for name, s in summary.items()]
+  return format_table(head, rows) + (
+      f'\nrobust = PGD accuracy at eps = {train_eps:g}; '
+      'mean +- std over seeds (pre-training) and seeds x tasks (downstream); '
+      'contrastive pre-training acc = pair accuracy sign(s) = y')
+
+
+def format_table(head: list[str], rows: list[list[str]]) -> str:
+  """Columns padded to their widest cell, a rule under the header."""
   widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
   fmt = lambda r: ' | '.join(v.ljust(w) for v, w in zip(r, widths))
-  lines = [fmt(head), '-+-'.join('-' * w for w in widths)] + [fmt(r) for r in rows]
-  lines.append(f'robust = PGD accuracy at eps = {train_eps:g}; '
-               'mean +- std over seeds (pre-training) and seeds x tasks (downstream); '
-               'contrastive pre-training acc = pair accuracy sign(s) = y')
-  return '\n'.join(lines)
+  return '\n'.join([fmt(head), '-+-'.join('-' * w for w in widths)] + [fmt(r) for r in rows])
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -1,0 +1,292 @@
+"""Both papers on images: pre-train encoders of every kind, probe them, compare.
+
+    python launch.py --config=configs/cifar10_supervised.py:digits
+    python launch.py --config=configs/cifar10_ssl.py:digits
+    python launch.py --config=configs/transfer.py:digits
+
+Per kind (clean, adversarial, rep, ll; ``image_pretrain.KINDS``) the encoder
+is pre-trained over ``num_seeds`` seeds in one compile, then each seed gets a
+linear probe on the probe data (``probe``). The table and results.json
+report, with spreads over seeds:
+
+- Paper A, robustness inheritance: the probe's robust accuracy on an
+  adversarially pre-trained encoder against a clean one;
+- Paper B: the probe's adversarial distance for none (= clean) / rep / ll,
+  and the accuracy each costs;
+- the first-layer filters of every kind (``filters.png``) and their
+  roughness (relative energy of their finite differences; smoother filters
+  after adversarial training is Paper A's image-side observation).
+
+Claims are checked as "the mean over seeds is higher by more than the
+seeds' spread" and printed as holds / does not hold.
+"""
+from __future__ import annotations
+
+import os
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from robustjax import config_validation as cv
+from robustjax import report
+from robustjax.data import images
+from robustjax.models.ssl import encoder_variables
+from robustjax.stages import image_pretrain, probe
+from robustjax.train import sharding
+
+KINDS = tuple(image_pretrain.KINDS)
+
+
+# --- config --------------------------------------------------------------------
+
+def _classes(cfg, field):
+  v = cfg[field.split('.')[0]][field.split('.')[1]]
+  if isinstance(v, str) or not all(isinstance(c, int) and not isinstance(c, bool) and c >= 0
+                                   for c in v):
+    raise cv.ConfigError(field, 'a list of class ids >= 0 (() = all)', v)
+
+
+def _data_dir_ok(cfg, name: str):
+  if name != 'digits' and not os.path.isdir(cfg.data.data_dir or '/nonexistent'):
+    raise cv.ConfigError('data.data_dir', f'a tfds data_dir holding a prepared {name!r} '
+                         "(offline: the ':digits' variant)", cfg.data.data_dir)
+
+
+def validate(cfg) -> None:
+  """Raises ConfigError on the first field the run cannot use."""
+  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'pretrain.steps', 'pretrain.batch_size',
+                  'spectral.every_k', 'spectral.iters', 'spectral.warmup_iters',
+                  'attack.steps', 'attack.restarts', 'probe.max_iter', 'eval.num_points',
+                  'eval.n_iter', 'eval.n_target_classes', 'eval.distance_points',
+                  'eval.fmn_steps', 'eval.batch_size', 'checkpoint_every')
+  cv.one_of(cfg, 'data.name', images.DATASETS)
+  _classes(cfg, 'data.classes')
+  _data_dir_ok(cfg, cfg.data.name)
+  cv.one_of(cfg, 'probe_data.name', ('',) + images.DATASETS)
+  _classes(cfg, 'probe_data.classes')
+  if cfg.probe_data.name:
+    _data_dir_ok(cfg, cfg.probe_data.name)
+  cv.number(cfg, 'data.test_fraction', low=0, high=1, strict_low=True)
+  for f in ('max_train', 'max_test'):
+    v = cfg.data[f]
+    if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+      raise cv.ConfigError(f'data.{f}', 'an integer >= 0 (0 = all)', v)
+  cv.one_of(cfg, 'model.name', image_pretrain.MODELS)
+  cv.one_of(cfg, 'model.padding', ('SAME', 'CIRCULAR'))
+  cv.positive_int(cfg, 'model.width')
+  w = cfg.model.cnn_widths
+  if isinstance(w, str) or not w or not all(isinstance(v, int) and v >= 1 for v in w):
+    raise cv.ConfigError('model.cnn_widths', 'a non-empty list of integers >= 1', w)
+  p = cfg.pretrain
+  cv.one_of(cfg, 'pretrain.method', image_pretrain.METHODS)
+  cv.subset_of(cfg, 'pretrain.kinds', KINDS)
+  cv.one_of(cfg, 'pretrain.optimizer', ('sgd', 'adam'))
+  cv.one_of(cfg, 'pretrain.schedule', ('cosine', 'constant'))
+  cv.number(cfg, 'pretrain.learning_rate', low=0, strict_low=True)
+  cv.number(cfg, 'pretrain.momentum', low=0, high=1)
+  cv.number(cfg, 'pretrain.weight_decay', low=0)
+  if p.method != 'supervised':
+    cv.number(cfg, 'ssl.temperature', low=0, strict_low=True)
+    cv.number(cfg, 'ssl.barlow_lambda', low=0)
+    cv.number(cfg, 'ssl.adv_weight', low=0)
+    d = cfg.ssl.projector_dims
+    if isinstance(d, str) or not d or not all(isinstance(v, int) and v >= 1 for v in d):
+      raise cv.ConfigError('ssl.projector_dims', 'a non-empty list of integers >= 1', d)
+  cv.positive_int(cfg, 'augment.crop_padding') if cfg.augment.crop_padding else None
+  for f in ('jitter_strength', 'jitter_p', 'grayscale_p', 'min_scale'):
+    cv.number(cfg, f'augment.{f}', low=0, high=None if f == 'jitter_strength' else 1)
+  cv.one_of(cfg, 'attack.norm', ('l2', 'linf'))
+  cv.number(cfg, 'attack.eps', low=0, strict_low=True)
+  cv.number(cfg, 'attack.rel_step_size', low=0, strict_low=True)
+  cv.number(cfg, 'spectral.lam', low=0)
+  cv.number(cfg, 'spectral.burn_in', low=0, high=1)
+  cv.number(cfg, 'spectral.tol', low=0)
+  cv.number(cfg, 'probe.l2', low=0)
+  cv.one_of(cfg, 'eval.norm', ('l2', 'linf'))
+  cv.nonnegative_list(cfg, 'eval.eps')
+  if not cfg.eval.eps:
+    raise cv.ConfigError('eval.eps', 'a non-empty list of radii', cfg.eval.eps)
+  from robustjax.attacks.ensemble import ATTACKS
+  cv.subset_of(cfg, 'eval.attacks', ATTACKS)
+
+
+# --- data ----------------------------------------------------------------------
+
+def load(cfg, name: str, classes) -> dict:
+  d = cfg.data
+  x_tr, y_tr, x_te, y_te = images.load(
+      name, data_dir=d.data_dir, test_fraction=d.test_fraction, split_seed=d.split_seed,
+      max_train=d.max_train or None, max_test=d.max_test or None, classes=tuple(classes) or None)
+  return dict(x_train=jnp.asarray(x_tr), y_train=jnp.asarray(y_tr), x_test=jnp.asarray(x_te),
+              y_test=jnp.asarray(y_te), num_classes=int(max(y_tr.max(), y_te.max()) + 1))
+
+
+# --- filters -------------------------------------------------------------------
+
+def first_conv_kernel(params) -> np.ndarray:
+  """The first conv kernel (kh, kw, c_in, c_out) met in the parameter tree's order
+  of definition (the stem)."""
+  for path, leaf in jax.tree_util.tree_leaves_with_path(params):
+    if np.ndim(leaf) == 4:
+      return np.asarray(leaf)
+  raise ValueError('no conv kernel in the parameters')
+
+
+def roughness(kernel) -> np.ndarray:
+  """Per output filter: (||d_h K||^2 + ||d_w K||^2) / ||K||^2 over its taps and
+  input channels (finite differences inside the filter). 0 for a constant
+  filter; larger for filters dominated by high spatial frequencies."""
+  k = np.asarray(kernel, np.float64)
+  dh, dw = np.diff(k, axis=0), np.diff(k, axis=1)
+  num = (dh ** 2).sum(axis=(0, 1, 2)) + (dw ** 2).sum(axis=(0, 1, 2))
+  return num / np.maximum((k ** 2).sum(axis=(0, 1, 2)), 1e-30)
+
+
+def plot_filters(kernels: dict, path: str, max_filters: int = 32) -> None:
+  """One row per kind: the first layer's filters (seed 0), each scaled to [0, 1]."""
+  import matplotlib.pyplot as plt
+  n = min(max_filters, next(iter(kernels.values())).shape[-1])
+  fig, axes = plt.subplots(len(kernels), n, figsize=(0.55 * n, 0.7 * len(kernels) + 0.3),
+                           squeeze=False)
+  for row, (kind, k) in zip(axes, kernels.items()):
+    for j, ax in enumerate(row):
+      f = k[..., j]
+      f = (f - f.min()) / max(f.max() - f.min(), 1e-12)
+      ax.imshow(f[..., 0] if f.shape[-1] != 3 else f, cmap='gray', interpolation='nearest')
+      ax.set_xticks([]), ax.set_yticks([])
+    row[0].set_ylabel(kind, rotation=0, ha='right', va='center')
+  fig.suptitle('first-layer filters (seed 0)')
+  fig.savefig(path, dpi=110, bbox_inches='tight')
+  plt.close(fig)
+
+
+# --- summary -------------------------------------------------------------------
+
+def _ms(values) -> tuple[float, float]:
+  v = np.asarray(values, np.float64)
+  v = v[np.isfinite(v)]
+  return (float(v.mean()), float(v.std())) if v.size else (float('nan'), float('nan'))
+
+
+def summarize(results: dict) -> dict:
+  out = {}
+  for kind, r in results.items():
+    per_seed_dist = [float(np.mean(d[np.isfinite(d)])) if np.isfinite(d).any() else float('nan')
+                     for d in r['distances']]
+    s = {'probe_acc': _ms(r['probe_acc']), 'probe_acc_per_seed': list(map(float, r['probe_acc'])),
+         'robust_acc': {str(e): _ms(v) for e, v in r['robust_acc'].items()},
+         'robust_acc_per_seed': {str(e): list(map(float, v)) for e, v in r['robust_acc'].items()},
+         'distance': _ms(per_seed_dist), 'distance_per_seed': per_seed_dist,
+         'distance_failed': int(sum((~np.isfinite(d)).sum() for d in r['distances'])),
+         'roughness': _ms(r['roughness']), 'roughness_per_seed': list(map(float, r['roughness'])),
+         'train_metrics': r['train_metrics']}
+    out[kind] = s
+  return out
+
+
+def _better(summary, a: str, b: str, field, higher=True) -> dict | None:
+  """a beats b when mean_a - mean_b exceeds both seeds' std (or the reverse with higher=False)."""
+  if a not in summary or b not in summary:
+    return None
+  get = (lambda k: summary[k][field[0]][field[1]]) if isinstance(field, tuple) else \
+      (lambda k: summary[k][field])
+  (ma, sa), (mb, sb) = get(a), get(b)
+  diff = (ma - mb) if higher else (mb - ma)
+  return dict(a=a, b=b, mean_a=ma, std_a=sa, mean_b=mb, std_b=sb,
+              holds=bool(diff > max(sa, sb)))
+
+
+def claims(summary: dict, cfg) -> dict:
+  """The papers' claims this run can check, each with its numbers."""
+  out = {}
+  for e in cfg.eval.eps:
+    c = _better(summary, 'adversarial', 'clean', ('robust_acc', str(float(e))))
+    if c:
+      out[f'A: probe robust acc at eps {float(e):g}, adversarial > clean encoder'] = c
+  c = _better(summary, 'adversarial', 'clean', 'roughness', higher=False)
+  if c:
+    out['A: first-layer filters smoother, adversarial < clean roughness'] = c
+  for other in ('clean', 'll'):
+    c = _better(summary, 'rep', other, 'distance')
+    if c:
+      out[f'B: adversarial distance, rep > {"none" if other == "clean" else other}'] = c
+  c = _better(summary, 'rep', 'll', 'probe_acc')
+  if c:
+    out['B: probe accuracy, rep > ll'] = c
+  return out
+
+
+def table(summary: dict, cfg) -> str:
+  pm = lambda t, f='.3f': f'{t[0]:{f}} +- {t[1]:{f}}'
+  eps = [str(float(e)) for e in cfg.eval.eps]
+  head = ['kind', 'probe acc'] + [f'robust acc {cfg.eval.norm} {float(e):.4g}' for e in eps] + [
+      'adv distance l2 (fmn)', 'filter roughness']
+  rows = [[k, pm(s['probe_acc'])] + [pm(s['robust_acc'][e]) for e in eps] +
+          [pm(s['distance'], '.4f'), pm(s['roughness'], '.2f')] for k, s in summary.items()]
+  lines = report.format_table(head, rows)
+  lines += f'\nmean +- std over {cfg.num_seeds} seeds; pre-training: {cfg.pretrain.method} on ' \
+           f'{cfg.data.name}; probe: logistic regression on frozen features of ' \
+           f'{cfg.probe_data.name or cfg.data.name}; robust acc: {"+".join(cfg.eval.attacks)} ' \
+           f'on {cfg.eval.num_points} test points; distances: first {cfg.eval.distance_points} ' \
+           'correctly classified'
+  return lines
+
+
+# --- entry point -----------------------------------------------------------------
+
+def run(cfg, workdir: str) -> dict:
+  timings = {}
+  keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_seeds)
+  t0 = time.perf_counter()
+  pre = load(cfg, cfg.data.name, cfg.data.classes)
+  # The probe data: its own dataset and classes when given, else the pre-training data.
+  explicit = cfg.probe_data.name or cfg.probe_data.classes
+  probe_spec = (cfg.probe_data.name or cfg.data.name,
+                tuple(cfg.probe_data.classes) if explicit else tuple(cfg.data.classes))
+  post = pre if probe_spec == (cfg.data.name, tuple(cfg.data.classes)) else load(cfg, *probe_spec)
+  timings['data'] = round(time.perf_counter() - t0, 2)
+  net = image_pretrain.network_from_config(cfg, pre['num_classes'])
+  encoder = net if cfg.pretrain.method == 'supervised' else net.encoder
+  results, kernels = {}, {}
+  for kind in cfg.pretrain.kinds:
+    t0 = time.perf_counter()
+    variables, metrics = image_pretrain.pretrain(cfg, kind, net, pre, keys, workdir)
+    jax.block_until_ready(variables)
+    timings[f'pretrain_{kind}'] = round(time.perf_counter() - t0, 2)
+    if cfg.pretrain.method != 'supervised':
+      variables = encoder_variables(variables)
+    t0 = time.perf_counter()
+    probes, acc = probe.fit_probes(cfg, encoder, variables, post)
+    ev = probe.evaluate(cfg, encoder, variables, probes, post,
+                        jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys))
+    timings[f'probe_{kind}'] = round(time.perf_counter() - t0, 2)
+    first = [first_conv_kernel(jax.tree.map(lambda a: a[s], variables['params']))
+             for s in range(cfg.num_seeds)]
+    kernels[kind] = first[0]
+    results[kind] = dict(ev, probe_acc=acc, roughness=[float(roughness(k).mean()) for k in first],
+                         train_metrics={k: np.asarray(v).tolist() for k, v in metrics.items()})
+  return dict(results=results, kernels=kernels, timings=timings)
+
+
+def main(cfg, workdir: str) -> dict:
+  """Pre-trains, probes and compares every kind; table, claims, results.json, filters.png."""
+  t0 = time.perf_counter()
+  out = run(cfg, workdir)
+  summary = summarize(out['results'])
+  checks = claims(summary, cfg)
+  timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))
+  print(table(summary, cfg))
+  for name, c in checks.items():
+    print(f"{'holds' if c['holds'] else 'does not hold'}: {name} "
+          f"({c['mean_a']:.4f} +- {c['std_a']:.4f} vs {c['mean_b']:.4f} +- {c['std_b']:.4f})")
+  plot_filters(out['kernels'], os.path.join(workdir, 'filters.png'))
+  report.write_json(os.path.join(workdir, 'results.json'), {
+      'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'timings': timings,
+      'summary': summary, 'claims': checks,
+      'distances': {k: [d.tolist() for d in r['distances']] for k, r in out['results'].items()},
+      'plots': ['filters.png'], 'devices': [str(d) for d in jax.devices()],
+      'mesh': dict(cfg.mesh) if sharding.mesh_from_config(cfg.get('mesh')) else None})
+  print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s)')
+  return summary
