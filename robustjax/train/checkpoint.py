@@ -6,6 +6,20 @@ steps, the PRNG key) so a rerun can tell it is resuming the same run. Orbax
 writes each step to a temporary directory and renames it when complete, so a
 killed run leaves the previous step intact; a half-written step is ignored
 (and cleaned up) on the next start.
+
+Two orbax-checkpoint 0.12.8 behaviours shape this module:
+
+- It refuses zero-size arrays ("Cannot save arrays with zero size", disabled
+  in google/orbax PR 1570, issue 2587 asks for it back). Optimizer states can
+  hold them (the spectral penalty's placeholder vectors for unpenalized
+  leaves), so ``save`` stores them as empty subtrees (None) and
+  ``restore_latest`` takes them from the freshly built state.
+- By default it creates a step's directory in a background thread that the
+  writer threads wait on. When a save then fails in its blocking part, those
+  threads wait for a signal that never comes: the interpreter hangs at exit for
+  the coordination timeout (300 s) and logs "cannot schedule new futures after
+  shutdown". Creating the directory in the blocking part (cheap) makes a failed
+  save raise at once and exit cleanly.
 """
 from __future__ import annotations
 
@@ -30,14 +44,27 @@ def key_record(key) -> list:
 def manager(directory: str) -> ocp.CheckpointManager:
   return ocp.CheckpointManager(
       os.path.abspath(directory), item_names=ITEMS,
-      options=ocp.CheckpointManagerOptions(max_to_keep=KEEP, cleanup_tmp_directories=True,
-                                           create=True))
+      options=ocp.CheckpointManagerOptions(
+          max_to_keep=KEEP, cleanup_tmp_directories=True, create=True,
+          async_options=ocp.AsyncOptions(create_directories_asynchronously=False)))
+
+
+def _without_empty(tree):
+  """``tree`` with zero-size arrays as None (orbax saves None as an empty subtree)."""
+  return jax.tree.map(lambda x: None if np.size(x) == 0 else x, tree)
+
+
+def _with_empty(like, restored):
+  """``restored`` (saved by ``_without_empty``) with like's zero-size leaves put back."""
+  leaves, treedef = jax.tree.flatten(like)
+  saved = iter(jax.tree.leaves(restored))
+  return treedef.unflatten([x if np.size(x) == 0 else next(saved) for x in leaves])
 
 
 def save(mngr: ocp.CheckpointManager, step: int, state, metrics, run: dict) -> None:
   """Starts an (async) save of ``step``; arrays are copied off-device before it returns."""
   mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(state),
+      state=ocp.args.StandardSave(_without_empty(state)),
       last_metrics=ocp.args.StandardSave(jax.tree.map(np.asarray, metrics)),
       run=ocp.args.JsonSave(run)), force=True)
 
@@ -60,8 +87,9 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state, run: dict):
   if step > run['steps']:
     raise ValueError(f'{where} is at step {step}, past this run\'s {run["steps"]} steps; '
                      'use a fresh --workdir or delete it')
-  target = jax.tree.map(
-      lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), like_state)
+  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                        _without_empty(like_state))
   out = mngr.restore(step, args=ocp.args.Composite(
       state=ocp.args.StandardRestore(target), last_metrics=ocp.args.StandardRestore()))
-  return step, out['state'], jax.tree.map(np.asarray, dict(out['last_metrics']))
+  return (step, _with_empty(like_state, out['state']),
+          jax.tree.map(np.asarray, dict(out['last_metrics'])))
