@@ -39,6 +39,7 @@ def get_config(variant: str = 'digits'):
   c.num_seeds = 5
   c.chunk_size = 500
   c.progress = True
+  c.checkpoint_every = 500   # steps between checkpoints (workdir/checkpoints/<kind>)
 
   c.data = ml_collections.ConfigDict(dict(
       name='mnist',

@@ -131,3 +131,49 @@ def test_main_job_reproduces_paper_a(tmp_path):
   inc = lambda kind, i: sw[f'{kind}_adversarial'][i] - sw[f'{kind}_clean'][i]
   assert inc('dissimilar', -1) > 3 * inc('similar', -1)
   assert inc('dissimilar', 0) / inc('similar', 0) < inc('dissimilar', -1) / inc('similar', -1)
+
+
+def test_distributed_args_from_the_environment():
+  import launch
+  env = {'JAX_COORDINATOR_ADDRESS': '10.0.0.1:1234', 'JAX_NUM_PROCESSES': '4',
+         'JAX_PROCESS_ID': '3'}
+  assert launch.distributed_args(False, {}) is None
+  assert launch.distributed_args(True, {}) == {}  # jax auto-detects the cluster
+  assert launch.distributed_args(True, env) == {'num_processes': 4, 'process_id': 3}
+  bad = [(False, env, '--distributed'),
+         (True, {'JAX_NUM_PROCESSES': '4'}, 'JAX_PROCESS_ID'),
+         (True, dict(env, JAX_PROCESS_ID='4'), r'JAX_PROCESS_ID: an integer in \[0, '),
+         (True, dict(env, JAX_NUM_PROCESSES='four'), 'JAX_NUM_PROCESSES and JAX_PROCESS_ID')]
+  for distributed, environ, match in bad:
+    with pytest.raises(ValueError, match=match):
+      launch.distributed_args(distributed, environ)
+
+
+def test_distributed_flag_initializes_first_and_fails_cleanly(tmp_path):
+  # jax.distributed.initialize is replaced by a stub that reports whether any
+  # backend had started and then fails as a missing coordinator would: nothing
+  # is really initialized, and the failure is one line, exit 2, no workdir.
+  import subprocess
+  import sys
+  from tests.helpers import ROOT
+  stub = ('import runpy, sys, jax\n'
+          'from jax._src import xla_bridge\n'
+          'def initialize(**kw):\n'
+          '  print("initialize", kw, "backends started:", xla_bridge.backends_are_initialized())\n'
+          '  raise ValueError("coordinator unreachable")\n'
+          'jax.distributed.initialize = initialize\n'
+          'sys.argv = ["launch.py"] + sys.argv[1:]\n'
+          'runpy.run_path("launch.py", run_name="__main__")\n')
+  workdir = str(tmp_path / 'w')
+  env = dict(os.environ, PYTHONPATH=ROOT, JAX_COORDINATOR_ADDRESS='10.0.0.1:1234',
+             JAX_NUM_PROCESSES='2', JAX_PROCESS_ID='1')
+  proc = subprocess.run([sys.executable, '-c', stub, '--distributed',
+                         '--config=configs/xor_spectral.py', f'--workdir={workdir}'],
+                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+  assert proc.returncode == 2, proc.stderr[-3000:]
+  assert ("initialize {'num_processes': 2, 'process_id': 1} backends started: False"
+          in proc.stdout), proc.stdout
+  lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
+  assert len(lines) == 1 and lines[0].startswith('error: --distributed: ') and (
+      'coordinator unreachable' in lines[0]), proc.stderr
+  assert not os.path.exists(workdir)

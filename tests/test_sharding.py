@@ -214,6 +214,31 @@ def test_put_copies_and_places():
   assert y.unsafe_buffer_pointer() != x.unsafe_buffer_pointer()
 
 
+def test_shared_aux_equals_a_per_seed_broadcast():
+  # One dataset read by 3 vmapped seeds (shared_aux=True, not vmapped; on a
+  # mesh, replicated) trains exactly as its per-seed broadcast copy does.
+  import optax
+  from robustjax.train import loop, state as state_lib
+
+  def loss(params, key, aux):
+    idx = jax.random.choice(key, aux['x'].shape[0], (8,), replace=False)
+    x, y = aux['x'][idx], aux['y'][idx]
+    return jnp.mean((jnp.tanh(x @ params['w']) - y) ** 2), {'w0': params['w'][0]}
+
+  x = jax.random.normal(jax.random.PRNGKey(0), (32, 3))
+  aux = {'x': x, 'y': jnp.sin(x @ jnp.array([1.0, -2.0, 0.5]))}
+  seeds = jax.random.split(jax.random.PRNGKey(1), 3)
+  states = jax.vmap(lambda k: state_lib.create(
+      {'w': jax.random.normal(k, (3,))}, optax.sgd(0.1, momentum=0.9)))(seeds)
+  fit = lambda aux, **kw: loop.fit(states, aux, seeds, loss, steps=12, chunk_size=6,
+                                   batched=True, progress=False, **kw)
+  broadcast = fit(jax.tree.map(lambda a: jnp.broadcast_to(a, (3,) + a.shape), aux))
+  assert not np.allclose(broadcast[0].params['w'][0], broadcast[0].params['w'][1])
+  for mesh in (None, sharding.make_mesh(1, 1)):
+    shared = fit(aux, shared_aux=True, mesh=mesh)
+    chex.assert_trees_all_close(shared, broadcast, rtol=1e-6, atol=1e-6)
+
+
 def test_config_mesh_and_checkpoint_interval_are_validated(tiny_sparse_coding_config):
   from robustjax import config_validation as cv
   from robustjax.stages import sparse_coding

@@ -2,6 +2,7 @@
 import json
 import math
 import os
+import shutil
 
 import numpy as np
 import pytest
@@ -94,6 +95,7 @@ def test_bad_config_through_launch_is_one_line_exit_2(tmp_path):
     ('eval.attacks', ('fgsm',)),
     ('model.widths', ()),
     ('data.max_test', -1),
+    ('checkpoint_every', 0),
 ])
 def test_validate_names_the_bad_field(field, value):
   from configs import mnist_spectral
@@ -108,3 +110,34 @@ def test_validate_names_the_bad_field(field, value):
   node[leaf] = value
   with pytest.raises(ConfigError, match=f'config.{field}'):
     spectral.validate(cfg)
+
+
+def test_xor_rerun_resumes_each_kind_and_matches(tmp_path, capsys):
+  # configs/xor_spectral.py:quick at a tiny size, in-process. 'rep' only: its
+  # optimizer state holds the zero-size power-iteration placeholders (biases)
+  # that orbax refuses, the case that once broke spectral checkpoints.
+  from configs import xor_spectral
+  from robustjax.stages import spectral
+  cfg = xor_spectral.get_config('quick')
+  cfg.update(dict(num_seeds=2, progress=False, chunk_size=8, checkpoint_every=8))
+  cfg.train.epochs, cfg.regularizer.burn_in_epochs = 6, 3   # 24 steps, penalty from 12
+  cfg.regularizer.kinds = ('rep',)
+  cfg.data.test_per_blob = 4
+  cfg.eval.update(dict(heads=('original',), attacks=('fmn',), primary_head='original',
+                       primary_attack='fmn', max_points=4, geometry=False))
+  cfg.eval.fmn.update(steps=3, targets=1)
+  spectral.validate(cfg)
+  workdir = str(tmp_path)
+  spectral.main(cfg, workdir)
+  first = json.load(open(os.path.join(workdir, 'results.json')))
+  ckpt = os.path.join(workdir, 'checkpoints', 'rep')
+  assert sorted(n for n in os.listdir(ckpt) if n.isdigit()) == ['16', '24']
+  # As if killed after step 16: the final checkpoint is gone, the rerun resumes there.
+  shutil.rmtree(os.path.join(ckpt, '24'))
+  capsys.readouterr()
+  spectral.main(cfg, workdir)
+  assert 'train rep: resuming from step 16/24' in capsys.readouterr().out
+  again = json.load(open(os.path.join(workdir, 'results.json')))
+  for res in (first, again):
+    res.pop('timings'), res.pop('config')
+  assert again == first

@@ -20,6 +20,11 @@ to the feature map; ll: all layers). Then, per seed:
   feature map (volume element, lambda_max) on the XOR plane or on the plane
   through three test images.
 
+Each kind's training checkpoints to ``workdir/checkpoints/<kind>`` every
+``checkpoint_every`` steps (orbax, ``robustjax.train.loop.fit``): rerunning the
+same command with the same ``--workdir`` resumes each kind where it stopped
+(and skips the training of finished kinds).
+
 Batches: each step draws ``batch_size`` distinct training points at random
 (the step key decides), so an "epoch" is ceil(n / batch_size) steps; PyTorch's
 shuffled epochs visit each point exactly once per epoch instead.
@@ -54,9 +59,9 @@ ATTACKS = ('fmn', 'ddn', 'bisection', 'tangent', 'hopskipjump')
 
 def validate(cfg) -> None:
   """Raises ConfigError on the first field the run cannot use."""
-  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'train.batch_size', 'train.epochs',
-                  'regularizer.every_k', 'regularizer.iters', 'regularizer.warmup_iters',
-                  'eval.max_points', 'eval.grid_size')
+  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'checkpoint_every', 'train.batch_size',
+                  'train.epochs', 'regularizer.every_k', 'regularizer.iters',
+                  'regularizer.warmup_iters', 'eval.max_points', 'eval.grid_size')
   cv.one_of(cfg, 'data.name', DATASETS)
   if cfg.data.name == 'xor':
     cv.positive_int(cfg, 'data.n_per_blob', 'data.test_per_blob')
@@ -118,26 +123,37 @@ def model_from_config(cfg, num_classes: int) -> MLP:
 # --- data ----------------------------------------------------------------------
 
 def load_data(cfg, keys: jax.Array) -> dict:
-  """Train/test arrays with a leading seed axis (XOR draws a new set per seed).
+  """Train/test arrays; 'per_seed' says whether they carry a leading seed axis.
 
-  Inputs are flattened to (n, d); 'bounds' is the input domain for attacks.
+  XOR draws a new set per seed (``per_seed=True``: arrays (seeds, n, 2)); an
+  image dataset is one set that every seed reads (``per_seed=False``: one
+  copy, not one per seed). Inputs are flattened to (n, d); 'bounds' is the
+  input domain for attacks.
   """
-  d, S = cfg.data, keys.shape[0]
+  d = cfg.data
   if d.name == 'xor':
     tr = jax.vmap(lambda k: toy.noisy_xor(jax.random.fold_in(k, 0), d.n_per_blob, d.noise_std))(keys)
     te = jax.vmap(lambda k: toy.noisy_xor(jax.random.fold_in(k, 1), d.test_per_blob,
                                           d.noise_std))(keys)
     return dict(x_train=tr[0], y_train=tr[1], x_test=te[0], y_test=te[1], num_classes=2,
-                bounds=None, image_shape=None)
+                bounds=None, image_shape=None, per_seed=True)
   x_tr, y_tr, x_te, y_te = images.load(d.name, data_dir=d.data_dir, test_fraction=d.test_fraction,
                                        split_seed=d.split_seed, max_train=d.max_train or None,
                                        max_test=d.max_test or None)
-  # loop.fit vmaps aux over seeds, so every seed gets its (identical) copy.
-  rep = lambda a: jnp.broadcast_to(jnp.asarray(a), (S,) + a.shape)
-  flat = lambda a: a.reshape(a.shape[0], -1)
-  return dict(x_train=rep(flat(x_tr)), y_train=rep(y_tr), x_test=rep(flat(x_te)), y_test=rep(y_te),
-              num_classes=int(max(y_tr.max(), y_te.max()) + 1), bounds=(0.0, 1.0),
-              image_shape=x_tr.shape[1:])
+  flat = lambda a: jnp.asarray(a.reshape(a.shape[0], -1))
+  return dict(x_train=flat(x_tr), y_train=jnp.asarray(y_tr), x_test=flat(x_te),
+              y_test=jnp.asarray(y_te), num_classes=int(max(y_tr.max(), y_te.max()) + 1),
+              bounds=(0.0, 1.0), image_shape=x_tr.shape[1:], per_seed=False)
+
+
+def seed_axis(data: dict):
+  """The vmap in_axis of the data arrays: 0 when each seed has its own set, else None."""
+  return 0 if data['per_seed'] else None
+
+
+def of_seed(data: dict, name: str, s: int):
+  """``data[name]`` as seed ``s`` sees it."""
+  return data[name][s] if data['per_seed'] else data[name]
 
 
 # --- training ------------------------------------------------------------------
@@ -155,11 +171,17 @@ def steps_per_epoch(cfg, n_train: int) -> int:
   return -(-n_train // min(cfg.train.batch_size, n_train))
 
 
-def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, desc: str = ''):
-  """Trains one net per seed under penalty ``kind``; returns (params, final train metrics)."""
+def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, desc: str = '',
+          checkpoint_dir: str | None = None):
+  """Trains one net per seed under penalty ``kind``; returns (params, final train metrics).
+
+  ``checkpoint_dir``: this kind's own directory; the fit saves there every
+  ``cfg.checkpoint_every`` steps and a rerun resumes from it (``loop.fit``).
+  """
   t, r = cfg.train, cfg.regularizer
-  spe = steps_per_epoch(cfg, data['x_train'].shape[1])
-  init = lambda k: model.init(k, data['x_train'][0, :1])['params']
+  x_train = of_seed(data, 'x_train', 0)
+  spe = steps_per_epoch(cfg, x_train.shape[0])
+  init = lambda k: model.init(k, x_train[:1])['params']
   p0 = jax.vmap(lambda k: init(jax.random.fold_in(k, 0)))(keys)
   one = jax.tree.map(lambda a: a[0], p0)
   mask = spectral.layer_mask(one, kind, feature_layers=model.feature_layers, layers=tuple(r.layers))
@@ -173,7 +195,9 @@ def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, desc: str = '
   states, metrics = loop.fit(states, (data['x_train'], data['y_train']), train_keys, loss_fn,
                              steps=t.epochs * spe, chunk_size=cfg.chunk_size, batched=True,
                              desc=desc or f'train {kind}', progress=cfg.progress,
-                             mesh=cfg.get('mesh'))
+                             mesh=cfg.get('mesh'), shared_aux=not data['per_seed'],
+                             checkpoint_dir=checkpoint_dir,
+                             checkpoint_every=cfg.checkpoint_every)
   return states.params, metrics
 
 
@@ -199,17 +223,18 @@ def attack_kwargs(cfg, attack: str) -> dict:
 
 def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
   """Accuracies, re-fitted heads, adversarial distances and sigmas for every seed."""
-  e, S = cfg.eval, keys.shape[0]
+  e, S, ax = cfg.eval, keys.shape[0], seed_axis(data)
   x_te, y_te = data['x_test'], data['y_test']
-  feats = jax.jit(jax.vmap(lambda p, x: features_fn(model, p, x)))
+  feats = jax.jit(jax.vmap(lambda p, x: features_fn(model, p, x), in_axes=(0, ax)))
   acc = lambda logits, y: jnp.mean(jnp.argmax(logits, -1) == y, axis=-1)
-  out = {'test_acc': np.asarray(acc(jax.vmap(lambda p, x: model.apply({'params': p}, x))(
-      params, x_te), y_te))}
+  out = {'test_acc': np.asarray(acc(jax.vmap(lambda p, x: model.apply({'params': p}, x),
+                                             in_axes=(0, ax))(params, x_te), y_te))}
   predict = {'original': [bind(logits_fn, model, jax.tree.map(lambda a: a[s], params))
                           for s in range(S)]}
   if 'refit' in e.heads:
     fit = jax.vmap(lambda f, y: heads.fit_logistic_regression(
-        f, y, num_classes=data['num_classes'], l2=e.refit_l2, max_iter=e.refit_max_iter))
+        f, y, num_classes=data['num_classes'], l2=e.refit_l2, max_iter=e.refit_max_iter),
+        in_axes=(0, ax))
     head = fit(feats(params, data['x_train']), data['y_train'])
     out['refit_test_acc'] = np.asarray(acc(jax.vmap(heads.linear_head)(head, feats(params, x_te)),
                                            y_te))
@@ -222,14 +247,15 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
       if f'{h}/{a}' in e.skip:
         continue
       per_seed = []
-      n = min(e.max_points, x_te.shape[1])
+      n = min(e.max_points, x_te.shape[-2])
       for s in range(S):
-        idx, real = first_correct(predict[h][s], x_te[s], y_te[s], n)
+        x, y = of_seed(data, 'x_test', s), of_seed(data, 'y_test', s)
+        idx, real = first_correct(predict[h][s], x, y, n)
         if real == 0:
           per_seed.append(np.zeros((0,)))
           continue
         # All points handed over are correct, so max_points=None keeps them all.
-        r = robustness.adversarial_distance(predict[h][s], x_te[s][idx], y_te[s][idx], method=a,
+        r = robustness.adversarial_distance(predict[h][s], x[idx], y[idx], method=a,
                      key=jax.random.fold_in(keys[s], len(out['distances'])), max_points=None,
                      bounds=data['bounds'], **attack_kwargs(cfg, a))
         per_seed.append(np.asarray(r['distances'], np.float64)[:real])
@@ -252,7 +278,7 @@ def geometry_maps(cfg, model: MLP, params_seed0, data: dict) -> dict:
     pts, _ = geometry.grid_2d(-lim, lim, n)
     basis, extent, anchors = None, (-lim, lim, -lim, lim), None
   else:
-    x, y = np.asarray(data['x_test'][0]), np.asarray(data['y_test'][0])
+    x, y = np.asarray(of_seed(data, 'x_test', 0)), np.asarray(of_seed(data, 'y_test', 0))
     first = [int(np.nonzero(y == c)[0][0]) for c in np.unique(y)[:3]]
     pts, basis, coords, anchors = geometry.plane_through(*(jnp.asarray(x[i]) for i in first), n=n)
     c = np.asarray(coords)
@@ -365,7 +391,7 @@ def plot_geometry(maps: dict, data: dict, workdir: str) -> list[str]:
   extent = next(iter(maps.values()))['extent']
   pts = lbl = None
   if data['image_shape'] is None:
-    pts, lbl = np.asarray(data['x_train'][0]), np.asarray(data['y_train'][0])
+    pts, lbl = np.asarray(of_seed(data, 'x_train', 0)), np.asarray(of_seed(data, 'y_train', 0))
   else:
     pts = next(iter(maps.values()))['anchors']
   contour = {k: m['boundary'] for k, m in maps.items()}
@@ -397,7 +423,8 @@ def run(cfg, workdir: str) -> dict:
   evals, maps, train_metrics = {}, {}, {}
   for kind in cfg.regularizer.kinds:
     t0 = time.perf_counter()
-    params, metrics = train(cfg, kind, model, data, train_keys)
+    params, metrics = train(cfg, kind, model, data, train_keys,
+                            checkpoint_dir=os.path.join(workdir, 'checkpoints', kind))
     jax.block_until_ready(params)
     timings[f'train_{kind}'] = round(time.perf_counter() - t0, 2)
     train_metrics[kind] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
