@@ -9,7 +9,12 @@ Paper B's penalty is ``lam * sum_l sigma_max(W_l)^2`` (no 1/2) over
 - ``none``: nothing.
 
 Each sigma_max comes from power iteration with its vector carried between
-steps (``power_iteration``). Those vectors are state that the stage's loss
+steps (``power_iteration``). Dense kernels iterate on W^T W; conv kernels
+iterate through the conv and its transpose on inputs of the layer's own shape
+(the true operator norm, not the reshaped kernel's), which needs each conv's
+input size, stride and padding: ``capture.conv_layers(model, variables, x)``
+records them and ``layer_mask(..., conv_layers=...)`` puts each one in the
+mask in place of True. Those vectors are state that the stage's loss
 ``loss_fn(params, key, aux)`` cannot carry, so the penalty is applied as an
 optax gradient transformation chained *before* the optimizer: at every update
 it advances the vectors, adds ``lam * d/dW sum sigma^2 = lam * 2 sigma u v^T``
@@ -27,13 +32,17 @@ the burn-in is penalised (the strength per penalised update stays ``lam``).
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple, Sequence
+import functools
+import itertools
+import math
+from typing import Any, Mapping, NamedTuple, Sequence
 
 import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax.spectral import power_iteration
+from robustjax.spectral import conv_norm, power_iteration
+from robustjax.spectral.capture import ConvLayer
 
 KINDS = ('none', 'rep', 'll')
 
@@ -74,30 +83,47 @@ def _matches(path: str, prefixes: Sequence[str]) -> bool:
 
 
 def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
-               layers: Sequence[str] = ()):
-  """A pytree of Python bools mirroring params: True on the kernels to penalise.
+               layers: Sequence[str] = (), conv_layers: Mapping[str, ConvLayer] | None = None):
+  """A pytree mirroring params: what to penalise at each leaf.
+
+  Leaves are False (not penalised), True (a dense kernel) or the kernel's
+  ``ConvLayer`` (a conv kernel: its operator), which is truthy, so
+  ``any(jax.tree.leaves(mask))`` still says whether anything is penalised.
 
   Kernels are the leaves named ``kernel``. ``rep`` takes those under the
   paths in ``layers`` when given, else under the model's ``feature_layers``;
-  ``ll`` takes every kernel. Biases are never penalised. Raises ValueError
-  when ``rep`` selects nothing (a misspelt path would otherwise silently
-  train unregularised) or a selected kernel is not a matrix.
+  ``ll`` takes every kernel. Biases (and BatchNorm scales) are never
+  penalised. ``conv_layers``: ``capture.conv_layers(model, variables, x)``,
+  needed when a selected kernel is 4-D. Raises ValueError when ``rep``
+  selects nothing (a misspelt path would otherwise silently train
+  unregularised), or a selected kernel is neither a matrix nor a recorded conv.
   """
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
   prefixes = tuple(layers) or tuple(feature_layers)
   if kind == 'rep' and not prefixes:
     raise ValueError("rep needs layer paths or a model with feature_layers")
+  conv_layers = dict(conv_layers or {})
 
   def pick(path, leaf):
     p = _path(path)
     if kind == 'none' or not p.split('/')[-1] == 'kernel':
       return False
-    chosen = kind == 'll' or _matches(p, prefixes)
-    if chosen and jnp.ndim(leaf) != 2:
-      raise ValueError(f'{p}: the spectral penalty handles dense kernels, got shape '
-                       f'{jnp.shape(leaf)} (conv layers: robustjax.spectral.conv_operator_norm)')
-    return chosen
+    if not (kind == 'll' or _matches(p, prefixes)):
+      return False
+    if jnp.ndim(leaf) == 2:
+      return True
+    if jnp.ndim(leaf) == 4 and p in conv_layers:
+      layer = conv_layers[p]
+      if layer.input_shape[-1] != jnp.shape(leaf)[2]:
+        raise ValueError(f'{p}: kernel {jnp.shape(leaf)} does not take the recorded input '
+                         f'{layer.input_shape}')
+      return layer
+    if jnp.ndim(leaf) == 4:
+      raise ValueError(f'{p}: a conv kernel {jnp.shape(leaf)} needs its operator: pass '
+                       'conv_layers=robustjax.spectral.conv_layers(model, variables, x)')
+    raise ValueError(f'{p}: the spectral penalty handles dense (2-D) and conv (4-D) kernels, '
+                     f'got shape {jnp.shape(leaf)}')
 
   mask = jax.tree_util.tree_map_with_path(pick, params)
   if kind == 'rep' and not any(jax.tree.leaves(mask)):
@@ -107,21 +133,50 @@ def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
 
 
 def init_vectors(params, mask, key: jax.Array):
-  """Power-iteration vectors mirroring params: (n,) unit vectors on masked kernels
-  (n = the kernel's second dimension), empty arrays elsewhere."""
+  """Power-iteration vectors mirroring params: unit vectors on masked kernels
+  ((n,) for a dense kernel (m, n), the input shape (H, W, c_in) for a conv),
+  empty arrays elsewhere."""
   leaves, treedef = jax.tree.flatten(params)
   flags = treedef.flatten_up_to(mask)
   keys = jax.random.split(key, max(len(leaves), 1))
-  out = [power_iteration.initial_vector(k, w.shape[1], w.dtype) if m else jnp.zeros((0,), w.dtype)
-         for w, m, k in zip(leaves, flags, keys)]
-  return jax.tree.unflatten(treedef, out)
+  convs = [i for i, m in enumerate(flags) if isinstance(m, ConvLayer)]
+  conv_starts = dict(zip(convs, _unit_normals(keys[convs[0]], tuple(
+      flags[i].input_shape for i in convs)) if convs else ()))
+
+  def start(i, w, m, k):
+    if i in conv_starts:
+      return conv_starts[i].astype(w.dtype)
+    if m:
+      return power_iteration.initial_vector(k, w.shape[1], w.dtype)
+    return jnp.zeros((0,), w.dtype)
+
+  return jax.tree.unflatten(treedef, [start(i, w, m, k)
+                                      for i, (w, m, k) in enumerate(zip(leaves, flags, keys))])
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _unit_normals(key, shapes):
+  """Random unit arrays of the given shapes from one flat draw: one compile
+  for all of a network's convs (eager per-shape draws cost a compile each)."""
+  sizes = [math.prod(s) for s in shapes]
+  parts = jnp.split(jax.random.normal(key, (sum(sizes),)), list(itertools.accumulate(sizes))[:-1])
+  return [p.reshape(s) / power_iteration.norm(p) for p, s in zip(parts, shapes)]
+
+
+def _operator(w: jax.Array, m):
+  """The masked kernel as a linear function of its power vector."""
+  if isinstance(m, ConvLayer):
+    return lambda x: m(w, x)
+  return lambda x: w @ x
 
 
 def penalty(params, vectors, mask, *, iters, tol: float):
   """(sum of sigma_max^2 over masked kernels, new vectors, sigmas pytree).
 
-  Differentiable in params only: d/dW = 2 sigma u v^T at the new vectors.
-  Unmasked leaves contribute 0, keep their (empty) vectors and report sigma 0.
+  Differentiable in params only: d/dW sigma^2 = 2 sigma u v^T at the new
+  vectors (for a conv, the same through the conv: the gradient of
+  ||conv(W, v)||^2 in W). Unmasked leaves contribute 0, keep their (placeholder)
+  vectors and report sigma 0.
   """
   leaves, treedef = jax.tree.flatten(params)
   flags = treedef.flatten_up_to(mask)
@@ -132,8 +187,10 @@ def penalty(params, vectors, mask, *, iters, tol: float):
       new_vecs.append(v)
       sigmas.append(jnp.zeros((), jnp.float32))
       continue
-    v, _ = power_iteration.iterate(w, v, iters=iters, tol=tol)
-    sigma = power_iteration.norm(w @ v)
+    v, _ = power_iteration.iterate_operator(_operator(jax.lax.stop_gradient(w), m), v,
+                                            iters=iters, tol=tol)
+    # Recomputed with the live kernel: the gradient flows through w, not v.
+    sigma = power_iteration.norm(_operator(w, m)(v))
     total = total + sigma ** 2
     new_vecs.append(v)
     sigmas.append(sigma)
@@ -193,10 +250,22 @@ def _penalty_aux(params, vectors, mask, iters, tol):
   return value, (vectors, sigmas)
 
 
-def sigma_max(params, mask) -> dict[str, jax.Array]:
-  """Exact sigma_max (SVD) of every masked kernel, keyed by parameter path (reporting)."""
+def sigma_max(params, mask, *, iters: int = 2000, tol: float = 1e-7) -> dict[str, jax.Array]:
+  """sigma_max of every masked kernel, keyed by parameter path (reporting).
+
+  Dense kernels: exact (SVD). Conv kernels: exact by FFT with circular
+  padding (and input sizes divisible by the stride); otherwise power
+  iteration from a fixed start, up to ``iters`` iterations to relative
+  change ``tol`` (a lower bound that is tight once converged).
+  """
   out = {}
-  for (path, w), m in zip(jax.tree_util.tree_leaves_with_path(params), jax.tree.leaves(mask)):
-    if m:
+  leaves = jax.tree_util.tree_leaves_with_path(params)
+  for (path, w), m in zip(leaves, jax.tree.structure(params).flatten_up_to(mask)):
+    if isinstance(m, ConvLayer):
+      fft = m.circular and all(n % s == 0 for n, s in zip(m.input_shape, m.strides))
+      out[_path(path)] = conv_norm.conv_operator_norm(
+          w, m.input_shape, strides=m.strides, padding=m.padding,
+          method='fft' if fft else 'power', iters=iters, tol=tol)[0]
+    elif m:
       out[_path(path)] = jnp.linalg.svd(w, compute_uv=False)[..., 0]
   return out
