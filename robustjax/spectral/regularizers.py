@@ -140,8 +140,8 @@ def init_vectors(params, mask, key: jax.Array):
   flags = treedef.flatten_up_to(mask)
   keys = jax.random.split(key, max(len(leaves), 1))
   convs = [i for i, m in enumerate(flags) if isinstance(m, ConvLayer)]
-  conv_starts = dict(zip(convs, _unit_normals(keys[convs[0]], tuple(
-      flags[i].input_shape for i in convs)) if convs else ()))
+  starts = _unit_normals(keys[convs[0]], tuple(flags[i].input_shape for i in convs)) if convs else []
+  conv_starts = dict(zip(convs, starts))
 
   def start(i, w, m, k):
     if i in conv_starts:
@@ -175,7 +175,7 @@ def penalty(params, vectors, mask, *, iters, tol: float):
 
   Differentiable in params only: d/dW sigma^2 = 2 sigma u v^T at the new
   vectors (for a conv, the same through the conv: the gradient of
-  ||conv(W, v)||^2 in W). Unmasked leaves contribute 0, keep their (placeholder)
+  ||conv(W, v)||^2 in W). Unmasked leaves contribute 0, keep their (empty)
   vectors and report sigma 0.
   """
   leaves, treedef = jax.tree.flatten(params)
