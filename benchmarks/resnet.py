@@ -15,7 +15,8 @@ classes, for:
   conv and its transpose, 1 warm-started iteration per step.
 
 Each time is the best of ``repeats`` after a compile call, ``steps`` steps at
-a time under lax.scan (the training loop's own chunking); the batch is fixed
+a time under lax.scan (the training loop's own chunking; on a CPU one
+compiled step per call, as ``loop.fit(fused_steps=False)``); the batch is fixed
 (random images), so only compute is measured. Prints the device kind and a
 table: config | images/s | ms/step | relative to clean.
 """
@@ -53,7 +54,7 @@ def loss_fn(params, key, aux, batch_stats, *, model, adversarial: bool):
   return jnp.mean(losses.cross_entropy(logits, y)), ({}, new_stats)
 
 
-def step_time(config: str, model, data, steps: int, repeats: int) -> float:
+def step_time(config: str, model, data, steps: int, repeats: int, fused: bool) -> float:
   params, stats = resnet.init(model, jax.random.PRNGKey(0), data[0].shape)
   tx = state_lib.make_optimizer('sgd', 0.1, weight_decay=5e-4)
   if config == 'rep-spectral':
@@ -65,7 +66,15 @@ def step_time(config: str, model, data, steps: int, repeats: int) -> float:
     tx = optax.chain(spectral.penalize(spec, mask), tx)
   state = state_lib.create(params, tx, batch_stats=stats)
   fn = functools.partial(loss_fn, model=model, adversarial=config == 'adversarial PGD-10')
-  run = jax.jit(lambda st, k: train_steps(st, k, data, jnp.asarray(0), steps, fn)[0])
+  if fused:
+    run = jax.jit(lambda st, k: train_steps(st, k, data, jnp.asarray(0), steps, fn)[0])
+  else:  # one compiled step per call, as loop.fit(fused_steps=False)
+    one = jax.jit(lambda st, k, t: train_steps(st, k, data, t, 1, fn)[0])
+
+    def run(st, k):
+      for t in range(steps):
+        st = one(st, k, jnp.asarray(t))
+      return st
   return timeit(run, state, jax.random.PRNGKey(1), repeats=repeats) / steps
 
 
@@ -76,6 +85,9 @@ def main():
   parser.add_argument('--steps', type=int, default=3)
   parser.add_argument('--repeats', type=int, default=2)
   parser.add_argument('--padding', default='CIRCULAR', choices=resnet.PADDINGS)
+  parser.add_argument('--fused', default='auto', choices=('auto', 'yes', 'no'),
+                      help="steps under one lax.scan (auto: not on CPU, where XLA runs conv "
+                           "weight gradients ~17x slower inside loops, jax-ml/jax#12868)")
   args = parser.parse_args()
   print(f'device: {jax.devices()[0].device_kind} x {jax.device_count()} '
         f'({jax.default_backend()})')
@@ -84,9 +96,10 @@ def main():
   data = (jax.random.uniform(key_x, (args.batch, 32, 32, 3)),
           jax.random.randint(key_y, (args.batch,), 0, 10))
   configs = ('clean', 'adversarial PGD-10', 'rep-spectral')
-  times = {c: step_time(c, model, data, args.steps, args.repeats) for c in configs}
+  fused = {'auto': jax.default_backend() != 'cpu', 'yes': True, 'no': False}[args.fused]
+  times = {c: step_time(c, model, data, args.steps, args.repeats, fused) for c in configs}
   print(f'\nResNet-18 (width {args.width}, {args.padding}), CIFAR 32x32x3, batch {args.batch}, '
-        f'SGD; best of {args.repeats} x {args.steps} steps')
+        f"SGD; best of {args.repeats} x {args.steps} steps, {'one scan' if fused else 'one call per step'}")
   head = f"{'config':<20} {'images/s':>10} {'ms/step':>10} {'relative to clean':>18}"
   print(head + '\n' + '-' * len(head))
   for c, t in times.items():

@@ -124,3 +124,16 @@ def test_nan_guard_without_checkpoints_says_so():
   aux = dict(AUX, limit=jnp.float32(-1.0))  # NaN from the first step
   with pytest.raises(loop.DivergedError, match='No checkpoint kept'):
     loop.fit(new_state(), aux, KEY, blowup_loss, steps=4, chunk_size=2, progress=False)
+
+
+@pytest.mark.parametrize('batched', [False, True])
+def test_one_call_per_step_equals_the_fused_scan(batched):
+  """fused_steps=False (conv nets on a CPU) takes the same steps with the same keys."""
+  key = jax.random.split(KEY, 2) if batched else KEY
+  kw = dict(steps=7, chunk_size=3, batched=batched, progress=False)
+  fused, fm = loop.fit(new_state(batched=batched), AUX, key, quad_loss, shared_aux=True, **kw)
+  single, sm = loop.fit(new_state(batched=batched), AUX, key, quad_loss, shared_aux=True,
+                        fused_steps=False, **kw)
+  chex.assert_trees_all_close(single.params, fused.params, rtol=1e-6)
+  chex.assert_trees_all_close(sm, fm, rtol=1e-6)
+  assert int(np.asarray(single.step).ravel()[0]) == 7

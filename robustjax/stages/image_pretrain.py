@@ -188,5 +188,6 @@ def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | No
                              steps=p.steps, chunk_size=cfg.chunk_size, batched=True,
                              shared_aux=True, desc=desc or f'pretrain {kind}',
                              progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=ckpt,
-                             checkpoint_every=cfg.get('checkpoint_every'))
+                             checkpoint_every=cfg.get('checkpoint_every'),
+                             fused_steps=jax.default_backend() != 'cpu')
   return {'params': states.params, 'batch_stats': states.batch_stats}, metrics

@@ -66,13 +66,18 @@ def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None
 def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         steps: int, chunk_size: int = 250, batched: bool = False, desc: str = 'train',
         progress: bool = True, mesh=None, checkpoint_dir: str | None = None,
-        checkpoint_every: int | None = None, shared_aux: bool = False):
+        checkpoint_every: int | None = None, shared_aux: bool = False,
+        fused_steps: bool = True):
   """Trains for ``steps`` steps; returns (state, metrics of the last chunk).
 
   ``batched=True`` vmaps everything over the leading axis of ``state``, ``aux``
   and ``key`` (seeds, tasks): one compile trains them all; with
   ``shared_aux=True`` every run reads the same ``aux`` (one copy of a dataset,
-  not one per seed). The loss is checked
+  not one per seed). ``fused_steps=False`` compiles one step and calls it
+  once per step instead of compiling a chunk's steps into one ``lax.scan``:
+  XLA:CPU runs the weight gradients of convolutions ~17x slower inside a loop
+  body (jax-ml/jax#12868), so conv nets train on a CPU this way; the steps,
+  keys and results are the same. The loss is checked
   for NaN/inf after every chunk; a diverging run raises ``DivergedError``.
 
   ``mesh``: a ``jax.sharding.Mesh``, a ``{'data', 'model'}`` config block or
@@ -109,7 +114,14 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         # Chunks end on multiples of chunk_size wherever the run (re)started,
         # so an interrupted run compiles and runs the same chunks.
         end = min((first // chunk_size + 1) * chunk_size, steps)
-        state, chunk_metrics = run(state, key, aux, np.int32(first), end - first)
+        if fused_steps:
+          state, chunk_metrics = run(state, key, aux, np.int32(first), end - first)
+        else:
+          per_step = []
+          for t in range(first, end):
+            state, m = run(state, key, aux, np.int32(t), 1)
+            per_step.append(m)
+          chunk_metrics = jax.tree.map(lambda *ms: jnp.concatenate(ms, axis=-1), *per_step)
         metrics = jax.tree.map(lambda m: np.asarray(m).mean(axis=-1), chunk_metrics)
         if not np.all(np.isfinite(metrics['loss'])):
           raise DivergedError(f'{desc}: loss is not finite at step <= {end}; lower the '

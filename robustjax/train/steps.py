@@ -41,4 +41,7 @@ def train_steps(state: train_state.TrainState, key: jax.Array, aux: Any, first_s
   def body(state, t):
     return train_step(state, jax.random.fold_in(key, t), aux, loss_fn)
 
+  if num_steps == 1:  # no loop at all (see loop.fit's fused_steps)
+    state, metrics = body(state, first_step)
+    return state, jax.tree.map(lambda m: m[None], metrics)
   return jax.lax.scan(body, state, first_step + jax.numpy.arange(num_steps))
