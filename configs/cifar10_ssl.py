@@ -37,12 +37,12 @@ def get_config(variant: str = 'cifar10'):
                    grayscale_p=0.2, resized_crop=True, min_scale=0.2)
   c.attack.update(steps=7, rel_step_size=0.32)  # RoCL: 7 steps of 0.01 at 8/255
   if offline:
-    c.pretrain.update(steps=1000, batch_size=256, learning_rate=3e-3)
+    c.pretrain.update(steps=1000, batch_size=128, learning_rate=3e-3)
     c.ssl.projector_dims = (64, 32)
     # 8x8 digits: a one-pixel shift and brightness/contrast are the views;
     # flips and 0.2-area crops would change the digit.
     c.augment.update(crop_padding=1, flip=False, resized_crop=False, grayscale_p=0.0)
-    c.attack.update(steps=5, rel_step_size=0.5)
+    c.attack.update(steps=3, rel_step_size=0.8)  # as the supervised digits run
   if variant.endswith('barlow'):
     c.pretrain.method = 'barlow_twins'
     c.ssl.projector_dims = (64, 64) if offline else (2048, 2048)

@@ -2,14 +2,19 @@
 
 Many tests compile the same programs (the tiny pipeline, its variants, the
 stage hand-off; subprocesses included): a persistent cache in a session
-temporary directory compiles each once. Set JAX_COMPILATION_CACHE_DIR to
-keep your own.
+temporary directory compiles each once (shared by pytest-xdist's workers).
+Set JAX_COMPILATION_CACHE_DIR to keep your own.
 """
 import os
 import tempfile
 
 if 'JAX_COMPILATION_CACHE_DIR' not in os.environ:
-  os.environ['JAX_COMPILATION_CACHE_DIR'] = tempfile.mkdtemp(prefix='robustjax-xla-cache-')
+  # pytest-xdist workers of one run share a cache (the run id is common to them).
+  run = os.environ.get('PYTEST_XDIST_TESTRUNUID')
+  cache = (os.path.join(tempfile.gettempdir(), f'robustjax-xla-cache-{run}') if run
+           else tempfile.mkdtemp(prefix='robustjax-xla-cache-'))
+  os.makedirs(cache, exist_ok=True)
+  os.environ['JAX_COMPILATION_CACHE_DIR'] = cache
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS', '0')
 os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 

@@ -40,4 +40,5 @@ class SSLNet(nn.Module):
 
 def encoder_variables(variables: dict) -> dict:
   """The encoder's own {'params', 'batch_stats'} out of an SSLNet's variables."""
-  return {k: v['encoder'] for k, v in variables.items()}
+  # An encoder without BatchNorm has an empty 'batch_stats'.
+  return {k: v.get('encoder', {}) for k, v in variables.items()}

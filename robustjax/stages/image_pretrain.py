@@ -43,7 +43,8 @@ BOUNDS = (0.0, 1.0)
 def encoder_from_config(cfg, num_classes: int):
   m = cfg.model
   if m.name == 'small_cnn':
-    return resnet.SmallCNN(widths=tuple(m.cnn_widths), num_classes=num_classes, padding=m.padding)
+    return resnet.SmallCNN(widths=tuple(m.cnn_widths), num_classes=num_classes, padding=m.padding,
+                           batch_norm=m.batch_norm)
   make = {'resnet18': resnet.ResNet18, 'resnet34': resnet.ResNet34}[m.name]
   return make(num_classes=num_classes, width=m.width, padding=m.padding)
 

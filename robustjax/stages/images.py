@@ -123,6 +123,13 @@ def load(cfg, name: str, classes) -> dict:
               y_test=jnp.asarray(y_te), num_classes=int(max(y_tr.max(), y_te.max()) + 1))
 
 
+def probe_spec(cfg) -> tuple[str, tuple]:
+  """(dataset, classes) of the probe: its own when given, else the pre-training data's."""
+  explicit = cfg.probe_data.name or cfg.probe_data.classes
+  return (cfg.probe_data.name or cfg.data.name,
+          tuple(cfg.probe_data.classes) if explicit else tuple(cfg.data.classes))
+
+
 # --- filters -------------------------------------------------------------------
 
 def first_conv_kernel(params) -> np.ndarray:
@@ -226,9 +233,11 @@ def table(summary: dict, cfg) -> str:
   rows = [[k, pm(s['probe_acc'])] + [pm(s['robust_acc'][e]) for e in eps] +
           [pm(s['distance'], '.4f'), pm(s['roughness'], '.2f')] for k, s in summary.items()]
   lines = report.format_table(head, rows)
+  name = lambda d, c: d + (f' classes {tuple(c)}' if c else '')
   lines += f'\nmean +- std over {cfg.num_seeds} seeds; pre-training: {cfg.pretrain.method} on ' \
-           f'{cfg.data.name}; probe: logistic regression on frozen features of ' \
-           f'{cfg.probe_data.name or cfg.data.name}; robust acc: {"+".join(cfg.eval.attacks)} ' \
+           f'{name(cfg.data.name, cfg.data.classes)}; probe: logistic regression on frozen ' \
+           f'features of {name(*probe_spec(cfg))}; ' \
+           f'robust acc: {"+".join(cfg.eval.attacks)} ' \
            f'on {cfg.eval.num_points} test points; distances: first {cfg.eval.distance_points} ' \
            'correctly classified'
   return lines
@@ -241,11 +250,8 @@ def run(cfg, workdir: str) -> dict:
   keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_seeds)
   t0 = time.perf_counter()
   pre = load(cfg, cfg.data.name, cfg.data.classes)
-  # The probe data: its own dataset and classes when given, else the pre-training data.
-  explicit = cfg.probe_data.name or cfg.probe_data.classes
-  probe_spec = (cfg.probe_data.name or cfg.data.name,
-                tuple(cfg.probe_data.classes) if explicit else tuple(cfg.data.classes))
-  post = pre if probe_spec == (cfg.data.name, tuple(cfg.data.classes)) else load(cfg, *probe_spec)
+  spec = probe_spec(cfg)
+  post = pre if spec == (cfg.data.name, tuple(cfg.data.classes)) else load(cfg, *spec)
   timings['data'] = round(time.perf_counter() - t0, 2)
   net = image_pretrain.network_from_config(cfg, pre['num_classes'])
   encoder = net if cfg.pretrain.method == 'supervised' else net.encoder

@@ -1,0 +1,128 @@
+"""The image experiments (configs/cifar10_supervised.py, cifar10_ssl.py, transfer.py)."""
+import json
+import math
+
+import numpy as np
+import pytest
+
+from configs import cifar10_ssl, cifar10_supervised, transfer
+from robustjax import config_validation as cv
+from robustjax.stages import images
+from tests.helpers import launch
+
+TINY = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=5',
+        '--config.checkpoint_every=5', '--config.pretrain.steps=10',
+        '--config.pretrain.batch_size=32', '--config.model.cnn_widths=(8,16)',
+        '--config.attack.steps=2', '--config.eval.num_points=32', '--config.eval.n_iter=5',
+        '--config.eval.attacks=("apgd-ce",)', '--config.eval.distance_points=16',
+        '--config.eval.fmn_steps=5', '--config.eval.batch_size=64', '--config.probe.max_iter=30']
+
+
+def test_roughness_known_answers():
+  const = np.ones((3, 3, 2, 1))
+  assert images.roughness(const)[0] == 0.0
+  # A checkerboard: every neighbouring pair differs by 2 over unit entries:
+  # 2 * (3 * 2) differences of size 2 (rows and columns), ||K||^2 = 9.
+  board = np.fromfunction(lambda i, j: (-1.0) ** (i + j), (3, 3))[:, :, None, None]
+  np.testing.assert_allclose(images.roughness(board), [2 * 6 * 4 / 9])
+  # Per output filter, and invariant to scale.
+  both = np.concatenate([const, 5 * board[:, :, :1].repeat(2, 2)], axis=-1)
+  np.testing.assert_allclose(images.roughness(both), [0.0, 48 / 9])
+
+
+def test_claims_need_the_gap_to_exceed_the_spread():
+  row = lambda acc, dist: {'robust_acc': {'0.5': acc}, 'distance': dist, 'probe_acc': (0.9, 0.0),
+                           'roughness': (1.0, 0.1)}
+  summary = {'clean': row((0.10, 0.02), (0.30, 0.01)), 'adversarial': row((0.40, 0.05),
+                                                                          (0.5, 0.01)),
+             'rep': row((0.1, 0.0), (0.32, 0.03)), 'll': row((0.1, 0.0), (0.2, 0.01))}
+  cfg = cifar10_supervised.get_config('digits')
+  cfg.eval.eps = (0.5,)
+  c = images.claims(summary, cfg)
+  assert c['A: probe robust acc at eps 0.5, adversarial > clean encoder']['holds']
+  assert not c['B: adversarial distance, rep > none']['holds']      # 0.02 gap < 0.03 spread
+  assert c['B: adversarial distance, rep > ll']['holds']
+  assert not c['A: first-layer filters smoother, adversarial < clean roughness']['holds']
+  del summary['adversarial']
+  assert not any(k.startswith('A: probe') for k in images.claims(summary, cfg))
+
+
+@pytest.mark.parametrize('module,variant', [(cifar10_supervised, 'digits'),
+                                            (cifar10_supervised, 'cifar10'),
+                                            (cifar10_ssl, 'digits'), (cifar10_ssl, 'barlow'),
+                                            (transfer, 'digits'), (transfer, 'cifar100')])
+def test_every_variant_validates(module, variant, tmp_path):
+  cfg = module.get_config(variant)
+  if not cfg.data.name == 'digits':
+    cfg.data.data_dir = str(tmp_path)  # any existing directory passes the check
+  images.validate(cfg)
+
+
+@pytest.mark.parametrize('field,value,match', [
+    ('model.name', 'vgg', "config.model.name: must be one of 'resnet18'"),
+    ('pretrain.kinds', ('clean', 'robust'), 'config.pretrain.kinds: must be a non-empty list'),
+    ('pretrain.method', 'byol', "config.pretrain.method: must be one of 'supervised'"),
+    ('eval.attacks', ('pgd',), 'config.eval.attacks'),
+    ('data.classes', (0, -1), 'config.data.classes: must be a list of class ids'),
+    ('spectral.burn_in', 1.5, 'config.spectral.burn_in: must be <= 1'),
+])
+def test_bad_fields_name_themselves(field, value, match):
+  cfg = cifar10_supervised.get_config('digits')
+  block, leaf = field.split('.')
+  cfg[block][leaf] = value
+  with pytest.raises(cv.ConfigError, match=match.replace('(', r'\(')):
+    images.validate(cfg)
+
+
+def test_cifar_without_data_dir_fails_before_work():
+  proc = launch('--config=configs/cifar10_supervised.py', '--workdir=/tmp/never-written')
+  assert proc.returncode == 2
+  assert proc.stderr.strip().splitlines()[-1].startswith('error: config.data.data_dir: must be')
+  assert "'cifar10'" in proc.stderr and ':digits' in proc.stderr
+
+
+def _run(tmp_path, config, *extra):
+  proc = launch(f'--config={config}', f'--workdir={tmp_path}', *TINY, *extra)
+  assert proc.returncode == 0, proc.stderr[-3000:]
+  return proc, json.loads((tmp_path / 'results.json').read_text())
+
+
+def _check(res, kinds, num_seeds=2):
+  s = res['summary']
+  assert list(s) == list(kinds)
+  for kind, row in s.items():
+    assert len(row['probe_acc_per_seed']) == num_seeds
+    assert 0.0 <= row['probe_acc'][0] <= 1.0
+    for eps, (acc, _) in row['robust_acc'].items():
+      assert 0.0 <= acc <= row['probe_acc'][0] + 1e-9, (kind, eps)  # attacks never help
+    assert math.isfinite(row['distance'][0]) and row['distance'][0] > 0
+    assert len(res['distances'][kind]) == num_seeds
+    assert math.isfinite(row['train_metrics']['loss'][0])
+  assert (res['plots'] == ['filters.png'])
+
+
+def test_ssl_adversarial_and_rep_end_to_end_and_resume(tmp_path):
+  """RoCL (adversarial SimCLR) and rep-spectral (conv operator norms) on digits,
+  probes with the ensemble and FMN; a rerun resumes from the checkpoints."""
+  kinds = ('adversarial', 'rep')
+  proc, res = _run(tmp_path, 'configs/cifar10_ssl.py:digits',
+                   f'--config.pretrain.kinds={kinds}', '--config.spectral.burn_in=0.5')
+  _check(res, kinds)
+  assert 'adv distance l2 (fmn)' in proc.stdout and 'filter roughness' in proc.stdout
+  assert (tmp_path / 'filters.png').stat().st_size > 1000
+  assert res['config']['pretrain']['method'] == 'simclr'
+  again, res2 = _run(tmp_path, 'configs/cifar10_ssl.py:digits',
+                     f'--config.pretrain.kinds={kinds}', '--config.spectral.burn_in=0.5')
+  assert 'pretrain adversarial: resuming from step 10/10' in again.stdout + again.stderr
+  for kind in kinds:
+    assert res2['summary'][kind]['probe_acc'] == res['summary'][kind]['probe_acc']
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize('config', ['configs/cifar10_supervised.py:digits',
+                                    'configs/transfer.py:digits',
+                                    'configs/cifar10_ssl.py:digits_barlow'])
+def test_every_kind_end_to_end(tmp_path, config):
+  _, res = _run(tmp_path, config)
+  _check(res, images.KINDS)
+  assert res['claims']  # every claim the kinds allow is checked and recorded
