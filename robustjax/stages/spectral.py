@@ -357,14 +357,11 @@ def table(summary: dict, cfg) -> str:
       row.append(f"{pm(d['mean'], d['mean_std'], '.4f')} ({d['median']:.4f})")
     row += [pm(np.mean(v), np.std(v), '.2f') for v in s['sigma_max_per_seed'].values()]
     rows.append(row)
-  widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
-  fmt = lambda r: ' | '.join(v.ljust(w) for v, w in zip(r, widths))
-  lines = [fmt(head), '-+-'.join('-' * w for w in widths)] + [fmt(r) for r in rows]
-  lines.append(f'mean +- std over {cfg.num_seeds} seeds of per-seed statistics; distances: l2, '
-               f'first {cfg.eval.max_points} correctly classified test points per head, '
-               f"failed attacks excluded; lam = {cfg.regularizer.lam:g}, burn-in "
-               f'{cfg.regularizer.burn_in_epochs} of {cfg.train.epochs} epochs')
-  return '\n'.join(lines)
+  return report.format_table(head, rows) + (
+      f'\nmean +- std over {cfg.num_seeds} seeds of per-seed statistics; distances: l2, '
+      f'first {cfg.eval.max_points} correctly classified test points per head, '
+      f"failed attacks excluded; lam = {cfg.regularizer.lam:g}, burn-in "
+      f'{cfg.regularizer.burn_in_epochs} of {cfg.train.epochs} epochs')
 
 
 def plot_distances(evals: dict, path: str) -> None:
