@@ -30,10 +30,15 @@ def _seed(tree, s: int):
   return jax.tree.map(lambda a: a[s], tree)
 
 
+# Every seed's features in one program; compiled once per (model, shapes), so
+# every kind of a run shares it.
+_features_per_seed = jax.jit(jax.vmap(features, in_axes=(None, 0, None, None)),
+                             static_argnums=(0, 3))
+
+
 def fit_probes(cfg, model, variables, data: dict):
   """(probes, test accuracies), both stacked over seeds: one probe per seed."""
-  feats = jax.jit(jax.vmap(features, in_axes=(None, 0, None, None)), static_argnums=(0, 3))
-  bs = cfg.eval.batch_size
+  feats, bs = _features_per_seed, cfg.eval.batch_size
   probes = jax.vmap(lambda f: heads.fit_logistic_regression(
       f, data['y_train'], num_classes=data['num_classes'], l2=cfg.probe.l2,
       max_iter=cfg.probe.max_iter))(feats(model, variables, data['x_train'], bs))
