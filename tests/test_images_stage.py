@@ -65,6 +65,7 @@ def test_every_variant_validates(module, variant, tmp_path):
     ('eval.attacks', ('pgd',), 'config.eval.attacks'),
     ('data.classes', (0, -1), 'config.data.classes: must be a list of class ids'),
     ('spectral.burn_in', 1.5, 'config.spectral.burn_in: must be <= 1'),
+    ('augment.crop_padding', -1, 'config.augment.crop_padding: must be an integer >= 0'),
 ])
 def test_bad_fields_name_themselves(field, value, match):
   cfg = cifar10_supervised.get_config('digits')

@@ -31,6 +31,7 @@ import numpy as np
 
 from robustjax import config_validation as cv
 from robustjax import report
+from robustjax.attacks import ensemble
 from robustjax.data import images
 from robustjax.models.ssl import encoder_variables
 from robustjax.stages import image_pretrain, probe
@@ -94,7 +95,9 @@ def validate(cfg) -> None:
     d = cfg.ssl.projector_dims
     if isinstance(d, str) or not d or not all(isinstance(v, int) and v >= 1 for v in d):
       raise cv.ConfigError('ssl.projector_dims', 'a non-empty list of integers >= 1', d)
-  cv.positive_int(cfg, 'augment.crop_padding') if cfg.augment.crop_padding else None
+  pad = cfg.augment.crop_padding
+  if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+    raise cv.ConfigError('augment.crop_padding', 'an integer >= 0 (0 = no crop)', pad)
   for f in ('jitter_strength', 'jitter_p', 'grayscale_p', 'min_scale'):
     cv.number(cfg, f'augment.{f}', low=0, high=None if f == 'jitter_strength' else 1)
   cv.one_of(cfg, 'attack.norm', ('l2', 'linf'))
@@ -108,8 +111,7 @@ def validate(cfg) -> None:
   cv.nonnegative_list(cfg, 'eval.eps')
   if not cfg.eval.eps:
     raise cv.ConfigError('eval.eps', 'a non-empty list of radii', cfg.eval.eps)
-  from robustjax.attacks.ensemble import ATTACKS
-  cv.subset_of(cfg, 'eval.attacks', ATTACKS)
+  cv.subset_of(cfg, 'eval.attacks', ensemble.ATTACKS)
 
 
 # --- data ----------------------------------------------------------------------
