@@ -57,3 +57,48 @@ def test_grid_and_plot(tmp_path):
   geometry.plot_maps(maps, (-2, 2, -2, 2), str(path), points=np.zeros((2, 2)), labels=[0, 1],
                      contour={'a': np.random.randn(7, 7)})
   assert path.stat().st_size > 1000
+
+
+def _orthonormal(rng, m, k):
+  q, r = np.linalg.qr(rng.standard_normal((m, k)))
+  return q * np.sign(np.diag(r))
+
+
+@pytest.mark.parametrize('m, k', [(2, 2), (5, 3)])
+@pytest.mark.parametrize('cond', [1.0, 1e2, 1e4, 1e6])
+def test_log_volume_and_lambda_max_hold_small_singular_values(m, k, cond):
+  # phi(z) = z @ J^T with J = U diag(s) V^T, s from 1 down to 1 / cond, over 20 random
+  # rotations: closed forms 0.5 log det g = sum log s and lambda_max = s_max^2 = 1.
+  # Formed in float32, g = J^T J held no trace of s < ~3e-4: at cond 1e4 the log
+  # volume came out -inf (3 of 20) or off by up to 0.73; at 1e6 -inf 13 of 20.
+  # From J E's singular values the error is float32's own, ~eps * cond.
+  s = np.geomspace(1.0, 1.0 / cond, k)
+  js = np.stack([_orthonormal(np.random.default_rng(i), m, k) @ np.diag(s)
+                 @ _orthonormal(np.random.default_rng(100 + i), k, k).T for i in range(20)])
+  x = jnp.zeros((1, k), jnp.float32)
+
+  def maps(j):
+    g = geometry.pullback_metric(lambda z: z @ j.T, x)
+    return geometry.log_volume_element(g)[0], geometry.lambda_max(g)[0]
+
+  logvol, lam = jax.jit(jax.vmap(maps))(jnp.asarray(js, jnp.float32))
+  assert np.all(np.isfinite(logvol))
+  eps = np.finfo(np.float32).eps
+  np.testing.assert_allclose(logvol, np.sum(np.log(s)), rtol=0, atol=4 * eps * cond + 1e-6)
+  np.testing.assert_allclose(lam, 1.0, rtol=1e-6)
+
+
+def test_metric_is_a_pytree_and_formed_on_request():
+  a = jnp.asarray(np.random.default_rng(4).standard_normal((2, 3)), jnp.float32)
+  g = jax.jit(lambda x: geometry.pullback_metric(lambda z: z @ a.T, x))(jnp.ones((4, 3)))
+  assert isinstance(g, geometry.PullbackMetric)
+  chex.assert_shape(g.jacobian, (4, 2, 3))
+  assert g.shape == (4, 3, 3)
+  np.testing.assert_allclose(np.asarray(g), np.broadcast_to(a.T @ a, (4, 3, 3)), rtol=1e-5,
+                             atol=1e-6)
+  # Fewer features than slice directions: det g = 0 exactly.
+  assert np.all(np.isneginf(geometry.log_volume_element(g)))
+  with pytest.raises(ValueError, match='basis must be'):
+    geometry.pullback_metric(lambda z: z, jnp.ones((4, 3)), jnp.ones((2, 2)))
+  with pytest.raises(ValueError, match='g must be'):
+    geometry.log_volume_element(jnp.ones((3, 2)))
