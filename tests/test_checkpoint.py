@@ -2,6 +2,7 @@
 return at once, the NaN guard keeps the last good checkpoint, and a resume
 after it."""
 import os
+import shutil
 
 import chex
 import jax
@@ -85,6 +86,42 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
   with pytest.raises(ValueError, match='past this run'):
     loop.fit(new_state(), AUX, KEY, quad_loss, steps=2, chunk_size=4, progress=False,
              checkpoint_dir=ckpt)
+
+
+@pytest.mark.parametrize('item', ['state', 'run'])
+def test_newest_step_missing_an_item_is_skipped_and_the_older_one_resumed(tmp_path, capsys, item):
+  # Was a bare orbax KeyError ('Item "state" was not found in the checkpoint').
+  ckpt = str(tmp_path / 'fit')
+  kw = dict(chunk_size=4, progress=False)
+  ref, ref_m = loop.fit(new_state(), AUX, KEY, quad_loss, steps=12, **kw)
+  loop.fit(new_state(), AUX, KEY, quad_loss, steps=8, checkpoint_dir=ckpt, **kw)
+  assert steps_saved(ckpt) == [4, 8]
+  shutil.rmtree(os.path.join(ckpt, '8', item))
+  capsys.readouterr()
+  out, m = loop.fit(new_state(), AUX, KEY, quad_loss, steps=12, checkpoint_dir=ckpt, **kw)
+  printed = capsys.readouterr().out
+  assert f"skipping and deleting incomplete step 8 in {ckpt}: item(s) ['{item}'] missing" in printed
+  assert 'resuming from step 4/12' in printed
+  chex.assert_trees_all_equal(out.params, ref.params)
+  chex.assert_trees_all_equal(m, ref_m)
+  assert steps_saved(ckpt) == [8, 12]
+
+
+def test_folder_that_is_not_a_checkpoint_is_refused_and_kept(tmp_path):
+  # Was a bare orbax KeyError ('Item "run" was not found'); resuming past it would
+  # let orbax's pruning of old steps delete the user's folder.
+  ckpt = str(tmp_path / 'fit')
+  loop.fit(new_state(), AUX, KEY, quad_loss, steps=8, chunk_size=4, progress=False,
+           checkpoint_dir=ckpt)
+  os.makedirs(os.path.join(ckpt, '3'))
+  with open(os.path.join(ckpt, '3', 'notes.txt'), 'w') as f:
+    f.write('not a checkpoint')
+  with pytest.raises(ValueError, match=rf'^{ckpt} holds folder\(s\) \[3\] named like checkpoint '
+                     'steps that are not checkpoints'):
+    loop.fit(new_state(), AUX, KEY, quad_loss, steps=12, chunk_size=4, progress=False,
+             checkpoint_dir=ckpt)
+  assert steps_saved(ckpt) == [3, 4, 8]
+  assert os.listdir(os.path.join(ckpt, '3')) == ['notes.txt']
 
 
 def test_callers_state_survives_donation():

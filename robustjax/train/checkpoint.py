@@ -5,7 +5,9 @@ train state, the last chunk's metrics and a small record of the run (total
 steps, the PRNG key) so a rerun can tell it is resuming the same run. Orbax
 writes each step to a temporary directory and renames it when complete, so a
 killed run leaves the previous step intact; a half-written step is ignored
-(and cleaned up) on the next start.
+(and cleaned up) on the next start. A step that lost an item afterwards is
+skipped and deleted on resume, saying so; a folder named like a step that
+orbax did not write is refused (orbax's pruning would delete it).
 
 Two orbax-checkpoint 0.12.8 behaviours shape this module:
 
@@ -69,27 +71,72 @@ def save(mngr: ocp.CheckpointManager, step: int, state, metrics, run: dict) -> N
       run=ocp.args.JsonSave(run)), force=True)
 
 
+def _missing_items(mngr: ocp.CheckpointManager, step: int) -> list[str]:
+  path = mngr.directory / str(step)
+  return [i for i in ITEMS if not (path / i).exists()]
+
+
+def _is_orbax_step(mngr: ocp.CheckpointManager, step: int) -> bool:
+  """Whether the folder was written by a CheckpointManager (its metadata or one of our items)."""
+  path = mngr.directory / str(step)
+  return (path / '_CHECKPOINT_METADATA').exists() or len(_missing_items(mngr, step)) < len(ITEMS)
+
+
 def restore_latest(mngr: ocp.CheckpointManager, like_state, run: dict):
   """(step, state, metrics) of the newest complete step, or None when there is none.
 
   ``like_state``: the freshly built state; its shapes, dtypes and shardings
-  are the restore target (so a checkpoint restores onto any mesh). Raises
-  ValueError when the directory holds another run (other key, or more steps).
+  are the restore target (so a checkpoint restores onto any mesh).
+
+  Steps newer than the newest complete one that lack an item (``state``,
+  ``last_metrics`` or ``run`` deleted or never written) or fail to restore are
+  deleted with one printed line each: they cannot be resumed, and the resumed
+  run saves the same step numbers again. A folder named like a step that no
+  CheckpointManager wrote (none of the items, no orbax metadata) is refused:
+  orbax would count it as a step and delete it when pruning old steps.
+
+  Raises:
+    ValueError (one line, naming the directory) when the directory holds a
+    folder that is not a checkpoint, or another run (other key, or more steps).
   """
-  step = mngr.latest_step()
-  if step is None:
-    return None
-  where = os.path.join(str(mngr.directory), str(step))
-  saved = mngr.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
-  if saved['key'] != run['key']:
-    raise ValueError(f'{where} holds a run with another PRNG key (seed); '
-                     'use a fresh --workdir or delete it')
-  if step > run['steps']:
-    raise ValueError(f'{where} is at step {step}, past this run\'s {run["steps"]} steps; '
-                     'use a fresh --workdir or delete it')
-  target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                        _without_empty(like_state))
-  out = mngr.restore(step, args=ocp.args.Composite(
-      state=ocp.args.StandardRestore(target), last_metrics=ocp.args.StandardRestore()))
-  return (step, _with_empty(like_state, out['state']),
-          jax.tree.map(np.asarray, dict(out['last_metrics'])))
+  directory = str(mngr.directory)
+  strays = [s for s in mngr.all_steps() if not _is_orbax_step(mngr, s)]
+  if strays:
+    raise ValueError(f'{directory} holds folder(s) {sorted(strays)} named like checkpoint steps '
+                     f'that are not checkpoints (none of {list(ITEMS)} inside); checkpoint_dir '
+                     'belongs to one fit: move them out or use a fresh --workdir')
+  for step in sorted(mngr.all_steps(), reverse=True):
+    where = os.path.join(directory, str(step))
+    missing = _missing_items(mngr, step)
+    if missing:
+      _drop(mngr, step, f'item(s) {missing} missing')
+      continue
+    try:
+      saved = mngr.restore(step, args=ocp.args.Composite(run=ocp.args.JsonRestore()))['run']
+    except (KeyError, ValueError, OSError) as e:
+      _drop(mngr, step, f'its run record cannot be read ({type(e).__name__})')
+      continue
+    if saved['key'] != run['key']:
+      raise ValueError(f'{where} holds a run with another PRNG key (seed); '
+                       'use a fresh --workdir or delete it')
+    if step > run['steps']:
+      raise ValueError(f'{where} is at step {step}, past this run\'s {run["steps"]} steps; '
+                       'use a fresh --workdir or delete it')
+    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
+                          _without_empty(like_state))
+    try:
+      out = mngr.restore(step, args=ocp.args.Composite(
+          state=ocp.args.StandardRestore(target), last_metrics=ocp.args.StandardRestore()))
+    except (KeyError, ValueError, OSError) as e:
+      _drop(mngr, step, f'it cannot be restored ({type(e).__name__}: '
+                        f'{str(e).splitlines()[0][:200] if str(e) else ""})')
+      continue
+    return (step, _with_empty(like_state, out['state']),
+            jax.tree.map(np.asarray, dict(out['last_metrics'])))
+  return None
+
+
+def _drop(mngr: ocp.CheckpointManager, step: int, why: str) -> None:
+  print(f'checkpoint: skipping and deleting incomplete step {step} in {mngr.directory}: {why}',
+        flush=True)
+  mngr.delete(step)
