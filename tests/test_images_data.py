@@ -222,3 +222,69 @@ print('ok')
   out = subprocess.run([sys.executable, '-c', code], env=env, capture_output=True, text=True,
                        cwd=os.path.dirname(os.path.dirname(os.path.abspath(__file__))), timeout=300)
   assert out.returncode == 0 and 'ok' in out.stdout, out.stderr[-2000:]
+
+
+def test_unequal_host_row_counts_are_refused_naming_them():
+  images.check_equal_rows(np.array([[143, 143], [143, 143]]))   # equal: fine
+  with pytest.raises(ValueError, match=r'^global_array: hosts hold different numbers of rows '
+                     r'\(process 0: 151/151, process 1: 143/143\); .* cut each to 143 rows'):
+    images.check_equal_rows(np.array([[151, 151], [143, 143]]))
+  with pytest.raises(ValueError, match=r'process 0: 4, process 1: 4, process 2: 3\)'):
+    images.check_equal_rows(np.array([[4], [4], [3]]))
+
+
+_TWO_HOSTS = '''
+import sys
+import jax
+jax.config.update('jax_cpu_collectives_implementation', 'gloo')
+jax.distributed.initialize(coordinator_address='127.0.0.1:' + sys.argv[1], num_processes=2,
+                           process_id=int(sys.argv[2]))
+import numpy as np
+from jax.sharding import Mesh
+from robustjax.data import images
+x, y, _, _ = images.load('digits', classes=[0, 1], shard=images.host_shard())
+mesh = Mesh(np.asarray(jax.devices()).reshape(2, 1), ('data', 'model'))
+try:
+  images.global_array(y, mesh)
+  print('assembled unequal shards')
+except ValueError as e:
+  print(e)
+g = images.global_array({'x': x[:143], 'y': y[:143]}, mesh)
+print('shape', g['y'].shape, 'mean', repr(float(jax.jit(lambda a: a.astype(np.float32).mean())(g['y']))))
+'''
+
+
+@pytest.mark.slow
+def test_two_processes_refuse_unequal_shards_and_agree_on_equal_ones():
+  """Two real JAX processes (gloo over loopback) holding 151 and 143 rows of digits
+  classes [0, 1]: both refuse, naming the counts (they built global shapes (302,)
+  and (286,) and jitted means 0.4768 vs 0.5035 before); cut to 143 rows both build
+  (286,) with the same mean."""
+  import socket
+  import subprocess
+  import sys
+  with socket.socket() as s:
+    s.bind(('127.0.0.1', 0))
+    port = str(s.getsockname()[1])
+  root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=root)
+  env.pop('XLA_FLAGS', None)
+  procs = [subprocess.Popen([sys.executable, '-c', _TWO_HOSTS, port, str(i)], env=env, cwd=root,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+           for i in range(2)]
+  try:
+    outs = [p.communicate(timeout=300) for p in procs]
+  finally:
+    for p in procs:
+      p.kill()
+  _, y0, _, _ = images.load('digits', classes=[0, 1], shard=(0, 2))
+  _, y1, _, _ = images.load('digits', classes=[0, 1], shard=(1, 2))
+  assert (len(y0), len(y1)) == (151, 143)
+  mean = float(np.concatenate([y0[:143], y1[:143]]).mean())
+  for p, (out, err) in zip(procs, outs):
+    assert p.returncode == 0, err[-3000:]
+    assert ('global_array: hosts hold different numbers of rows (process 0: 151, process 1: 143)'
+            in out), out
+    shape, m = out.strip().splitlines()[-1].split(' mean ')
+    assert shape == 'shape (286,)'
+    np.testing.assert_allclose(float(m), mean, rtol=1e-6)

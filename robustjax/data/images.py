@@ -11,7 +11,8 @@
 Which examples a call returns, for each split (digits after its split):
 
 1. ``shard=(i, c)``: this host looks only at records i, i + c, i + 2c, ...
-   (shards of one split are disjoint and together cover it);
+   (shards of one split are disjoint and together cover it; after the
+   class filter their lengths usually differ, which ``global_array`` refuses);
 2. ``classes``: keeps examples whose label is in it, relabelled 0..k-1 in the
    given order (the offline transfer: pre-train on digits 0-4, probe on 5-9);
 3. ``max_train`` / ``max_test``: a global cap, split between hosts as
@@ -254,6 +255,23 @@ def epoch_batch_indices(key: jax.Array, step, num_examples: int, batch_size: int
   return jax.lax.dynamic_slice_in_dim(perm, start, batch_size).astype(jnp.int32)
 
 
+def check_equal_rows(counts) -> None:
+  """Refuses per-host leading-axis row counts that differ.
+
+  ``counts``: (num_processes, num_leaves) ints, row p = process p's row count
+  of each leaf (as ``global_array`` gathers them). Raises ValueError in one line
+  naming every process's count and the common count to cut to (the smallest).
+  """
+  counts = np.asarray(counts).reshape(np.shape(counts)[0], -1)
+  if np.all(counts == counts[:1]):
+    return
+  per_host = ', '.join(f'process {p}: {"/".join(str(int(c)) for c in row)}'
+                       for p, row in enumerate(counts))
+  raise ValueError(f'global_array: hosts hold different numbers of rows ({per_host}); every '
+                   f'host must pass the same count: cut each to {int(counts.min())} rows '
+                   '(a[:n]) before assembling')
+
+
 def global_array(local, mesh: Mesh):
   """One global array (or pytree of them) from each host's leading-axis shard.
 
@@ -261,9 +279,24 @@ def global_array(local, mesh: Mesh):
   them); the result is sharded along the leading axis over ``mesh``'s 'data'
   axis and replicated over any other axis. All hosts must pass the same
   number of rows, divisible by their number of devices on 'data'.
+
+  With several processes the hosts' row counts are all-gathered first (a few
+  ints): shards of a filtered split (``classes``) usually differ in length,
+  and ``jax.make_array_from_process_local_data`` would let each host infer its
+  own global shape (151 and 143 rows of digits classes [0, 1] gave global
+  shapes (302,) and (286,) and different means). Unequal counts raise
+  ValueError on every host, naming them (``check_equal_rows``); ``load`` does
+  not cut, so a caller chooses what to drop.
   """
   if 'data' not in mesh.axis_names:
     raise ValueError(f"mesh must have a 'data' axis, got axes {mesh.axis_names}")
+  leaves = [np.asarray(a) for a in jax.tree.leaves(local)]
+  if any(a.ndim == 0 for a in leaves):
+    raise ValueError('global_array: every leaf needs a leading (rows) axis, got a scalar')
+  if jax.process_count() > 1:
+    from jax.experimental import multihost_utils
+    mine = np.asarray([a.shape[0] for a in leaves], np.int32)
+    check_equal_rows(multihost_utils.process_allgather(mine))
   sharding = NamedSharding(mesh, P('data'))
   return jax.tree.map(lambda a: jax.make_array_from_process_local_data(sharding, np.asarray(a)),
                       local)
