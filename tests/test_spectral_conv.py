@@ -126,3 +126,15 @@ def test_bad_arguments():
     conv_operator_norm(kernel, (5, 4), strides=2, method='fft')
   with pytest.raises(ValueError, match='method'):
     conv_operator_norm(kernel, (4, 4), method='svd')
+
+
+def test_power_reports_iterations_and_warns_when_unconverged():
+  kernel = jax.random.normal(jax.random.PRNGKey(3), (3, 3, 2, 3))
+  with pytest.warns(RuntimeWarning, match='conv_operator_norm: power iteration stopped after 2 '):
+    sigma, _, info = conv_operator_norm(kernel, (6, 6, 2), padding='SAME', method='power',
+                                        iters=2, tol=1e-7, return_info=True)
+    jax.block_until_ready(sigma)
+    jax.effects_barrier()
+  assert int(info['iterations']) == 2 and not bool(info['converged'])
+  _, _, info = conv_operator_norm(kernel, (6, 6), method='fft', return_info=True)
+  assert int(info['iterations']) == 0 and bool(info['converged'])

@@ -1,4 +1,6 @@
 """Power iteration against singular values we construct, and its gradient."""
+import warnings
+
 import chex
 import jax
 import jax.numpy as jnp
@@ -105,3 +107,23 @@ def test_jit_vmap_over_matrices():
 def test_rejects_non_matrix():
   with pytest.raises(ValueError, match='matrix'):
     top_singular_value(jnp.ones((2, 2, 2)), iters=3, tol=1e-6)
+
+
+def test_unconverged_power_iteration_warns_with_its_residual():
+  # Singular values 1 and 0.99: convergence at rate 0.99^2 per step, far from 1e-9 in 5.
+  w, _, _ = with_singular_values(jax.random.PRNGKey(8), 6, 6, [1.0, 0.99, 0.8, 0.6, 0.4, 0.2])
+  with pytest.warns(RuntimeWarning, match=r'top_singular_value: power iteration stopped after 5 '
+                    r'iterations with relative change .* > tol=1e-09'):
+    sigma, _, info = top_singular_value(w, iters=5, tol=1e-9, return_info=True)
+    jax.block_until_ready(sigma)
+    jax.effects_barrier()
+  assert int(info['iterations']) == 5 and not bool(info['converged'])
+  assert float(info['residual']) > 1e-9
+  # Converged, or a fixed budget (tol = 0): no warning.
+  with warnings.catch_warnings():
+    warnings.simplefilter('error')
+    sigma, _, info = top_singular_value(w, iters=5000, tol=1e-9, return_info=True)
+    top_singular_value(w, iters=5, tol=0.0)
+    jax.effects_barrier()
+  assert bool(info['converged']) and float(info['residual']) <= 1e-9
+  np.testing.assert_allclose(sigma, 1.0, rtol=1e-5)

@@ -86,8 +86,8 @@ def fft_blocks(kernel: jax.Array, input_shape: Sequence[int], strides=1) -> jax.
 
 def conv_operator_norm(kernel: jax.Array, input_shape: Sequence[int], *, strides=1,
                        padding='CIRCULAR', method: str = 'fft', v: jax.Array | None = None,
-                       iters=100, tol: float = 1e-6, key: jax.Array | None = None
-                       ) -> tuple[jax.Array, jax.Array | None]:
+                       iters=100, tol: float = 1e-6, key: jax.Array | None = None,
+                       return_info: bool = False):
   """(sigma_max of the conv layer on inputs of ``input_shape``, power vector).
 
   Args:
@@ -100,15 +100,30 @@ def conv_operator_norm(kernel: jax.Array, input_shape: Sequence[int], *, strides
     v: ``power``'s warm-start vector (H, W, c_in); None starts from a random one.
     iters, tol: ``power``'s iteration budget and relative stopping tolerance.
     key: ``power``'s start when v is None (PRNGKey(0) by default).
+    return_info: also return {'iterations', 'residual' (power's final
+      relative change of sigma), 'converged'}; fft and reshape are exact
+      (0 iterations, residual 0).
+
+  Returns (sigma, v), or (sigma, v, info). ``power`` warns (RuntimeWarning,
+  from the host) when tol > 0 was not met within iters.
   """
   if method not in METHODS:
     raise ValueError(f'method must be one of {METHODS}, got {method!r}')
+  sigma, v, info = _conv_operator_norm(kernel, input_shape, strides, padding, method, v, iters,
+                                       tol, key)
+  return (sigma, v, info) if return_info else (sigma, v)
+
+
+def _conv_operator_norm(kernel, input_shape, strides, padding, method, v, iters, tol, key):
+  # fft and reshape are exact: no iterations, nothing left to converge.
+  exact = {'iterations': jnp.zeros((), jnp.int32), 'residual': jnp.zeros((), kernel.dtype),
+           'converged': jnp.ones((), bool)}
   strides = _pair(strides)
   if not isinstance(padding, str):
     padding = tuple(tuple(int(p) for p in pair) for pair in padding)
   if method == 'reshape':
     kh, kw, c_in, c_out = kernel.shape
-    return jnp.linalg.svd(kernel.reshape(kh * kw * c_in, c_out), compute_uv=False)[0], v
+    return jnp.linalg.svd(kernel.reshape(kh * kw * c_in, c_out), compute_uv=False)[0], v, exact
   if method == 'fft':
     if not (isinstance(padding, str) and padding.upper() == 'CIRCULAR'):
       raise ValueError(f"method='fft' is exact for padding='CIRCULAR' only, got {padding!r}; "
@@ -116,7 +131,7 @@ def conv_operator_norm(kernel: jax.Array, input_shape: Sequence[int], *, strides
     H, W = _spatial(input_shape)
     if H % strides[0] or W % strides[1]:
       raise ValueError(f'fft needs the input size {(H, W)} divisible by the stride {strides}')
-    return _fft_norm(kernel, (H, W), strides), v
+    return _fft_norm(kernel, (H, W), strides), v, exact
   H, W = _spatial(input_shape)
   if v is None:
     k = jax.random.PRNGKey(0) if key is None else key
@@ -133,7 +148,9 @@ def _fft_norm(kernel, hw, strides):
 @functools.partial(jax.jit, static_argnums=(4, 5))
 def _power_norm(kernel, v, iters, tol, strides, padding):
   fixed = jax.lax.stop_gradient(kernel)
-  v, _ = power_iteration.iterate_operator(
-      lambda x: conv(fixed, x, strides=strides, padding=padding), v, iters=iters, tol=tol)
+  v, i, residual = power_iteration.iterate_operator(
+      lambda x: conv(fixed, x, strides=strides, padding=padding), v, iters=iters, tol=tol,
+      return_residual=True)
+  info = power_iteration.diagnose('conv_operator_norm', i, residual, tol)
   # Recomputed with the live kernel: the gradient flows through it, not v.
-  return power_iteration.norm(conv(kernel, v, strides=strides, padding=padding)), v
+  return power_iteration.norm(conv(kernel, v, strides=strides, padding=padding)), v, info

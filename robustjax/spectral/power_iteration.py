@@ -9,8 +9,21 @@ as ``sigma = ||W v||`` *with* the gradient through W, so that
 the gradient of the squared spectral norm at a converged v (Yoshida & Miyato
 2017; Paper B). Carrying v from one training step to the next (warm start)
 makes a few iterations per step enough, because W moves little per step.
+
+Diagnostics: the reporting entry points (``top_singular_value`` here,
+``conv_norm.conv_operator_norm(method='power')``) return, with
+``return_info=True``, the iterations run and the final relative change of
+sigma (the quantity ``tol`` bounds), and warn on the host (one RuntimeWarning
+line, one per matrix under vmap) when ``tol > 0`` was not met within
+``iters`` (a tol below float resolution counts as met at 2 ulps). ``tol = 0``
+asks for exactly ``iters`` iterations: no warning. The
+training penalty's few warm-started iterations per step are a budget, not a
+convergence target, and do not warn.
 """
 from __future__ import annotations
+
+import functools
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -32,8 +45,9 @@ def initial_vector(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
   return _normalize(jax.random.normal(key, (n,), dtype))
 
 
-def iterate_operator(op, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array, jax.Array]:
-  """Power iteration on A^T A for a linear map ``op`` = A; returns (v, iterations run).
+def iterate_operator(op, v: jax.Array, *, iters, tol: float, return_residual: bool = False):
+  """Power iteration on A^T A for a linear map ``op`` = A; returns (v, iterations run),
+  and with ``return_residual`` the final relative change of ||A v|| too.
 
   Up to ``iters`` steps v <- A^T A v / ||A^T A v||, stopping once ||A v||
   changes by at most ``tol`` relative. A^T comes from ``jax.vjp`` (so any
@@ -57,19 +71,46 @@ def iterate_operator(op, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array,
 
   start = (jnp.zeros((), jnp.int32), v, jnp.full((), -1.0, v.dtype),
            jnp.full((), jnp.inf, v.dtype))
-  i, v, _, _ = jax.lax.while_loop(cond, body, start)
+  i, v, sigma, prev = jax.lax.while_loop(cond, body, start)
+  if return_residual:
+    return v, i, jnp.abs(sigma - prev) / jnp.maximum(sigma, _EPS)
   return v, i
 
 
-def iterate(w: jax.Array, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array, jax.Array]:
+def _warn_unconverged(what, converged, iterations, residual, tol):
+  if not converged:   # under vmap the cond below runs both branches: check here
+    warnings.warn(f'{what}: power iteration stopped after {int(iterations)} iterations with '
+                  f'relative change {float(residual):.3g} > tol={float(tol):.3g}; raise iters',
+                  RuntimeWarning)
+
+
+def diagnose(what: str, iterations, residual, tol) -> dict:
+  """The info dict of a power iteration, and its host warning when tol > 0 was not met
+  (``what`` names the caller). Call inside jit/vmap: the check runs on the host.
+
+  A tol below the float resolution counts as met at a change of 2 ulps (sigma's
+  last bits can alternate forever; the loop itself still runs to tol or iters).
+  """
+  floor = 2 * jnp.finfo(residual.dtype).eps
+  converged = (tol <= 0) | (residual <= jnp.maximum(tol, floor))
+  # A real branch outside vmap: converged runs pay no host round trip.
+  jax.lax.cond(converged, lambda: None,
+               lambda: jax.debug.callback(
+                   functools.partial(_warn_unconverged, what), converged, iterations, residual,
+                   tol))
+  return {'iterations': iterations, 'residual': residual, 'converged': converged}
+
+
+def iterate(w: jax.Array, v: jax.Array, *, iters, tol: float, return_residual: bool = False):
   """``iterate_operator`` for a dense matrix w (m, n); v (n,). No gradient."""
   w = jax.lax.stop_gradient(w)
-  return iterate_operator(lambda x: w @ x, v, iters=iters, tol=tol)
+  return iterate_operator(lambda x: w @ x, v, iters=iters, tol=tol,
+                          return_residual=return_residual)
 
 
 def top_singular_value(w: jax.Array, v: jax.Array | None = None, *, iters=100,
-                       tol: float = 1e-6, key: jax.Array | None = None
-                       ) -> tuple[jax.Array, jax.Array]:
+                       tol: float = 1e-6, key: jax.Array | None = None,
+                       return_info: bool = False):
   """(sigma_max(W), v) for a matrix w (m, n); v (n,) is the right singular vector estimate.
 
   Args:
@@ -78,21 +119,27 @@ def top_singular_value(w: jax.Array, v: jax.Array | None = None, *, iters=100,
     v: warm-start vector (n,) from the previous call; None draws a random one
       from ``key`` (PRNGKey(0) when no key is given).
     iters: maximum iterations (may be traced).
-    tol: stop when sigma changes by at most ``tol`` relative.
+    tol: stop when sigma changes by at most ``tol`` relative (0: run all iters).
+    return_info: also return {'iterations', 'residual' (the final relative
+      change of sigma), 'converged'}.
 
   The returned sigma is ``||W v||``: differentiable in w (gradient 2 sigma u
   v^T for sigma^2), constant in v. Rank-zero W gives sigma = 0.
+
+  Returns (sigma, v), or (sigma, v, info). Warns (RuntimeWarning, from the
+  host) when tol > 0 was not met within iters.
   """
   if w.ndim != 2:
     raise ValueError(f'top_singular_value needs a matrix, got shape {w.shape}')
   if v is None:
     v = initial_vector(jax.random.PRNGKey(0) if key is None else key, w.shape[1], w.dtype)
-  return _top_singular_value(w, v, iters, tol)
+  sigma, v, info = _top_singular_value(w, v, iters, tol)
+  return (sigma, v, info) if return_info else (sigma, v)
 
 
 @jax.jit
 def _top_singular_value(w, v, iters, tol):
   # Compiled once per shape (iters and tol are traced): eager calls from a
   # loop or a test sweep do not re-trace the while_loop every time.
-  v, _ = iterate(w, v, iters=iters, tol=tol)
-  return norm(w @ v), v
+  v, i, residual = iterate(w, v, iters=iters, tol=tol, return_residual=True)
+  return norm(w @ v), v, diagnose('top_singular_value', i, residual, tol)
