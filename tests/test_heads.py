@@ -182,14 +182,22 @@ def test_warns_with_diagnostics_when_max_iter_is_too_small(digits):
   assert float(info['grad_norm']) > 1e-6
 
 
-def test_warns_per_seed_under_vmap():
+def _two_seeds():
   # Seed 0: zero features, balanced labels: the gradient at the zero start is 0
-  # (converged after 0 steps). Seed 1: one step is not enough. One warning, seed 1's.
+  # (converged after 0 steps). Seed 1: one step is not enough.
   rng = np.random.default_rng(3)
   f = jnp.stack([jnp.zeros((40, 3)), jnp.asarray(rng.normal(size=(40, 3)), jnp.float32)])
   y = jnp.asarray(np.arange(40) % 2, jnp.int32)
+  return f, y
+
+
+@pytest.mark.parametrize('jit', [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_warns_per_seed_under_vmap(jit):
+  # One warning, seed 1's; also inside a caller's jit (the check runs with the program).
+  f, y = _two_seeds()
   fit = jax.vmap(lambda f: fit_logistic_regression(f, y, num_classes=2, max_iter=1,
                                                    return_info=True))
+  fit = jax.jit(fit) if jit else fit
   with pytest.warns(RuntimeWarning) as record:
     params, info = fit(f)
     jax.block_until_ready(params)

@@ -86,9 +86,6 @@ def _fit(features, labels, l2, tol, max_iter, *, num_classes):
   info = {'grad_norm': optax.tree.norm(grad), 'iterations': optax.tree.get(state, 'count'),
           'objective': value}
   info['converged'] = info['grad_norm'] <= tol
-  # On the host, per seed when vmapped (the callback is unrolled over the batch).
-  jax.debug.callback(_warn_unconverged, info['grad_norm'], info['iterations'], value, tol,
-                     max_iter)
   kernel = params['kernel'] / scale[:, None]
   bias = params['bias'] - mean @ kernel
   return {'kernel': kernel, 'bias': bias - jnp.mean(bias)}, info
@@ -125,6 +122,8 @@ def fit_logistic_regression(features: jax.Array, labels: jax.Array, *, num_class
   """
   if getattr(features, 'ndim', np.ndim(features)) != 2:
     raise ValueError(f'features must be (n, F), got shape {np.shape(features)}')
+  if np.shape(features)[0] < 1:
+    raise ValueError('features must have at least one row, got 0')
   if getattr(labels, 'ndim', np.ndim(labels)) != 1 or np.shape(labels)[0] != np.shape(features)[0]:
     raise ValueError(f'labels must be (n,) with n = {np.shape(features)[0]} rows of features, '
                      f'got shape {np.shape(labels)}')
@@ -141,7 +140,8 @@ def fit_logistic_regression(features: jax.Array, labels: jax.Array, *, num_class
     raise TypeError(f'labels must be integers in [0, {num_classes}), got dtype '
                     f'{jnp.result_type(labels)}')
   if not isinstance(labels, jax.core.Tracer):
-    lo, hi = int(np.min(labels)), int(np.max(labels))
+    concrete = np.asarray(labels)   # numpy: jnp ops inside a caller's jit would be traced
+    lo, hi = int(concrete.min()), int(concrete.max())
     if lo < 0 or hi >= num_classes:
       raise ValueError(f'labels must lie in [0, {num_classes}) (num_classes={num_classes}), '
                        f'got range [{lo}, {hi}]')
@@ -149,6 +149,12 @@ def fit_logistic_regression(features: jax.Array, labels: jax.Array, *, num_class
   labels = jnp.asarray(labels).astype(jnp.int32)
   params, info = _fit(features, labels, jnp.float32(l2), jnp.float32(tol), jnp.int32(max_iter),
                       num_classes=int(num_classes))
+  # Outside _fit, so its executable holds no host callback (a Python callback's
+  # address would keep it out of the persistent compilation cache). Eager calls
+  # and eager vmaps run the check at once, per seed (the callback is unrolled
+  # over the batch); inside a caller's jit it runs when the program does.
+  jax.debug.callback(_warn_unconverged, info['grad_norm'], info['iterations'],
+                     info['objective'], tol, max_iter)
   return (params, info) if return_info else params
 
 
