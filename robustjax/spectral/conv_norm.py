@@ -111,6 +111,8 @@ def conv_operator_norm(kernel: jax.Array, input_shape: Sequence[int], *, strides
     raise ValueError(f'method must be one of {METHODS}, got {method!r}')
   sigma, v, info = _conv_operator_norm(kernel, input_shape, strides, padding, method, v, iters,
                                        tol, key)
+  if method == 'power':
+    power_iteration.warn_unconverged('conv_operator_norm', info, tol)
   return (sigma, v, info) if return_info else (sigma, v)
 
 
@@ -151,6 +153,6 @@ def _power_norm(kernel, v, iters, tol, strides, padding):
   v, i, residual = power_iteration.iterate_operator(
       lambda x: conv(fixed, x, strides=strides, padding=padding), v, iters=iters, tol=tol,
       return_residual=True)
-  info = power_iteration.diagnose('conv_operator_norm', i, residual, tol)
+  info = power_iteration.diagnostics(i, residual, tol)
   # Recomputed with the live kernel: the gradient flows through it, not v.
   return power_iteration.norm(conv(kernel, v, strides=strides, padding=padding)), v, info

@@ -78,27 +78,38 @@ def iterate_operator(op, v: jax.Array, *, iters, tol: float, return_residual: bo
 
 
 def _warn_unconverged(what, converged, iterations, residual, tol):
-  if not converged:   # under vmap the cond below runs both branches: check here
+  if not converged:
     warnings.warn(f'{what}: power iteration stopped after {int(iterations)} iterations with '
                   f'relative change {float(residual):.3g} > tol={float(tol):.3g}; raise iters',
                   RuntimeWarning)
 
 
-def diagnose(what: str, iterations, residual, tol) -> dict:
-  """The info dict of a power iteration, and its host warning when tol > 0 was not met
-  (``what`` names the caller). Call inside jit/vmap: the check runs on the host.
+def diagnostics(iterations, residual, tol) -> dict:
+  """{'iterations', 'residual', 'converged'} of a power iteration (jit/vmap friendly).
 
   A tol below the float resolution counts as met at a change of 2 ulps (sigma's
-  last bits can alternate forever; the loop itself still runs to tol or iters).
+  last bits can alternate forever; the loop itself still runs to tol or iters);
+  tol <= 0 (a fixed budget) always counts as met.
   """
   floor = 2 * jnp.finfo(residual.dtype).eps
   converged = (tol <= 0) | (residual <= jnp.maximum(tol, floor))
-  # A real branch outside vmap: converged runs pay no host round trip.
-  jax.lax.cond(converged, lambda: None,
-               lambda: jax.debug.callback(
-                   functools.partial(_warn_unconverged, what), converged, iterations, residual,
-                   tol))
   return {'iterations': iterations, 'residual': residual, 'converged': converged}
+
+
+def warn_unconverged(what: str, info: dict, tol) -> None:
+  """One RuntimeWarning line from the host (``what`` names the caller) when
+  ``info['converged']`` is False; per matrix under vmap. Call it outside the
+  jitted solver, so that executable holds no host callback (a Python
+  callback's address keeps a program out of the persistent compilation cache);
+  inside a caller's jit it runs with the program."""
+  args = (info['converged'], info['iterations'], info['residual'], tol)
+  if not any(isinstance(a, jax.core.Tracer) for a in args):
+    _warn_unconverged(what, *args)
+    return
+  # A real branch inside a caller's jit: converged runs (a benchmark's loop)
+  # pay no host round trip. Under vmap both branches run: the host checks again.
+  jax.lax.cond(info['converged'], lambda: None,
+               lambda: jax.debug.callback(functools.partial(_warn_unconverged, what), *args))
 
 
 def iterate(w: jax.Array, v: jax.Array, *, iters, tol: float, return_residual: bool = False):
@@ -134,6 +145,7 @@ def top_singular_value(w: jax.Array, v: jax.Array | None = None, *, iters=100,
   if v is None:
     v = initial_vector(jax.random.PRNGKey(0) if key is None else key, w.shape[1], w.dtype)
   sigma, v, info = _top_singular_value(w, v, iters, tol)
+  warn_unconverged('top_singular_value', info, tol)
   return (sigma, v, info) if return_info else (sigma, v)
 
 
@@ -142,4 +154,4 @@ def _top_singular_value(w, v, iters, tol):
   # Compiled once per shape (iters and tol are traced): eager calls from a
   # loop or a test sweep do not re-trace the while_loop every time.
   v, i, residual = iterate(w, v, iters=iters, tol=tol, return_residual=True)
-  return norm(w @ v), v, diagnose('top_singular_value', i, residual, tol)
+  return norm(w @ v), v, diagnostics(i, residual, tol)
