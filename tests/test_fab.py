@@ -161,7 +161,8 @@ def test_fab_never_reports_a_nan_point():
 
 @pytest.mark.parametrize('kwargs, match', [
     (dict(norm='l1'), 'norm'), (dict(steps=0), 'steps'), (dict(restarts=2), 'key'),
-    (dict(targets=0), 'targets'), (dict(eps=-1.0), 'eps'), (dict(alpha_max=1.5), 'alpha_max'),
+    (dict(targets=0), 'targets'), (dict(eps=-1.0), 'eps'), (dict(eps=jnp.ones(2)), 'eps'),
+    (dict(alpha_max=1.5), 'alpha_max'), (dict(refine_steps=1.5), 'refine_steps'),
     (dict(eta=0.5), 'eta'), (dict(beta=0.0), 'beta'), (dict(bounds=(1.0, 0.0)), 'bounds'),
     (dict(final_search_steps=-1), 'final_search_steps'), (dict(index=jnp.arange(3)), 'index')])
 def test_fab_refuses_bad_arguments(kwargs, match):

@@ -257,6 +257,17 @@ def _is_int(v) -> bool:
   return isinstance(v, numbers.Integral) and not isinstance(v, bool)
 
 
+def _real(v) -> float:
+  """v as a float when it is a real scalar (python, numpy or 0-d array), else NaN
+  (which fails every range check)."""
+  if isinstance(v, bool) or np.ndim(v) != 0:
+    return float('nan')
+  try:
+    return float(v)
+  except (TypeError, ValueError):
+    return float('nan')
+
+
 def _check(x, y, binary, num_classes, *, norm, key, eps, steps, restarts, targets, alpha_max,
            eta, beta, final_search_steps, refine_steps, bounds, index):
   if norm not in common.NORMS:
@@ -272,13 +283,13 @@ def _check(x, y, binary, num_classes, *, norm, key, eps, steps, restarts, target
       raise ValueError(f'{name} must be an integer >= {least}, got {v!r}')
   if targets is not None and (not _is_int(targets) or targets < 1):
     raise ValueError(f'targets must be None (untargeted) or an integer >= 1, got {targets!r}')
-  if not (isinstance(alpha_max, numbers.Real) and 0 < alpha_max <= 1):
+  if not 0 < _real(alpha_max) <= 1:
     raise ValueError(f'alpha_max must be in (0, 1], got {alpha_max!r}')
-  if not (isinstance(eta, numbers.Real) and 1 <= eta < np.inf):
+  if not 1 <= _real(eta) < np.inf:
     raise ValueError(f'eta must be a finite number >= 1, got {eta!r}')
-  if not (isinstance(beta, numbers.Real) and 0 < beta <= 1):
+  if not 0 < _real(beta) <= 1:
     raise ValueError(f'beta must be in (0, 1], got {beta!r}')
-  if eps is not None and not (isinstance(eps, numbers.Real) and 0 < eps < np.inf):
+  if eps is not None and not 0 < _real(eps) < np.inf:
     raise ValueError(f'eps must be None or a finite number > 0, got {eps!r}')
   if restarts > 1 and key is None:
     raise ValueError('key must be a PRNG key when restarts > 1 (the random starts)')
@@ -349,7 +360,7 @@ def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = N
     k = max(1, min(int(targets), num_classes - 1))
     keys = jax.vmap(lambda r: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r))(
         jnp.arange(k)).reshape((k * n,) + keys.shape[1:])
-  eps_v = jnp.asarray(np.inf if eps is None else eps, x.dtype)
+  eps_v = jnp.asarray(np.inf if eps is None else float(eps), x.dtype)
   run = lambda xs, ys, ts: _fab(
       logits_fn, xs, ys, ts, keys, eps_v, bounds, float(alpha_max), float(eta), float(beta),
       norm=norm, steps=steps, restarts=restarts, targeted=targets is not None,
