@@ -202,9 +202,10 @@ def unknown_field(cfg, overrides) -> str | None:
     if best:
       return (f'unknown config field config.{field}; closest valid: '
               + ', '.join(f'config.{p}' for p in best))
-    valid = sorted(node.keys()) if hasattr(node, 'keys') else []
+    if not hasattr(node, 'keys'):
+      return f'unknown config field config.{field}; config.{where} is a value, not a block'
     return (f'unknown config field config.{field}; config{"." if where else ""}{where} has: '
-            + ', '.join(valid))
+            + ', '.join(sorted(node.keys())))
   return None
 
 

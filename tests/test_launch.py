@@ -255,6 +255,22 @@ def test_compilation_cache_directory_default_and_precedence(tmp_path):
   # The tests' own cache (conftest.py) is what a launched run uses: nothing goes to ~/.cache.
   assert launch.cache_dir(None, os.environ) == os.environ['JAX_COMPILATION_CACHE_DIR']
   assert not launch.cache_dir(None, os.environ).startswith(os.path.join(home, '.cache'))
+  # On: the directory and every program cached; --nocompilation_cache: off.
+  names = ('jax_enable_compilation_cache', 'jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs')
+  before = {n: getattr(jax.config, n) for n in names}
+  try:
+    launch.enable_compilation_cache(True, str(tmp_path / 'c'), {})
+    assert [getattr(jax.config, n) for n in names] == [True, str(tmp_path / 'c'), 0.0]
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)  # as jax read it
+    launch.enable_compilation_cache(True, str(tmp_path / 'c'),
+                                    {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '2'})
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0  # the user's value
+    launch.enable_compilation_cache(False, str(tmp_path / 'c'), {})
+    assert jax.config.jax_enable_compilation_cache is False
+  finally:
+    for n, v in before.items():
+      jax.config.update(n, v)
   f = tmp_path / 'file'
   f.write_text('x')
   from robustjax.config_validation import ConfigError
