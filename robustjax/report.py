@@ -1,8 +1,10 @@
-"""Tables, plots and results.json for a finished run."""
+"""Tables, claims, plots and results.json for a finished run."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
+from typing import Sequence
 
 import matplotlib
 
@@ -67,6 +69,64 @@ def format_table(head: list[str], rows: list[list[str]]) -> str:
   widths = [max(len(r[c]) for r in [head] + rows) for c in range(len(head))]
   fmt = lambda r: ' | '.join(v.ljust(w) for v, w in zip(r, widths))
   return '\n'.join([fmt(head), '-+-'.join('-' * w for w in widths)] + [fmt(r) for r in rows])
+
+
+@dataclasses.dataclass(frozen=True)
+class Claim:
+  """One of the papers' claims as a run tested it.
+
+  ``name`` says which claim ('A: ...' for Paper A, 'B: ...' for Paper B),
+  ``holds`` whether ``rule`` (the test applied, in words) held on
+  ``numbers``: label -> a float, or a (mean, std) pair over seeds.
+  Every experiment prints and records its claims through this one format
+  (``claim_line``, ``claims_text``, ``claims_json``).
+  """
+  name: str
+  holds: bool
+  rule: str
+  numbers: dict
+
+  def __post_init__(self):
+    if not isinstance(self.holds, bool):
+      raise TypeError(f'holds: a bool, got {type(self.holds).__name__}')
+    if not self.name or not self.rule:
+      raise ValueError(f'name and rule: non-empty strings, got {self.name!r}, {self.rule!r}')
+
+
+def _number(v) -> str:
+  if isinstance(v, (tuple, list)):
+    return f'{v[0]:.3g} +- {v[1]:.3g}'
+  return f'{v:.3g}'
+
+
+def claim_line(c: Claim) -> str:
+  """'holds: NAME: label value, ...; rule: RULE' (or 'does not hold: ...')."""
+  numbers = ', '.join(f'{k} {_number(v)}' for k, v in c.numbers.items())
+  return f"{'holds' if c.holds else 'does not hold'}: {c.name}: {numbers}; rule: {c.rule}"
+
+
+def claims_text(claims: Sequence[Claim]) -> str:
+  """The claims a run tested, one line each under a heading ('' when none)."""
+  if not claims:
+    return ''
+  return '\n'.join(['claims this run tests:'] + ['  ' + claim_line(c) for c in claims])
+
+
+def claims_json(claims: Sequence[Claim]) -> list[dict]:
+  """results.json's 'claims': [{name, holds, rule, numbers}], (mean, std) as [mean, std]."""
+  return [dict(name=c.name, holds=c.holds, rule=c.rule,
+               numbers={k: list(v) if isinstance(v, tuple) else v for k, v in c.numbers.items()})
+          for c in claims]
+
+
+def files_text(workdir: str, names: Sequence[str], timings: dict | None = None) -> str:
+  """The files a run wrote (paths under ``workdir``), and its total wall and compile time."""
+  lines = ['files written:'] + [f'  {os.path.join(workdir, n)}' for n in names]
+  t = (timings or {}).get('total')
+  if t:
+    lines.append(f"total {t['wall']:.1f} s ({t['compile']:.1f} s compiling, "
+                 f"{t['run']:.1f} s running)")
+  return '\n'.join(lines)
 
 
 def write_json(path: str, payload: dict) -> None:

@@ -3,7 +3,9 @@
 Many tests compile the same programs (the tiny pipeline, its variants, the
 stage hand-off; subprocesses included): a persistent cache in a session
 temporary directory compiles each once (shared by pytest-xdist's workers).
-Set JAX_COMPILATION_CACHE_DIR to keep your own.
+Set JAX_COMPILATION_CACHE_DIR to keep your own. launch.py, which the tests run
+in subprocesses, reads the same variable before its per-user default, so no
+test writes to ~/.cache/robustjax (test_launch checks both).
 """
 import os
 import tempfile

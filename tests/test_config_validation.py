@@ -91,6 +91,10 @@ def test_downstream_stage_needs_encoders(tmp_path):
     (['--config.data.k=100'], 'config.data.k'),
     (['--config.nonexistent=1'], 'nonexistent'),
     (['--config.pretrain.steps=abc'], 'pretrain.steps'),
+    # a misspelt field: named, with the closest valid ones
+    (['--config.atack.eps=0.3'], 'config.atack.eps; closest valid: config.attack.eps'),
+    # a stray positional argument (a missing --): refused, not ignored
+    (['config.num_seeds=1'], 'did you mean --config.num_seeds=1?'),
 ])
 def test_cli_bad_config_exits_2_and_keeps_workdir(tmp_path, args, named):
   workdir = tmp_path / 'run'
@@ -101,7 +105,7 @@ def test_cli_bad_config_exits_2_and_keeps_workdir(tmp_path, args, named):
   assert proc.returncode == 2, proc.stderr
   lines = [l for l in proc.stderr.splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: ') and named in lines[0], proc.stderr
-  assert 'Traceback' not in proc.stderr
+  assert 'Traceback' not in proc.stderr and '\\' not in proc.stderr  # no escaped quote or newline
   assert sorted(os.listdir(workdir)) == before
   assert json.loads((workdir / 'results.json').read_text()) == {'keep': 1}
 

@@ -38,13 +38,15 @@ def test_claims_need_the_gap_to_exceed_the_spread():
              'rep': row((0.1, 0.0), (0.32, 0.03)), 'll': row((0.1, 0.0), (0.2, 0.01))}
   cfg = cifar10_supervised.get_config('digits')
   cfg.eval.eps = (0.5,)
-  c = images.claims(summary, cfg)
-  assert c['A: probe robust acc at eps 0.5, adversarial > clean encoder']['holds']
-  assert not c['B: adversarial distance, rep > none']['holds']      # 0.02 gap < 0.03 spread
-  assert c['B: adversarial distance, rep > ll']['holds']
-  assert not c['A: first-layer filters smoother, adversarial < clean roughness']['holds']
+  c = {claim.name: claim for claim in images.claims(summary, cfg)}
+  assert c['A: probe robust acc at eps 0.5, adversarial > clean encoder'].holds
+  assert not c['B: adversarial distance, rep > none'].holds      # 0.02 gap < 0.03 spread
+  assert c['B: adversarial distance, rep > ll'].holds
+  assert not c['A: first-layer filters smoother, adversarial < clean roughness'].holds
+  assert c['B: adversarial distance, rep > none'].numbers == {'rep': (0.32, 0.03),
+                                                              'none': (0.30, 0.01)}
   del summary['adversarial']
-  assert not any(k.startswith('A: probe') for k in images.claims(summary, cfg))
+  assert not any(c.name.startswith('A: probe') for c in images.claims(summary, cfg))
 
 
 @pytest.mark.parametrize('module,variant', [(cifar10_supervised, 'digits'),
@@ -100,6 +102,9 @@ def _check(res, kinds, num_seeds=2):
     assert len(res['distances'][kind]) == num_seeds
     assert math.isfinite(row['train_metrics']['loss'][0])
   assert (res['plots'] == ['filters.png'])
+  for name in ('total', 'data') + tuple(f'{p}_{k}' for k in kinds for p in ('pretrain', 'probe')):
+    t = res['timings'][name]  # seconds: compile + run = wall
+    assert t['compile'] >= 0 and t['run'] >= 0 and abs(t['compile'] + t['run'] - t['wall']) < 0.02
 
 
 def test_ssl_adversarial_and_rep_end_to_end_and_resume(tmp_path):
@@ -110,6 +115,7 @@ def test_ssl_adversarial_and_rep_end_to_end_and_resume(tmp_path):
                    f'--config.pretrain.kinds={kinds}', '--config.spectral.burn_in=0.5')
   _check(res, kinds)
   assert 'adv distance l2 (fmn)' in proc.stdout and 'filter roughness' in proc.stdout
+  assert f'files written:\n  {tmp_path / "results.json"}\n' in proc.stdout
   assert (tmp_path / 'filters.png').stat().st_size > 1000
   assert res['config']['pretrain']['method'] == 'simclr'
   # The same command again: the encoder comes back from its checkpoint, not retrained.
@@ -126,4 +132,5 @@ def test_ssl_adversarial_and_rep_end_to_end_and_resume(tmp_path):
 def test_every_kind_end_to_end(tmp_path, config):
   _, res = _run(tmp_path, config)
   _check(res, images.KINDS)
-  assert res['claims']  # every claim the kinds allow is checked and recorded
+  assert len(res['claims']) == len(res['config']['eval']['eps']) + 4  # every claim checked
+  assert all(set(c) == {'name', 'holds', 'rule', 'numbers'} for c in res['claims'])

@@ -1,6 +1,8 @@
 """End to end: launch.py on a tiny config, stage hand-off through checkpoints, the main claim."""
 import json
 import os
+import re
+import shlex
 
 import jax
 import jax.numpy as jnp
@@ -35,7 +37,21 @@ def test_launch_tiny_pipeline(tmp_path):
     # Accuracy under attack cannot exceed clean accuracy.
     assert s['downstream_robust_acc'] <= s['downstream_clean_acc']
   assert res['eval_eps'] == [0.0, 0.2, 0.4]
-  assert res['timings']['total'] > 0 and 'pretrain_adversarial' in res['timings']
+  for name in ('total', 'pretrain_adversarial', 'eval_pretrain', 'eval_downstream'):
+    t = res['timings'][name]  # seconds: compile + run = wall
+    assert t['wall'] > 0 and abs(t['compile'] + t['run'] - t['wall']) < 0.02, (name, t)
+  assert res['timings']['total']['compile'] > 0
+  # Paper A's claims, tested and recorded in one format, then the files written.
+  assert [c['name'].split(',')[0] for c in res['claims']] == [
+      'A: purification', 'A: robustness inheritance', 'A: purification',
+      'A: robustness inheritance', 'A: purification comes from the negative (dissimilar) pairs',
+      'A: controlled purification']
+  out = proc.stdout.splitlines()
+  at = out.index('claims this run tests:')
+  for c, line in zip(res['claims'], out[at + 1:]):
+    assert line.startswith(f"  {'holds' if c['holds'] else 'does not hold'}: {c['name']}: ")
+  assert out[at + 7:at + 9] == ['files written:', f'  {tmp_path / "results.json"}']
+  assert res['plots'] == ['purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png']
   sweep = res['sweeps']['purification']
   assert sweep['alpha'] == [0.0, 1.0]
   for kind in ('similar', 'dissimilar'):  # the attack never lowers the pair loss
@@ -46,12 +62,15 @@ def test_launch_tiny_pipeline(tmp_path):
   assert (tmp_path / 'checkpoints' / 'encoder_adversarial').is_dir()
 
 
-def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config):
+def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, capsys):
   cfg = tiny_sparse_coding_config
   cfg.stage = 'pretrain'
   cfg.pretrain.modes = ('adversarial',)
   cfg.contrastive.modes = ('adv_negatives_only',)
+  cfg.progress = True  # evaluation shows progress bars, as training does
   pre = sparse_coding.main(cfg, str(tmp_path / 'pre'))
+  assert 'evaluate pre-training' in capsys.readouterr().err
+  cfg.progress = False
   assert set(pre) == {'adversarial', 'contrastive_adv_negatives_only'}
   assert 'downstream_clean_acc' not in pre['adversarial']
   cfg.stage = 'downstream'
@@ -131,6 +150,9 @@ def test_main_job_reproduces_paper_a(tmp_path):
   inc = lambda kind, i: sw[f'{kind}_adversarial'][i] - sw[f'{kind}_clean'][i]
   assert inc('dissimilar', -1) > 3 * inc('similar', -1)
   assert inc('dissimilar', 0) / inc('similar', 0) < inc('dissimilar', -1) / inc('similar', -1)
+  # ... and the run says so: every claim it states holds.
+  assert len(res['claims']) == 6 and all(c['holds'] for c in res['claims']), res['claims']
+  assert proc.stdout.count('\n  holds: A: ') == 6
 
 
 def test_distributed_args_from_the_environment():
@@ -177,3 +199,128 @@ def test_distributed_flag_initializes_first_and_fails_cleanly(tmp_path):
   assert len(lines) == 1 and lines[0].startswith('error: --distributed: ') and (
       'coordinator unreachable' in lines[0]), proc.stderr
   assert not os.path.exists(workdir)
+
+
+def test_stray_positional_arguments_are_refused_in_one_line():
+  import launch
+  assert launch.stray_arguments(['config.num_seeds=1']) == (
+      "unexpected argument 'config.num_seeds=1': launch.py takes flags only; "
+      'did you mean --config.num_seeds=1?')
+  assert launch.stray_arguments(['num_seeds=1', 'x']).endswith('did you mean --config.num_seeds=1?')
+  assert launch.stray_arguments(['extra_positional']) == (
+      "unexpected argument 'extra_positional': launch.py takes flags only "
+      '(--config=FILE[:variant], --workdir=DIR, --config.FIELD=VALUE)')
+
+
+def test_unknown_field_names_the_closest_valid_ones():
+  import launch
+  from configs import sparse_coding as config
+  cfg = config.get_config()
+  assert launch.unknown_field(cfg, ['seed', 'attack.eps']) is None
+  assert launch.unknown_field(cfg, ['attack.eps', 'atack.eps']) == (
+      'unknown config field config.atack.eps; closest valid: config.attack.eps, '
+      'config.attack.steps, config.attack.restarts')
+  # A block left out: the fields of that name anywhere.
+  assert launch.unknown_field(cfg, ['eps']) == (
+      'unknown config field config.eps; closest valid: config.attack.eps, config.eval.eps')
+  # Nothing close: the valid fields where the path went wrong.
+  assert launch.unknown_field(cfg, ['attack.zzzz']) == (
+      'unknown config field config.attack.zzzz; config.attack has: eps, norm, random_start, '
+      'rel_step_size, restarts, steps')
+
+
+def test_interrupted_line_says_where_what_is_kept_and_how_to_resume():
+  import launch
+  from robustjax.progress import Interrupted
+  argv = ['launch.py', '--config=configs/sparse_coding.py', '--config.eval.eps=(0.2, 0.4)']
+  assert launch.interrupted(Interrupted('evaluate pre-training (1/6 done)'), 'runs/x', argv) == (
+      'interrupted: evaluate pre-training (1/6 done); finished training stages keep their '
+      'checkpoints under runs/x; the same command resumes from the last checkpoint: python '
+      "launch.py --config=configs/sparse_coding.py '--config.eval.eps=(0.2, 0.4)'")
+  line = launch.interrupted(Interrupted('pre-train clean at step 250/3000', 'kept: step 250'),
+                            'runs/x', argv)
+  assert line.startswith('interrupted: pre-train clean at step 250/3000; kept: step 250; ')
+  assert launch.interrupted(KeyboardInterrupt(), 'runs/x', argv).startswith(
+      'interrupted: between phases; ')
+
+
+def test_compilation_cache_directory_default_and_precedence(tmp_path):
+  import launch
+  home = os.path.expanduser('~')
+  assert launch.cache_dir(None, {}) == os.path.join(home, '.cache', 'robustjax', 'jax')
+  assert launch.cache_dir(None, {'XDG_CACHE_HOME': '/x'}) == '/x/robustjax/jax'
+  env = {'XDG_CACHE_HOME': '/x', 'JAX_COMPILATION_CACHE_DIR': '/j'}
+  assert launch.cache_dir(None, env) == '/j'  # jax's own variable
+  assert launch.cache_dir('/flag', env) == '/flag'
+  # The tests' own cache (conftest.py) is what a launched run uses: nothing goes to ~/.cache.
+  assert launch.cache_dir(None, os.environ) == os.environ['JAX_COMPILATION_CACHE_DIR']
+  assert not launch.cache_dir(None, os.environ).startswith(os.path.join(home, '.cache'))
+  # On: the directory and every program cached; --nocompilation_cache: off.
+  names = ('jax_enable_compilation_cache', 'jax_compilation_cache_dir',
+           'jax_persistent_cache_min_compile_time_secs')
+  before = {n: getattr(jax.config, n) for n in names}
+  try:
+    launch.enable_compilation_cache(True, str(tmp_path / 'c'), {})
+    assert [getattr(jax.config, n) for n in names] == [True, str(tmp_path / 'c'), 0.0]
+    jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)  # as jax read it
+    launch.enable_compilation_cache(True, str(tmp_path / 'c'),
+                                    {'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS': '2'})
+    assert jax.config.jax_persistent_cache_min_compile_time_secs == 2.0  # the user's value
+    launch.enable_compilation_cache(False, str(tmp_path / 'c'), {})
+    assert jax.config.jax_enable_compilation_cache is False
+  finally:
+    for n, v in before.items():
+      jax.config.update(n, v)
+  f = tmp_path / 'file'
+  f.write_text('x')
+  from robustjax.config_validation import ConfigError
+  with pytest.raises(ConfigError, match='^config.compilation_cache_dir: must be a directory'):
+    launch.enable_compilation_cache(True, str(f), {})
+
+
+@pytest.mark.slow
+def test_ctrl_c_stops_in_one_line_and_the_command_resumes(tmp_path):
+  """SIGINT mid-training: exit 130, one line naming the fit, the step and the
+  checkpoint kept, and the command; that command resumes from the checkpoint.
+  The run keeps its compiled programs in --compilation_cache_dir, not ~/.cache."""
+  import signal
+  import subprocess
+  import sys
+  import time
+  import matplotlib
+  from tests.helpers import ROOT
+  home, cache = tmp_path / 'home', tmp_path / 'cache'
+  env = {k: v for k, v in os.environ.items() if k not in ('JAX_COMPILATION_CACHE_DIR',
+                                                           'XDG_CACHE_HOME')}
+  env.update(PYTHONPATH=ROOT, HOME=str(home), MPLCONFIGDIR=matplotlib.get_configdir())
+  args = ['launch.py', '--config=configs/sparse_coding.py:supervised', f'--workdir={tmp_path}/w',
+          f'--compilation_cache_dir={cache}', *TINY, '--config.pretrain.steps=100000',
+          '--config.checkpoint_every=10']
+  proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE, text=True)
+  ckpt = tmp_path / 'w' / 'train_checkpoints' / 'pretrain_clean'
+  deadline = time.time() + 300
+  while not (ckpt.is_dir() and any(p.name.isdigit() for p in ckpt.iterdir())):
+    assert proc.poll() is None and time.time() < deadline, proc.communicate()
+    time.sleep(0.2)
+  proc.send_signal(signal.SIGINT)
+  out, err = proc.communicate(timeout=120)
+  assert proc.returncode == 130, err[-3000:]
+  lines = [l for l in err.splitlines() if l.strip()]
+  assert len(lines) == 1, err
+  m = re.fullmatch(r'interrupted: pre-train clean at step (\d+)/100000; its last checkpoint, '
+                   r'step (\d+), is kept in (\S+); the same command resumes from the last '
+                   r'checkpoint: python (.*)', lines[0])
+  assert m, lines[0]
+  assert m.group(3) == str(ckpt) and (ckpt / m.group(2)).is_dir()
+  assert int(m.group(2)) <= int(m.group(1))
+  assert shlex.split(m.group(4)) == args
+  assert 'Traceback' not in err
+  assert any(cache.iterdir()) and not (home / '.cache' / 'robustjax').exists()
+  # The printed command resumes from that checkpoint (stopped again once it says so).
+  again = subprocess.Popen([sys.executable, *shlex.split(m.group(4))], cwd=ROOT, env=env,
+                           stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+  first = again.stdout.readline()
+  again.send_signal(signal.SIGINT)
+  again.communicate(timeout=120)
+  assert first == f'pre-train clean: resuming from step {m.group(2)}/100000 ({ckpt})\n'

@@ -23,14 +23,13 @@ seeds' spread" and printed as holds / does not hold.
 from __future__ import annotations
 
 import os
-import time
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
 from robustjax import config_validation as cv
-from robustjax import report
+from robustjax import report, timing
 from robustjax.attacks import ensemble
 from robustjax.data import images
 from robustjax.models.ssl import encoder_variables
@@ -195,7 +194,7 @@ def summarize(results: dict) -> dict:
   return out
 
 
-def _better(summary, a: str, b: str, field, higher=True) -> dict | None:
+def _better(summary, a: str, b: str, field, name: str, higher=True) -> report.Claim | None:
   """a beats b when mean_a - mean_b exceeds both seeds' std (or the reverse with higher=False)."""
   if a not in summary or b not in summary:
     return None
@@ -203,28 +202,27 @@ def _better(summary, a: str, b: str, field, higher=True) -> dict | None:
       (lambda k: summary[k][field])
   (ma, sa), (mb, sb) = get(a), get(b)
   diff = (ma - mb) if higher else (mb - ma)
-  return dict(a=a, b=b, mean_a=ma, std_a=sa, mean_b=mb, std_b=sb,
-              holds=bool(diff > max(sa, sb)))
+  label = lambda k: 'none' if k == 'clean' and name.startswith('B') else k
+  return report.Claim(
+      name, bool(diff > max(sa, sb)),
+      f"mean over seeds {'higher' if higher else 'lower'} by more than either kind's "
+      'std over seeds', {label(a): (ma, sa), label(b): (mb, sb)})
 
 
-def claims(summary: dict, cfg) -> dict:
-  """The papers' claims this run can check, each with its numbers."""
-  out = {}
+def claims(summary: dict, cfg) -> list[report.Claim]:
+  """The papers' claims this run can check, each with its numbers and rule."""
+  out = []
   for e in cfg.eval.eps:
-    c = _better(summary, 'adversarial', 'clean', ('robust_acc', str(float(e))))
-    if c:
-      out[f'A: probe robust acc at eps {float(e):g}, adversarial > clean encoder'] = c
-  c = _better(summary, 'adversarial', 'clean', 'roughness', higher=False)
-  if c:
-    out['A: first-layer filters smoother, adversarial < clean roughness'] = c
+    out.append(_better(summary, 'adversarial', 'clean', ('robust_acc', str(float(e))),
+                       f'A: probe robust acc at eps {float(e):g}, adversarial > clean encoder'))
+  out.append(_better(summary, 'adversarial', 'clean', 'roughness',
+                     'A: first-layer filters smoother, adversarial < clean roughness',
+                     higher=False))
   for other in ('clean', 'll'):
-    c = _better(summary, 'rep', other, 'distance')
-    if c:
-      out[f'B: adversarial distance, rep > {"none" if other == "clean" else other}'] = c
-  c = _better(summary, 'rep', 'll', 'probe_acc')
-  if c:
-    out['B: probe accuracy, rep > ll'] = c
-  return out
+    out.append(_better(summary, 'rep', other, 'distance',
+                       f'B: adversarial distance, rep > {"none" if other == "clean" else other}'))
+  out.append(_better(summary, 'rep', 'll', 'probe_acc', 'B: probe accuracy, rep > ll'))
+  return [c for c in out if c is not None]
 
 
 def table(summary: dict, cfg) -> str:
@@ -250,26 +248,24 @@ def table(summary: dict, cfg) -> str:
 def run(cfg, workdir: str) -> dict:
   timings = {}
   keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_seeds)
-  t0 = time.perf_counter()
-  pre = load(cfg, cfg.data.name, cfg.data.classes)
-  spec = probe_spec(cfg)
-  post = pre if spec == (cfg.data.name, tuple(cfg.data.classes)) else load(cfg, *spec)
-  timings['data'] = round(time.perf_counter() - t0, 2)
+  with timing.stage(timings, 'data'):
+    pre = load(cfg, cfg.data.name, cfg.data.classes)
+    spec = probe_spec(cfg)
+    post = pre if spec == (cfg.data.name, tuple(cfg.data.classes)) else load(cfg, *spec)
   net = image_pretrain.network_from_config(cfg, pre['num_classes'])
   encoder = net if cfg.pretrain.method == 'supervised' else net.encoder
   results, kernels = {}, {}
   for kind in cfg.pretrain.kinds:
-    t0 = time.perf_counter()
-    variables, metrics = image_pretrain.pretrain(cfg, kind, net, pre, keys, workdir)
-    jax.block_until_ready(variables)
-    timings[f'pretrain_{kind}'] = round(time.perf_counter() - t0, 2)
+    with timing.stage(timings, f'pretrain_{kind}'):
+      variables, metrics = image_pretrain.pretrain(cfg, kind, net, pre, keys, workdir)
+      jax.block_until_ready(variables)
     if cfg.pretrain.method != 'supervised':
       variables = encoder_variables(variables)
-    t0 = time.perf_counter()
-    probes, acc = probe.fit_probes(cfg, encoder, variables, post)
-    ev = probe.evaluate(cfg, encoder, variables, probes, post,
-                        jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys))
-    timings[f'probe_{kind}'] = round(time.perf_counter() - t0, 2)
+    with timing.stage(timings, f'probe_{kind}'):
+      probes, acc = probe.fit_probes(cfg, encoder, variables, post)
+      ev = probe.evaluate(cfg, encoder, variables, probes, post,
+                          jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
+                          desc=f'evaluate {kind}')
     first = [first_conv_kernel(jax.tree.map(lambda a: a[s], variables['params']))
              for s in range(cfg.num_seeds)]
     kernels[kind] = first[0]
@@ -279,22 +275,23 @@ def run(cfg, workdir: str) -> dict:
 
 
 def main(cfg, workdir: str) -> dict:
-  """Pre-trains, probes and compares every kind; table, claims, results.json, filters.png."""
-  t0 = time.perf_counter()
-  out = run(cfg, workdir)
-  summary = summarize(out['results'])
-  checks = claims(summary, cfg)
-  timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))
-  print(table(summary, cfg))
-  for name, c in checks.items():
-    print(f"{'holds' if c['holds'] else 'does not hold'}: {name} "
-          f"({c['mean_a']:.4f} +- {c['std_a']:.4f} vs {c['mean_b']:.4f} +- {c['std_b']:.4f})")
-  plot_filters(out['kernels'], os.path.join(workdir, 'filters.png'))
+  """Pre-trains, probes and compares every kind; prints the table, the claims and
+  the files written; writes results.json and filters.png."""
+  timings = {}
+  with timing.stage(timings, 'total'):
+    out = run(cfg, workdir)
+    summary = summarize(out['results'])
+    checks = claims(summary, cfg)
+    plot_filters(out['kernels'], os.path.join(workdir, 'filters.png'))
+  timings = dict(out['timings'], total=timings['total'])
   report.write_json(os.path.join(workdir, 'results.json'), {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'timings': timings,
-      'summary': summary, 'claims': checks,
+      'summary': summary, 'claims': report.claims_json(checks),
       'distances': {k: [d.tolist() for d in r['distances']] for k, r in out['results'].items()},
       'plots': ['filters.png'], 'devices': [str(d) for d in jax.devices()],
       'mesh': dict(cfg.mesh) if sharding.mesh_from_config(cfg.get('mesh')) else None})
-  print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s)')
+  print(table(summary, cfg))
+  if checks:
+    print(report.claims_text(checks))
+  print(report.files_text(workdir, ['results.json', 'filters.png', 'checkpoints/'], timings))
   return summary

@@ -14,6 +14,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import progress
 from robustjax.attacks import evaluate_robust_accuracy
 from robustjax.metrics import robustness
 from robustjax.models import heads, resnet
@@ -46,25 +47,35 @@ def fit_probes(cfg, model, variables, data: dict):
   return probes, np.asarray(jnp.mean(jnp.argmax(logits, -1) == data['y_test'], axis=-1))
 
 
-def evaluate(cfg, model, variables, probes, data: dict, keys: jax.Array) -> dict:
+def evaluate(cfg, model, variables, probes, data: dict, keys: jax.Array,
+             desc: str = 'evaluate') -> dict:
   """Per-seed robust accuracy at each eps (first ``eval.num_points`` test points)
-  and adversarial distances (first ``eval.distance_points`` correct ones)."""
+  and adversarial distances (first ``eval.distance_points`` correct ones).
+
+  A progress bar named ``desc`` (shown when ``cfg.progress``) counts the
+  attacks: per seed, the ensemble at each eps, then the distance attack.
+  """
   e = cfg.eval
   x_te, y_te = data['x_test'], data['y_test']
   n = min(e.num_points, x_te.shape[0])
   out = {'robust_acc': {float(eps): [] for eps in e.eps}, 'distances': []}
-  for s in range(keys.shape[0]):
-    predict = heads.readout_predict_fn(bind(resnet.eval_features, model, _seed(variables, s)),
-                                       _seed(probes, s))
-    for i, eps in enumerate(e.eps):
-      r = evaluate_robust_accuracy(predict, x_te[:n], y_te[:n], eps=float(eps), norm=e.norm,
-                                   attacks=tuple(e.attacks), key=jax.random.fold_in(keys[s], i),
-                                   bounds=(0.0, 1.0), n_iter=e.n_iter,
-                                   n_target_classes=e.n_target_classes, warn=False)
-      out['robust_acc'][float(eps)].append(r['robust_accuracy'])
-    d = robustness.adversarial_distance(predict, x_te, y_te, method='fmn', key=keys[s],
-                                        max_points=e.distance_points, bounds=(0.0, 1.0),
-                                        batch_size=min(e.batch_size, e.distance_points),
-                                        steps=e.fmn_steps, targets=e.n_target_classes)
-    out['distances'].append(np.asarray(d['distances'], np.float64))
+  with progress.tracked(desc, keys.shape[0] * (len(e.eps) + 1), cfg.progress) as bar:
+    for s in range(keys.shape[0]):
+      predict = heads.readout_predict_fn(bind(resnet.eval_features, model, _seed(variables, s)),
+                                         _seed(probes, s))
+      for i, eps in enumerate(e.eps):
+        bar.set_postfix_str(f'seed {s}, {"+".join(e.attacks)} at eps {float(eps):g}')
+        r = evaluate_robust_accuracy(predict, x_te[:n], y_te[:n], eps=float(eps), norm=e.norm,
+                                     attacks=tuple(e.attacks), key=jax.random.fold_in(keys[s], i),
+                                     bounds=(0.0, 1.0), n_iter=e.n_iter,
+                                     n_target_classes=e.n_target_classes, warn=False)
+        out['robust_acc'][float(eps)].append(r['robust_accuracy'])
+        bar.update()
+      bar.set_postfix_str(f'seed {s}, fmn distances')
+      d = robustness.adversarial_distance(predict, x_te, y_te, method='fmn', key=keys[s],
+                                          max_points=e.distance_points, bounds=(0.0, 1.0),
+                                          batch_size=min(e.batch_size, e.distance_points),
+                                          steps=e.fmn_steps, targets=e.n_target_classes)
+      out['distances'].append(np.asarray(d['distances'], np.float64))
+      bar.update()
   return out

@@ -10,12 +10,12 @@ Stages (``config.stage``):
   downstream  heads on encoders loaded from ``config.downstream.encoder_dir``.
 
 Seeds are vmapped: each stage compiles once for all seeds (and tasks).
+After the table the run states which of Paper A's claims hold (``claims``).
 """
 from __future__ import annotations
 
 import functools
 import os
-import time
 
 import jax
 import jax.numpy as jnp
@@ -23,7 +23,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from robustjax import config_validation as cv
-from robustjax import report
+from robustjax import progress, report, timing
 from robustjax.attacks.pgd import NORMS, PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
@@ -162,7 +162,7 @@ def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
 
 
 def save_encoders(path: str, encoders, worlds) -> None:
-  with ocp.StandardCheckpointer() as ckptr:
+  with progress.deferred_interrupts(), ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.abspath(path), {'params': encoders, 'world': worlds}, force=True)
 
 
@@ -199,18 +199,26 @@ def _split(tree, n: int):
 
 
 def purification_sweep(cfg, worlds, keys) -> dict:
-  """Pair losses of units at each purification level alpha, (alphas,) means over seeds."""
-  alphas = jnp.asarray(cfg.contrastive.sweep_alphas, jnp.float32)
+  """Pair losses of units at each purification level alpha, (alphas,) means over seeds.
+
+  One compiled program over the seeds, called once per alpha (alpha is traced).
+  """
+  alphas = [float(a) for a in cfg.contrastive.sweep_alphas]
   run = functools.partial(
       contrastive.controlled_purification, model=supervised.model_from_config(cfg),
       spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=cfg.contrastive,
       attack=PGDSpec(eps=cfg.attack.eps, norm=cfg.attack.norm, steps=cfg.eval.attack_steps,
                      rel_step_size=cfg.eval.rel_step_size, restarts=cfg.eval.restarts),
       num_examples=cfg.eval.num_examples)
-  over_alphas = jax.vmap(run, in_axes=(None, None, 0))
-  out = jax.jit(jax.vmap(over_alphas, in_axes=(0, 0, None)))(keys, worlds, alphas)  # (S, A)
-  return {'alpha': alphas.tolist(), **{k: np.asarray(v).mean(0).tolist() for k, v in out.items()},
-          **{f'{k}_std': np.asarray(v).std(0).tolist() for k, v in out.items()}}
+  over_seeds = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
+  per_alpha = []
+  with progress.tracked('controlled purification sweep', len(alphas), cfg.progress) as bar:
+    for a in alphas:
+      per_alpha.append(jax.tree.map(np.asarray, over_seeds(keys, worlds, jnp.float32(a))))
+      bar.update()
+  out = {k: np.stack([o[k] for o in per_alpha], axis=1) for k in per_alpha[0]}  # (S, A)
+  return {'alpha': alphas, **{k: v.mean(0).tolist() for k, v in out.items()},
+          **{f'{k}_std': v.std(0).tolist() for k, v in out.items()}}
 
 
 def width_sweep(cfg, worlds, keys) -> dict:
@@ -229,10 +237,10 @@ def width_sweep(cfg, worlds, keys) -> dict:
 
 
 def _timed(timings, name, fn, *args, **kwargs):
-  t0 = time.perf_counter()
-  out = fn(*args, **kwargs)
-  jax.block_until_ready(out)
-  timings[name] = round(time.perf_counter() - t0, 2)
+  """fn(*args, **kwargs), timed into ``timings[name]`` (wall, compile, run)."""
+  with timing.stage(timings, name):
+    out = fn(*args, **kwargs)
+    jax.block_until_ready(out)
   return out
 
 
@@ -266,6 +274,9 @@ def run(cfg, workdir: str) -> dict:
       for name, p in zip(names, _split(params, len(names))):
         encoders[name] = p
         save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), p, worlds)
+    with timing.stage(timings, 'eval_pretrain'), progress.tracked(
+        'evaluate pre-training', len(encoders), cfg.progress) as bar:
+      for name, p in encoders.items():
         if name in PRETRAIN_MODES:  # accuracy on the pre-training task
           acc = evaluate(cfg, logits_fn, model, p, worlds, worlds.theta0, test_keys)
         else:  # pair accuracy sign(s) = y on fresh pairs
@@ -273,6 +284,7 @@ def run(cfg, workdir: str) -> dict:
                          p, worlds, worlds.theta0, test_keys, pairs=True)
         rows[name] = {'pretrain_acc': acc}
         units[name] = unit_stats(p, worlds)
+        bar.update()
     if cfg.stage == 'pipeline' and cfg.contrastive.modes and cfg.contrastive.sweep_alphas:
       sweeps['purification'] = _timed(timings, 'purification_sweep', purification_sweep, cfg,
                                       worlds, keys['eval'])
@@ -295,12 +307,15 @@ def run(cfg, workdir: str) -> dict:
                       thetas_all, jnp.concatenate([task_keys('downstream')] * len(names)),
                       desc=f'downstream heads on {len(names)} encoders',
                       checkpoint_dir=os.path.join(workdir, 'train_checkpoints', 'downstream'))
-    acc = _timed(timings, 'eval_downstream', evaluate, cfg, downstream.head_logits, model,
-                 {'encoder': enc, 'head': heads}, worlds_all, thetas_all,
-                 jnp.concatenate([eval_keys] * len(names)))
-    for name, a in zip(names, np.split(acc, len(names))):
-      rows.setdefault(name, {})['downstream_acc'] = a
-      units.setdefault(name, unit_stats(encoders[name], worlds))
+    # One encoder's heads at a time (one compile for all: equal shapes), for progress.
+    with timing.stage(timings, 'eval_downstream'), progress.tracked(
+        'evaluate downstream heads', len(names), cfg.progress) as bar:
+      for name, e, h in zip(names, _split(enc, len(names)), _split(heads, len(names))):
+        rows.setdefault(name, {})['downstream_acc'] = evaluate(
+            cfg, downstream.head_logits, model, {'encoder': e, 'head': h}, worlds_st, thetas,
+            eval_keys)
+        units.setdefault(name, unit_stats(encoders[name], worlds))
+        bar.update()
     if cfg.stage == 'pipeline':
       # References train whole nets, so they run on the first reference_tasks
       # tasks of each seed only (the same tasks, test sets and keys as the heads).
@@ -313,8 +328,10 @@ def run(cfg, workdir: str) -> dict:
                            pick(task_keys('downstream')),
                            adversarial=ref == 'end_to_end_adversarial', desc=ref,
                            checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))
-        acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params, ref_worlds,
-                     ref_thetas, pick(eval_keys))
+        with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
+          acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
+                       ref_worlds, ref_thetas, pick(eval_keys))
+          bar.update()
         rows[ref] = {'downstream_acc': acc}
         units[ref] = unit_stats(params, ref_worlds)
 
@@ -324,37 +341,138 @@ def run(cfg, workdir: str) -> dict:
           'encoders_seed0': {m: np.asarray(p['w'][0]) for m, p in encoders.items()}}
 
 
+# --- Paper A's claims ----------------------------------------------------------
+# The margins a claim must clear, sized to the default config's seed spread
+# (README): a purity gain of 0.2 is ~10x its spread over seeds, a robust
+# accuracy gain of 0.1 ~5x; 0.05 of clean accuracy is "equal".
+PURITY_GAIN = 0.2
+ROBUST_GAIN = 0.10
+CLEAN_TOLERANCE = 0.05
+NEGATIVE_SHARE, POSITIVE_SHARE = 0.7, 0.5  # of the full adversarial purity gain
+DENSE_RATIO = 3.0  # dissimilar / similar loss increase for dense units
+
+
+def _pm(s: dict, key: str) -> tuple[float, float]:
+  return (s[key], s[key + '_std'])
+
+
+def claims(summary: dict, sweeps: dict) -> list[report.Claim]:
+  """Paper A's claims the run's rows allow, each tested by the rule it states.
+
+  purification (per pre-training kind): median unit purity, adversarial
+  minus clean, > PURITY_GAIN. inheritance: clean heads on the frozen
+  adversarial encoder beat those on the clean one in downstream robust
+  accuracy by >= ROBUST_GAIN, every run of them above every run of the
+  others, at clean accuracies within CLEAN_TOLERANCE. The negative-pair
+  effect: attacking only dissimilar pairs gives > NEGATIVE_SHARE of the
+  purity gain of attacking all pairs, attacking only similar pairs
+  < POSITIVE_SHARE of it. The controlled-purification trend: the ratio of the
+  adversarial loss increases (dissimilar / similar pairs) is > DENSE_RATIO
+  for the densest units and larger there than for the purest.
+  """
+  out = []
+  for kind, clean, adv in (('supervised', 'clean', 'adversarial'),
+                           ('contrastive', 'contrastive_clean', 'contrastive_adversarial')):
+    if clean not in summary or adv not in summary:
+      continue
+    c, a = summary[clean], summary[adv]
+    if 'purity_median' in c and 'purity_median' in a:
+      out.append(report.Claim(
+          f'A: purification, {kind} pre-training', bool(
+              a['purity_median'] - c['purity_median'] > PURITY_GAIN),
+          f'median unit purity, {adv} - {clean} > {PURITY_GAIN:g}',
+          {f'{adv} purity': a['purity_median'], f'{clean} purity': c['purity_median'],
+           f'{adv} PR': a['participation_ratio_median'],
+           f'{clean} PR': c['participation_ratio_median']}))
+    if 'downstream_robust_acc' in c and 'downstream_robust_acc' in a:
+      gain = a['downstream_robust_acc'] - c['downstream_robust_acc']
+      clean_gap = abs(a['downstream_clean_acc'] - c['downstream_clean_acc'])
+      apart = min(a['downstream_robust_acc_per_run']) > max(c['downstream_robust_acc_per_run'])
+      out.append(report.Claim(
+          f'A: robustness inheritance, {kind} pre-training',
+          bool(gain >= ROBUST_GAIN and apart and clean_gap <= CLEAN_TOLERANCE),
+          f'clean heads on frozen encoders: robust acc {adv} - {clean} >= {ROBUST_GAIN:g}, '
+          f'every {adv} run above every {clean} run, clean acc within {CLEAN_TOLERANCE:g}',
+          {f'{adv} robust acc': _pm(a, 'downstream_robust_acc'),
+           f'{clean} robust acc': _pm(c, 'downstream_robust_acc'),
+           f'{adv} clean acc': _pm(a, 'downstream_clean_acc'),
+           f'{clean} clean acc': _pm(c, 'downstream_clean_acc')}))
+  rows = ('contrastive_clean', 'contrastive_adversarial', 'contrastive_adv_negatives_only',
+          'contrastive_adv_positives_only')
+  if all(r in summary and 'purity_median' in summary[r] for r in rows):
+    c, a, neg, pos = (summary[r]['purity_median'] for r in rows)
+    gain = a - c
+    out.append(report.Claim(
+        'A: purification comes from the negative (dissimilar) pairs',
+        bool(gain > 0 and neg - c > NEGATIVE_SHARE * gain and pos - c < POSITIVE_SHARE * gain),
+        f'median purity gain over contrastive_clean: negatives only > {NEGATIVE_SHARE:g} x, '
+        f'positives only < {POSITIVE_SHARE:g} x that of attacking all pairs',
+        {'gain all pairs': gain, 'gain negatives only': neg - c,
+         'gain positives only': pos - c}))
+  sw = sweeps.get('purification')
+  if sw and len(set(sw['alpha'])) >= 2:
+    def ratio(i):
+      inc = {k: sw[f'{k}_adversarial'][i] - sw[f'{k}_clean'][i] for k in ('similar', 'dissimilar')}
+      return inc['dissimilar'] / inc['similar'] if inc['similar'] > 0 else float('inf')
+    pure, dense = int(np.argmin(sw['alpha'])), int(np.argmax(sw['alpha']))
+    r_pure, r_dense = ratio(pure), ratio(dense)
+    out.append(report.Claim(
+        'A: controlled purification, attacks hurt dissimilar pairs more as units get denser',
+        bool(r_dense > DENSE_RATIO and r_pure < r_dense),
+        'adversarial loss increase, dissimilar / similar pairs: > '
+        f'{DENSE_RATIO:g} at the densest alpha and larger there than at the purest',
+        {f"ratio at alpha {sw['alpha'][pure]:g}": r_pure,
+         f"ratio at alpha {sw['alpha'][dense]:g}": r_dense}))
+  return out
+
+
 def main(cfg, workdir: str) -> dict:
-  """Runs the stage, prints the table, writes results.json and the plots."""
-  t0 = time.perf_counter()
+  """Runs the stage; prints the table, the claims and the files written; writes
+  results.json and the plots."""
   os.makedirs(workdir, exist_ok=True)
-  out = run(cfg, workdir)
-  summary = report.summarize(out)
-  timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))
-  if summary:
-    print(report.table(summary, out['train_eps']))
+  timings = {}
+  with timing.stage(timings, 'total'):
+    out = run(cfg, workdir)
+    summary = report.summarize(out)
+    checks = claims(summary, out['sweeps'])
+    plots = []
+    if out['units']:
+      report.plot_purity(out['units'], os.path.join(workdir, 'purity.png'))
+      plots.append('purity.png')
+    if out['encoders_seed0']:
+      report.plot_loadings(out['encoders_seed0'], out['dictionary_seed0'],
+                           os.path.join(workdir, 'loadings.png'))
+      plots.append('loadings.png')
+    if any('downstream_acc_curve' in s for s in summary.values()):
+      report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
+      plots.append('robustness.png')
+    if 'purification' in out['sweeps']:
+      report.plot_purification_sweep(out['sweeps']['purification'],
+                                     os.path.join(workdir, 'purification_sweep.png'))
+      plots.append('purification_sweep.png')
+    if 'width' in out['sweeps']:
+      report.plot_width_sweep(out['sweeps']['width'], os.path.join(workdir, 'width_sweep.png'))
+      plots.append('width_sweep.png')
+  timings = dict(out['timings'], total=timings['total'])
   report.write_json(os.path.join(workdir, 'results.json'), {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'],
-      'timings': timings, 'summary': summary, 'sweeps': out['sweeps'],
+      'timings': timings, 'summary': summary, 'claims': report.claims_json(checks),
+      'sweeps': out['sweeps'], 'plots': plots,
       'units': {k: {m: np.asarray(v).tolist() for m, v in u.items() if m != 'norm'}
                 for k, u in out['units'].items()}})
-  if out['units']:
-    report.plot_purity(out['units'], os.path.join(workdir, 'purity.png'))
-  if out['encoders_seed0']:
-    report.plot_loadings(out['encoders_seed0'], out['dictionary_seed0'],
-                         os.path.join(workdir, 'loadings.png'))
-  if any('downstream_acc_curve' in s for s in summary.values()):
-    report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
+  if summary:
+    print(report.table(summary, out['train_eps']))
   if 'purification' in out['sweeps']:
     print('controlled purification (pair loss at eps = %g):' % out['train_eps'])
     print(report.sweep_table(out['sweeps']['purification']))
-    report.plot_purification_sweep(out['sweeps']['purification'],
-                                   os.path.join(workdir, 'purification_sweep.png'))
   if 'width' in out['sweeps']:
     w = out['sweeps']['width']
     print('width | median purity clean | adversarial')
     for i, m in enumerate(w['width']):
       print(f"{m:5d} | {w['purity_median_clean'][i]:.3f} | {w['purity_median_adversarial'][i]:.3f}")
-    report.plot_width_sweep(w, os.path.join(workdir, 'width_sweep.png'))
-  print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s)')
+  if checks:
+    print(report.claims_text(checks))
+  written = ['results.json'] + plots + (['checkpoints/'] if os.path.isdir(
+      os.path.join(workdir, 'checkpoints')) else [])
+  print(report.files_text(workdir, written, timings))
   return summary

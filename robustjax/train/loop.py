@@ -11,6 +11,7 @@ import numpy as np
 from flax.training import train_state
 from tqdm.auto import tqdm
 
+from robustjax.progress import Interrupted, deferred_interrupts
 from robustjax.train import checkpoint, sharding
 from robustjax.train.steps import LossFn, train_steps
 
@@ -88,7 +89,9 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   when None) and at the end; a rerun with the same directory and key resumes
   from the newest complete checkpoint, and a finished one returns at once.
   Step t always uses fold_in(key, t), so a resumed run replays exactly the
-  steps an uninterrupted one would have taken. A chunk with a non-finite loss
+  steps an uninterrupted one would have taken. Ctrl-C raises
+  ``progress.Interrupted`` naming ``desc``, the steps done and the checkpoint
+  kept. A chunk with a non-finite loss
   is never saved: the last good checkpoint stays where the error says.
   """
   # Read on the host before the key becomes a (possibly multi-host) global array.
@@ -107,9 +110,9 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
             flush=True)
 
   saved = start if mngr is not None and start else None
+  first = start
   try:
     with tqdm(total=steps, initial=start, desc=desc, disable=not progress, leave=False) as bar:
-      first = start
       while first < steps:
         # Chunks end on multiples of chunk_size wherever the run (re)started,
         # so an interrupted run compiles and runs the same chunks.
@@ -128,16 +131,31 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
                               'learning rate or the attack radius. ' + _kept(mngr, saved))
         if mngr is not None and (end == steps or checkpoint_every is None
                                  or end // checkpoint_every > (saved or 0) // checkpoint_every):
-          checkpoint.save(mngr, end, state, metrics, record)
-          saved = end
+          with deferred_interrupts():  # Ctrl-C waits for the save to start cleanly
+            checkpoint.save(mngr, end, state, metrics, record)
+            saved = end
         bar.update(end - first)
         bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}")
         first = end
+  except Interrupted:
+    raise
+  except KeyboardInterrupt:  # Ctrl-C: say where, and what a rerun resumes from
+    done = max(first, saved or 0)  # a chunk just saved is done, though first lags
+    raise Interrupted(f'{desc} at step {done}/{steps}', _on_disk(mngr, saved)) from None
   finally:
     if mngr is not None:
-      mngr.wait_until_finished()
-      mngr.close()
+      with deferred_interrupts():  # the last save completes before Ctrl-C lands
+        mngr.wait_until_finished()
+        mngr.close()
   return state, metrics
+
+
+def _on_disk(mngr, saved: int | None) -> str:
+  if mngr is None:
+    return 'no checkpoint of this fit (no checkpoint_dir)'
+  if saved is None:
+    return f'no checkpoint of it yet in {mngr.directory}'
+  return f'its last checkpoint, step {saved}, is kept in {mngr.directory}'
 
 
 def _kept(mngr, saved: int | None) -> str:
