@@ -136,4 +136,4 @@ def _power_norm(kernel, v, iters, tol, strides, padding):
   v, _ = power_iteration.iterate_operator(
       lambda x: conv(fixed, x, strides=strides, padding=padding), v, iters=iters, tol=tol)
   # Recomputed with the live kernel: the gradient flows through it, not v.
-  return power_iteration.norm(conv(kernel, v, strides=strides, padding=padding)), v
+  return power_iteration.safe_norm(conv(kernel, v, strides=strides, padding=padding)), v

@@ -2,13 +2,20 @@
 
 The iteration runs on ``stop_gradient(W)`` and returns its right singular
 vector estimate ``v`` (unit norm, no gradient). The value is then recomputed
-as ``sigma = ||W v||`` *with* the gradient through W, so that
+as ``sigma^2 = ||W v||^2`` *with* the gradient through W, so that
 
     d sigma^2 / dW = 2 W v v^T = 2 sigma u v^T,   u = W v / sigma,
 
 the gradient of the squared spectral norm at a converged v (Yoshida & Miyato
 2017; Paper B). Carrying v from one training step to the next (warm start)
 makes a few iterations per step enough, because W moves little per step.
+
+A zero matrix (a zero-initialised readout) is an ordinary input: sigma^2 is
+computed as a sum of squares (its gradient at W = 0 is 0, where that of
+sqrt(.) would be NaN), ``safe_norm`` gives sigma with gradient 0 there, and
+an iteration step whose image is zero or not finite keeps the current unit
+vector (any unit vector is a top singular vector of 0), so the carried
+vector never collapses to 0 and sigma follows W once it becomes non-zero.
 """
 from __future__ import annotations
 
@@ -23,8 +30,34 @@ def norm(v: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(v * v))
 
 
+def sq_norm(v: jax.Array) -> jax.Array:
+  """Sum of squares of all entries: differentiable everywhere (gradient 2 v)."""
+  return jnp.sum(v * v)
+
+
+def safe_norm(v: jax.Array) -> jax.Array:
+  """``norm(v)`` whose gradient at v = 0 is 0 (the plain sqrt's is NaN there)."""
+  sq = sq_norm(v)
+  pos = sq > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
 def _normalize(v: jax.Array) -> jax.Array:
   return v / jnp.maximum(norm(v), _EPS)
+
+
+def _next_vector(new: jax.Array, v: jax.Array) -> jax.Array:
+  """new / ||new||, or v when new is zero or not finite: the carried vector
+  stays a unit vector (W = 0 maps every v to 0)."""
+  n = norm(new)
+  ok = (n > 0) & jnp.isfinite(n)
+  return jnp.where(ok, new / jnp.where(ok, n, 1.0), v)
+
+
+def usable(v: jax.Array) -> jax.Array:
+  """Whether v can start a power iteration: finite and not zero (a scalar bool)."""
+  n = norm(v)
+  return (n > 0) & jnp.isfinite(n)
 
 
 def initial_vector(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
@@ -38,6 +71,7 @@ def iterate_operator(op, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array,
   Up to ``iters`` steps v <- A^T A v / ||A^T A v||, stopping once ||A v||
   changes by at most ``tol`` relative. A^T comes from ``jax.vjp`` (so any
   linear JAX function works: a matmul, a strided or padded convolution).
+  A step whose image is zero or not finite keeps v (see the module note).
   ``iters`` may be traced (a schedule picks warm-up vs per-step counts inside
   jit). ``op`` must not carry gradients the caller wants: pass stopped arrays.
   """
@@ -53,7 +87,7 @@ def iterate_operator(op, v: jax.Array, *, iters, tol: float) -> tuple[jax.Array,
     i, v, sigma, _ = carry
     av = op(v)
     # Two operator applications per step; ||A v|| of the current v is the check.
-    return i + 1, _normalize(op_t(av)[0]), norm(av), sigma
+    return i + 1, _next_vector(op_t(av)[0], v), norm(av), sigma
 
   start = (jnp.zeros((), jnp.int32), v, jnp.full((), -1.0, v.dtype),
            jnp.full((), jnp.inf, v.dtype))
@@ -81,7 +115,8 @@ def top_singular_value(w: jax.Array, v: jax.Array | None = None, *, iters=100,
     tol: stop when sigma changes by at most ``tol`` relative.
 
   The returned sigma is ``||W v||``: differentiable in w (gradient 2 sigma u
-  v^T for sigma^2), constant in v. Rank-zero W gives sigma = 0.
+  v^T for sigma^2), constant in v. Rank-zero W gives sigma = 0 with gradient
+  0 (``safe_norm``) and returns a unit v.
   """
   if w.ndim != 2:
     raise ValueError(f'top_singular_value needs a matrix, got shape {w.shape}')
@@ -95,4 +130,4 @@ def _top_singular_value(w, v, iters, tol):
   # Compiled once per shape (iters and tol are traced): eager calls from a
   # loop or a test sweep do not re-trace the while_loop every time.
   v, _ = iterate(w, v, iters=iters, tol=tol)
-  return norm(w @ v), v
+  return safe_norm(w @ v), v
