@@ -14,7 +14,8 @@ from robustjax.attacks.exact import affine_min_distance
 from robustjax.attacks.square import square
 from tests.models import random_affine
 
-sq = importlib.import_module('robustjax.attacks.square')  # the module (the package exports the function)
+# The module itself (the package exports the function under the same name).
+sq = importlib.import_module('robustjax.attacks.square')
 SUMS = sq._inv_square_sums(16)
 QUERIES = 40
 # A box holding every test point with its ball: inactive, so box-free exact

@@ -10,12 +10,12 @@ the gradient of the squared spectral norm at a converged v (Yoshida & Miyato
 2017; Paper B). Carrying v from one training step to the next (warm start)
 makes a few iterations per step enough, because W moves little per step.
 
-A zero matrix (a zero-initialised readout) is an ordinary input: sigma^2 is
-computed as a sum of squares (its gradient at W = 0 is 0, where that of
-sqrt(.) would be NaN), ``safe_norm`` gives sigma with gradient 0 there, and
-an iteration step whose image is zero or not finite keeps the current unit
-vector (any unit vector is a top singular vector of 0), so the carried
-vector never collapses to 0 and sigma follows W once it becomes non-zero.
+A zero matrix (a zero-initialised readout) is an ordinary input: sigma is
+``safe_norm(W v)``, whose gradient at W v = 0 is 0 (the plain sqrt's is NaN
+there), so d sigma^2 / dW = 0 at W = 0; and an iteration step whose image is
+zero or not finite keeps the current unit vector (any unit vector is a top
+singular vector of 0), so the carried vector never collapses to 0 and sigma
+follows W once it becomes non-zero.
 """
 from __future__ import annotations
 
@@ -30,14 +30,9 @@ def norm(v: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(v * v))
 
 
-def sq_norm(v: jax.Array) -> jax.Array:
-  """Sum of squares of all entries: differentiable everywhere (gradient 2 v)."""
-  return jnp.sum(v * v)
-
-
 def safe_norm(v: jax.Array) -> jax.Array:
   """``norm(v)`` whose gradient at v = 0 is 0 (the plain sqrt's is NaN there)."""
-  sq = sq_norm(v)
+  sq = jnp.sum(v * v)
   pos = sq > 0
   return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
 

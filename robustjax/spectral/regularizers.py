@@ -175,7 +175,8 @@ def penalty(params, vectors, mask, *, iters, tol: float, key: jax.Array | None =
 
   Differentiable in params only: each term is ``||W v||^2`` at the new
   vectors, so d/dW sigma^2 = 2 sigma u v^T (for a conv, the same through the
-  conv: the gradient of ||conv(W, v)||^2 in W), and exactly 0 at W = 0.
+  conv: the gradient of ||conv(W, v)||^2 in W), and exactly 0 at W = 0
+  (``power_iteration.safe_norm``).
   A vector that is zero or not finite (a collapsed or corrupted state) is
   re-drawn first, as a random unit array from ``fold_in(key, leaf index)``
   (``key`` defaults to PRNGKey(0); ``penalize`` passes one derived from its
@@ -197,11 +198,11 @@ def penalty(params, vectors, mask, *, iters, tol: float, key: jax.Array | None =
     v, _ = power_iteration.iterate_operator(_operator(jax.lax.stop_gradient(w), m), v,
                                             iters=iters, tol=tol)
     # Recomputed with the live kernel: the gradient flows through w, not v.
-    # A sum of squares, not norm()**2: sqrt has no gradient at W v = 0.
-    sq = power_iteration.sq_norm(_operator(w, m)(v))
-    total = total + sq
+    # safe_norm: the plain norm's gradient is NaN at W v = 0 (a zero kernel).
+    sigma = power_iteration.safe_norm(_operator(w, m)(v))
+    total = total + sigma ** 2
     new_vecs.append(v)
-    sigmas.append(jnp.sqrt(jax.lax.stop_gradient(sq)))
+    sigmas.append(jax.lax.stop_gradient(sigma))
   return total, jax.tree.unflatten(treedef, new_vecs), jax.tree.unflatten(treedef, sigmas)
 
 
