@@ -75,6 +75,8 @@ def main():
                                              bounds=(0., 1.))[:2],
       'Square linf': lambda: square(f, x, y, eps=eps_linf, norm='linf', key=k,
                                     n_queries=b['square'], bounds=(0., 1.)),
+      'Square l2': lambda: square(f, x, y, eps=eps_l2, norm='l2', key=k,
+                                  n_queries=b['square'], bounds=(0., 1.)),
       'FMN l2 (9 targets)': lambda: fmn(f, x, y, norm='l2', steps=b['fmn'], bounds=(0., 1.)),
       'FMN l2 untargeted': lambda: fmn(f, x, y, norm='l2', steps=b['fmn'], targets=None,
                                        bounds=(0., 1.)),

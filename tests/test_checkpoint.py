@@ -2,6 +2,7 @@
 return at once, the NaN guard keeps the last good checkpoint, and a resume
 after it."""
 import os
+import re
 import shutil
 
 import chex
@@ -11,6 +12,7 @@ import numpy as np
 import optax
 import pytest
 
+from robustjax import spectral
 from robustjax.train import loop, state as state_lib
 from robustjax.train.steps import train_steps
 
@@ -174,3 +176,59 @@ def test_one_call_per_step_equals_the_fused_scan(batched):
   chex.assert_trees_all_close(single.params, fused.params, rtol=1e-6)
   chex.assert_trees_all_close(sm, fm, rtol=1e-6)
   assert int(np.asarray(single.step).ravel()[0]) == 7
+
+
+# --- the guard names the source of a non-finite step --------------------------
+
+def probe_loss(params, key, aux):
+  """-4c (so SGD at lr 0.25 makes c = t at step t) plus, from step aux['at']
+  on, a NaN injected in the source aux['src'] names; the kernel is only seen
+  by the spectral penalty."""
+  c = params['c']
+  on = (jax.lax.stop_gradient(c) > aux['at'] - 0.5)
+  loss = -4.0 * c + jnp.where(on & (aux['src'] == 0), jnp.nan, 0.0)
+  # sqrt at 0: a finite value with a NaN gradient (as where(x > 0, sqrt(x), 0)).
+  loss = loss + jnp.sqrt(jnp.where(on & (aux['src'] == 1), 0.0, 1.0) + 0.0 * c)
+  return loss, {}
+
+
+SOURCES = {'loss': r'the loss is not finite \(the run diverged: lower the learning rate',
+           'grads': 'the task gradient is not finite although the loss is',
+           'penalty': r'the spectral penalty \(sigma_max\^2 or its gradient\) is not finite',
+           'params': 'the parameters are not finite after the optimizer update'}
+
+
+def probe_state(src, at):
+  """A zero kernel under ll (finite throughout, see test_spectral_regularizers),
+  or, for the penalty, 1e20 I: sigma^2 = 1e40 overflows float32 once the
+  penalty switches on at step ``at``; for the parameters, a learning rate
+  that makes the update overflow from step ``at`` on."""
+  kernel = 1e20 * jnp.eye(2) if src == 'penalty' else jnp.zeros((2, 2))
+  params = {'c': jnp.zeros(()), 'layer': {'kernel': kernel}}
+  spec = spectral.SpectralSpec(kind='ll', lam=1e-3, burn_in_steps=at if src == 'penalty' else 0)
+  lr = (lambda t: jnp.where(t >= at, 3e38, 0.25)) if src == 'params' else 0.25
+  tx = optax.chain(spectral.penalize(spec, spectral.layer_mask(params, 'll')), optax.sgd(lr))
+  return state_lib.create(params, tx)
+
+
+@pytest.mark.parametrize('src', list(SOURCES))
+def test_nan_guard_names_the_source_and_keeps_the_last_good_checkpoint(tmp_path, src):
+  ckpt = str(tmp_path / 'fit')
+  aux = {'at': jnp.float32(2), 'src': jnp.int32(list(SOURCES).index(src))}
+  with pytest.raises(loop.DivergedError) as err:
+    loop.fit(probe_state(src, 2), aux, KEY, probe_loss, steps=6, chunk_size=2, progress=False,
+             checkpoint_dir=ckpt)
+  msg = str(err.value)
+  assert re.search(SOURCES[src] + r'.* at step 2 \(counting from 0\)\. Last good checkpoint: '
+                   r'step 2 in .*fit', msg), msg
+  assert ('learning rate' in msg) == (src == 'loss'), msg
+  assert max(steps_saved(ckpt)) == 2
+
+
+def test_nan_guard_names_the_run_of_a_batched_fit():
+  aux = {'at': jnp.array([9.0, 3.0]), 'src': jnp.array([1, 1], jnp.int32)}
+  st = jax.tree.map(lambda x: jnp.stack([x, x]), probe_state('grads', 3))
+  with pytest.raises(loop.DivergedError, match=SOURCES['grads'] + r'.* at step 3 \(counting '
+                     r'from 0, run\(s\) \[1\]\)\. No checkpoint kept'):
+    loop.fit(st, aux, jax.random.split(KEY, 2), probe_loss, steps=6, chunk_size=2, batched=True,
+             progress=False)

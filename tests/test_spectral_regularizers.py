@@ -135,3 +135,62 @@ def test_training_lowers_penalised_sigmas_through_loop_fit():
     assert np.all(ll[name] < base[name] * 0.9), (name, ll[name], base[name])
   assert np.all(ll['readout/kernel'] < base['readout/kernel'] * 0.9)
   assert np.all(ll['readout/kernel'] < rep['readout/kernel'])
+
+
+def _zero_readout(key=4):
+  p = _params(key)
+  return dict(p, readout=dict(p['readout'], kernel=jnp.zeros_like(p['readout']['kernel'])))
+
+
+def test_zero_kernel_adds_exactly_nothing_and_keeps_a_unit_vector():
+  """A zero-initialised readout under ll: its update is the task gradient
+  itself (d/dW ||W v||^2 = 0 at W = 0; sqrt's gradient there was NaN), the
+  other kernels still get 2 lam sigma u v^T, and the carried vector stays a
+  unit vector instead of collapsing to 0."""
+  p = _zero_readout()
+  mask = spectral.layer_mask(p, 'll')
+  spec = spectral.SpectralSpec(kind='ll', lam=0.3, iters=10, warmup_iters=3000, tol=0.0)
+  tx = spectral.penalize(spec, mask)
+  task = jax.tree.map(lambda x: jnp.full_like(x, 0.25), p)
+  out, st = tx.update(task, tx.init(p), p)
+  np.testing.assert_array_equal(out['readout']['kernel'], task['readout']['kernel'])
+  s, u, v = _svd_top(p['hidden_0']['kernel'])
+  np.testing.assert_allclose(out['hidden_0']['kernel'], 0.25 + 0.3 * 2 * s * np.outer(u, v),
+                             atol=2e-4)
+  vec = np.asarray(st.vectors['readout']['kernel'])
+  assert np.all(np.isfinite(vec))
+  np.testing.assert_allclose(np.linalg.norm(vec), 1.0, rtol=1e-6)
+  assert np.isfinite(st.grad_norm) and st.grad_norm > 0
+
+
+def test_zero_kernel_gradient_through_penalty_and_top_singular_value_is_zero():
+  w = jnp.zeros((5, 3))
+  g = jax.grad(lambda w: spectral.top_singular_value(w, iters=20)[0] ** 2)(w)
+  np.testing.assert_array_equal(g, np.zeros((5, 3)))
+  sigma, v = spectral.top_singular_value(w, iters=20)
+  assert float(sigma) == 0.0
+  np.testing.assert_allclose(np.linalg.norm(v), 1.0, rtol=1e-6)
+
+
+@pytest.mark.parametrize('bad', [0.0, np.nan])
+def test_collapsed_vector_is_redrawn_and_finds_sigma_of_a_later_kernel(bad):
+  """A zero (or NaN) carried vector, as an old run at W = 0 left it: the next
+  penalised kernel still gets its exact sigma_max (SVD), and the re-draw is
+  deterministic in the key."""
+  p = _zero_readout()
+  mask = spectral.layer_mask(p, 'll')
+  vecs = spectral.init_vectors(p, mask, jax.random.PRNGKey(0))
+  vecs = dict(vecs, readout=dict(vecs['readout'],
+                                 kernel=jnp.full_like(vecs['readout']['kernel'], bad)))
+  _, vecs_at_zero, sig = spectral.penalty(p, vecs, mask, iters=5, tol=0.0,
+                                          key=jax.random.PRNGKey(7))
+  assert float(sig['readout']['kernel']) == 0.0
+  again = spectral.penalty(p, vecs, mask, iters=5, tol=0.0, key=jax.random.PRNGKey(7))[1]
+  chex.assert_trees_all_equal(again, vecs_at_zero)
+  later = _params(5)  # the readout has moved away from 0
+  value, _, sig = spectral.penalty(later, vecs_at_zero, mask, iters=3000, tol=0.0)
+  for name in ('hidden_0', 'hidden_1', 'readout'):
+    np.testing.assert_allclose(sig[name]['kernel'], _svd_top(later[name]['kernel'])[0],
+                               rtol=1e-4, err_msg=name)
+  np.testing.assert_allclose(value, sum(_svd_top(later[n]['kernel'])[0] ** 2
+                                        for n in ('hidden_0', 'hidden_1', 'readout')), rtol=1e-4)

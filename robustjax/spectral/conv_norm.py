@@ -155,4 +155,4 @@ def _power_norm(kernel, v, iters, tol, strides, padding):
       return_residual=True)
   info = power_iteration.diagnostics(i, residual, tol)
   # Recomputed with the live kernel: the gradient flows through it, not v.
-  return power_iteration.norm(conv(kernel, v, strides=strides, padding=padding)), v, info
+  return power_iteration.safe_norm(conv(kernel, v, strides=strides, padding=padding)), v, info

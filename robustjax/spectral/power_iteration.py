@@ -2,7 +2,7 @@
 
 The iteration runs on ``stop_gradient(W)`` and returns its right singular
 vector estimate ``v`` (unit norm, no gradient). The value is then recomputed
-as ``sigma = ||W v||`` *with* the gradient through W, so that
+as ``sigma^2 = ||W v||^2`` *with* the gradient through W, so that
 
     d sigma^2 / dW = 2 W v v^T = 2 sigma u v^T,   u = W v / sigma,
 
@@ -19,6 +19,13 @@ line, one per matrix under vmap) when ``tol > 0`` was not met within
 asks for exactly ``iters`` iterations: no warning. The
 training penalty's few warm-started iterations per step are a budget, not a
 convergence target, and do not warn.
+
+A zero matrix (a zero-initialised readout) is an ordinary input: sigma is
+``safe_norm(W v)``, whose gradient at W v = 0 is 0 (the plain sqrt's is NaN
+there), so d sigma^2 / dW = 0 at W = 0; and an iteration step whose image is
+zero or not finite keeps the current unit vector (any unit vector is a top
+singular vector of 0), so the carried vector never collapses to 0 and sigma
+follows W once it becomes non-zero.
 """
 from __future__ import annotations
 
@@ -36,8 +43,29 @@ def norm(v: jax.Array) -> jax.Array:
   return jnp.sqrt(jnp.sum(v * v))
 
 
+def safe_norm(v: jax.Array) -> jax.Array:
+  """``norm(v)`` whose gradient at v = 0 is 0 (the plain sqrt's is NaN there)."""
+  sq = jnp.sum(v * v)
+  pos = sq > 0
+  return jnp.where(pos, jnp.sqrt(jnp.where(pos, sq, 1.0)), 0.0)
+
+
 def _normalize(v: jax.Array) -> jax.Array:
   return v / jnp.maximum(norm(v), _EPS)
+
+
+def _next_vector(new: jax.Array, v: jax.Array) -> jax.Array:
+  """new / ||new||, or v when new is zero or not finite: the carried vector
+  stays a unit vector (W = 0 maps every v to 0)."""
+  n = norm(new)
+  ok = (n > 0) & jnp.isfinite(n)
+  return jnp.where(ok, new / jnp.where(ok, n, 1.0), v)
+
+
+def usable(v: jax.Array) -> jax.Array:
+  """Whether v can start a power iteration: finite and not zero (a scalar bool)."""
+  n = norm(v)
+  return (n > 0) & jnp.isfinite(n)
 
 
 def initial_vector(key: jax.Array, n: int, dtype=jnp.float32) -> jax.Array:
@@ -52,6 +80,7 @@ def iterate_operator(op, v: jax.Array, *, iters, tol: float, return_residual: bo
   Up to ``iters`` steps v <- A^T A v / ||A^T A v||, stopping once ||A v||
   changes by at most ``tol`` relative. A^T comes from ``jax.vjp`` (so any
   linear JAX function works: a matmul, a strided or padded convolution).
+  A step whose image is zero or not finite keeps v (see the module note).
   ``iters`` may be traced (a schedule picks warm-up vs per-step counts inside
   jit). ``op`` must not carry gradients the caller wants: pass stopped arrays.
   """
@@ -67,7 +96,7 @@ def iterate_operator(op, v: jax.Array, *, iters, tol: float, return_residual: bo
     i, v, sigma, _ = carry
     av = op(v)
     # Two operator applications per step; ||A v|| of the current v is the check.
-    return i + 1, _normalize(op_t(av)[0]), norm(av), sigma
+    return i + 1, _next_vector(op_t(av)[0], v), norm(av), sigma
 
   start = (jnp.zeros((), jnp.int32), v, jnp.full((), -1.0, v.dtype),
            jnp.full((), jnp.inf, v.dtype))
@@ -135,7 +164,8 @@ def top_singular_value(w: jax.Array, v: jax.Array | None = None, *, iters=100,
       change of sigma), 'converged'}.
 
   The returned sigma is ``||W v||``: differentiable in w (gradient 2 sigma u
-  v^T for sigma^2), constant in v. Rank-zero W gives sigma = 0.
+  v^T for sigma^2), constant in v. Rank-zero W gives sigma = 0 with gradient
+  0 (``safe_norm``) and returns a unit v.
 
   Returns (sigma, v), or (sigma, v, info). Warns (RuntimeWarning, from the
   host) when tol > 0 was not met within iters.
@@ -154,4 +184,4 @@ def _top_singular_value(w, v, iters, tol):
   # Compiled once per shape (iters and tol are traced): eager calls from a
   # loop or a test sweep do not re-trace the while_loop every time.
   v, i, residual = iterate(w, v, iters=iters, tol=tol, return_residual=True)
-  return norm(w @ v), v, diagnostics(i, residual, tol)
+  return safe_norm(w @ v), v, diagnostics(i, residual, tol)

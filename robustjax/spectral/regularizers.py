@@ -170,37 +170,49 @@ def _operator(w: jax.Array, m):
   return lambda x: w @ x
 
 
-def penalty(params, vectors, mask, *, iters, tol: float):
+def penalty(params, vectors, mask, *, iters, tol: float, key: jax.Array | None = None):
   """(sum of sigma_max^2 over masked kernels, new vectors, sigmas pytree).
 
-  Differentiable in params only: d/dW sigma^2 = 2 sigma u v^T at the new
-  vectors (for a conv, the same through the conv: the gradient of
-  ||conv(W, v)||^2 in W). Unmasked leaves contribute 0, keep their (empty)
-  vectors and report sigma 0.
+  Differentiable in params only: each term is ``||W v||^2`` at the new
+  vectors, so d/dW sigma^2 = 2 sigma u v^T (for a conv, the same through the
+  conv: the gradient of ||conv(W, v)||^2 in W), and exactly 0 at W = 0
+  (``power_iteration.safe_norm``).
+  A vector that is zero or not finite (a collapsed or corrupted state) is
+  re-drawn first, as a random unit array from ``fold_in(key, leaf index)``
+  (``key`` defaults to PRNGKey(0); ``penalize`` passes one derived from its
+  update count). The sigmas are for reporting (no gradient). Unmasked leaves
+  contribute 0, keep their (empty) vectors and report sigma 0.
   """
+  key = jax.random.PRNGKey(0) if key is None else key
   leaves, treedef = jax.tree.flatten(params)
   flags = treedef.flatten_up_to(mask)
   vecs = treedef.flatten_up_to(vectors)
   total, new_vecs, sigmas = jnp.zeros((), jnp.float32), [], []
-  for w, v, m in zip(leaves, vecs, flags):
+  for i, (w, v, m) in enumerate(zip(leaves, vecs, flags)):
     if not m:
       new_vecs.append(v)
       sigmas.append(jnp.zeros((), jnp.float32))
       continue
+    fresh = jax.random.normal(jax.random.fold_in(key, i), v.shape, v.dtype)
+    v = jnp.where(power_iteration.usable(v), v, fresh / power_iteration.norm(fresh))
     v, _ = power_iteration.iterate_operator(_operator(jax.lax.stop_gradient(w), m), v,
                                             iters=iters, tol=tol)
     # Recomputed with the live kernel: the gradient flows through w, not v.
-    sigma = power_iteration.norm(_operator(w, m)(v))
+    # safe_norm: the plain norm's gradient is NaN at W v = 0 (a zero kernel).
+    sigma = power_iteration.safe_norm(_operator(w, m)(v))
     total = total + sigma ** 2
     new_vecs.append(v)
-    sigmas.append(sigma)
+    sigmas.append(jax.lax.stop_gradient(sigma))
   return total, jax.tree.unflatten(treedef, new_vecs), jax.tree.unflatten(treedef, sigmas)
 
 
 class SpectralState(NamedTuple):
-  count: jax.Array    # updates seen so far
-  vectors: Any        # power-iteration vectors mirroring the params
-  value: jax.Array    # the last penalised update's sum sigma^2 (for logging)
+  count: jax.Array      # updates seen so far
+  vectors: Any          # power-iteration vectors mirroring the params
+  value: jax.Array      # the last penalised update's sum sigma^2 (for logging)
+  grad_norm: jax.Array  # l2 norm of what the last update added to the gradient
+                        # (0 when it was not penalised); NaN when the penalty's
+                        # value or gradient was not finite (train_step reports it)
 
 
 def penalize(spec: SpectralSpec, mask, key: jax.Array | None = None
@@ -216,7 +228,7 @@ def penalize(spec: SpectralSpec, mask, key: jax.Array | None = None
 
   def init(params):
     return SpectralState(jnp.zeros((), jnp.int32), init_vectors(params, mask, key),
-                         jnp.zeros((), jnp.float32))
+                         jnp.zeros((), jnp.float32), jnp.zeros((), jnp.float32))
 
   def update(updates, state, params=None):
     if params is None:
@@ -227,26 +239,32 @@ def penalize(spec: SpectralSpec, mask, key: jax.Array | None = None
     iters = jnp.where(since == 0, spec.warmup_iters, spec.iters)
 
     def on(_):
+      # Re-drawn vectors (if any) depend on the update count: reproducible,
+      # and a resumed run draws the same ones.
+      redraw = jax.random.fold_in(key, count)
+
       def scaled(p):
-        value, (vectors, _) = _penalty_aux(p, state.vectors, mask, iters, spec.tol)
+        value, (vectors, _) = _penalty_aux(p, state.vectors, mask, iters, spec.tol, redraw)
         return spec.lam * value, (vectors, value)
       (_, (vectors, value)), g = jax.value_and_grad(scaled, has_aux=True)(params)
-      return jax.tree.map(jnp.add, updates, g), vectors, value
+      # An overflowing sigma^2 can come with a finite gradient: flag it too.
+      added = jnp.where(jnp.isfinite(value), optax.global_norm(g), jnp.nan).astype(jnp.float32)
+      return jax.tree.map(jnp.add, updates, g), vectors, value, added
 
     def off(_):
-      return updates, state.vectors, state.value
+      return updates, state.vectors, state.value, jnp.zeros((), jnp.float32)
 
     # A real branch when not vmapped: burn-in steps cost nothing extra.
-    updates, vectors, value = jax.lax.cond(active, on, off, None)
-    return updates, SpectralState(count + 1, vectors, value)
+    updates, vectors, value, grad_norm = jax.lax.cond(active, on, off, None)
+    return updates, SpectralState(count + 1, vectors, value, grad_norm)
 
   if spec.kind == 'none' or not any(jax.tree.leaves(mask)):
     return optax.identity()
   return optax.GradientTransformation(init, update)
 
 
-def _penalty_aux(params, vectors, mask, iters, tol):
-  value, vectors, sigmas = penalty(params, vectors, mask, iters=iters, tol=tol)
+def _penalty_aux(params, vectors, mask, iters, tol, key):
+  value, vectors, sigmas = penalty(params, vectors, mask, iters=iters, tol=tol, key=key)
   return value, (vectors, sigmas)
 
 

@@ -13,11 +13,40 @@ from tqdm.auto import tqdm
 
 from robustjax.progress import Interrupted, deferred_interrupts
 from robustjax.train import checkpoint, sharding
-from robustjax.train.steps import LossFn, train_steps
+from robustjax.train.steps import FINITE, LossFn, train_steps
 
 
 class DivergedError(FloatingPointError):
-  """The training loss became NaN or inf."""
+  """A training step produced NaN or inf; the message names what (see ``steps.FINITE``)."""
+
+
+# What each finiteness flag of train_step means when it is the first to fail.
+_SOURCES = {
+    'loss': 'the loss is not finite (the run diverged: lower the learning rate or the attack '
+            'radius)',
+    'grads': 'the task gradient is not finite although the loss is (a point where the model or '
+             'the loss has no derivative, e.g. sqrt or log at 0)',
+    'penalty': 'the spectral penalty (sigma_max^2 or its gradient) is not finite although the '
+               'loss and the task gradient are (a kernel whose sigma_max^2 overflows)',
+    'params': 'the parameters are not finite after the optimizer update although the loss, the '
+              'task gradient and the penalty are (the update overflowed)',
+}
+
+
+def _divergence(finite: dict, first: int, desc: str) -> str | None:
+  """The error message for a chunk's per-step flags ((steps,) or (runs, steps)
+  each), naming the first step and source that failed; None when all held."""
+  flags = {k: np.asarray(finite[k], bool) for k in FINITE}
+  ok = np.logical_and.reduce([flags[k] for k in FINITE])
+  if ok.all():
+    return None
+  bad_steps = ~ok.reshape(-1, ok.shape[-1]).all(axis=0)
+  t = int(np.argmax(bad_steps))
+  source = next(k for k in FINITE if not flags[k][..., t].all())
+  runs = ''
+  if flags[source].ndim > 1:
+    runs = f', run(s) {np.flatnonzero(~flags[source][..., t].reshape(-1)).tolist()}'
+  return f'{desc}: {_SOURCES[source]} at step {first + t} (counting from 0{runs}).'
 
 
 def _chunk(state, key, aux, first_step, num_steps, *, loss_fn, batched, shared_aux,
@@ -78,8 +107,10 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   once per step instead of compiling a chunk's steps into one ``lax.scan``:
   XLA:CPU runs the weight gradients of convolutions ~17x slower inside a loop
   body (jax-ml/jax#12868), so conv nets train on a CPU this way; the steps,
-  keys and results are the same. The loss is checked
-  for NaN/inf after every chunk; a diverging run raises ``DivergedError``.
+  keys and results are the same. After every chunk the step's finiteness
+  flags (``steps.FINITE``: loss, task gradient, spectral penalty, parameters
+  after the update) are checked; the first non-finite one raises
+  ``DivergedError`` naming that step and source (and the runs, when batched).
 
   ``mesh``: a ``jax.sharding.Mesh``, a ``{'data', 'model'}`` config block or
   None (one device, the default); see ``robustjax.train.sharding``.
@@ -91,7 +122,7 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   Step t always uses fold_in(key, t), so a resumed run replays exactly the
   steps an uninterrupted one would have taken. Ctrl-C raises
   ``progress.Interrupted`` naming ``desc``, the steps done and the checkpoint
-  kept. A chunk with a non-finite loss
+  kept. A chunk with a non-finite value
   is never saved: the last good checkpoint stays where the error says.
   """
   # Read on the host before the key becomes a (possibly multi-host) global array.
@@ -125,10 +156,10 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
             state, m = run(state, key, aux, np.int32(t), 1)
             per_step.append(m)
           chunk_metrics = jax.tree.map(lambda *ms: jnp.concatenate(ms, axis=-1), *per_step)
+        diverged = _divergence(chunk_metrics.pop('finite'), first, desc)
+        if diverged:
+          raise DivergedError(f'{diverged} {_kept(mngr, saved)}')
         metrics = jax.tree.map(lambda m: np.asarray(m).mean(axis=-1), chunk_metrics)
-        if not np.all(np.isfinite(metrics['loss'])):
-          raise DivergedError(f'{desc}: loss is not finite at step <= {end}; lower the '
-                              'learning rate or the attack radius. ' + _kept(mngr, saved))
         if mngr is not None and (end == steps or checkpoint_every is None
                                  or end // checkpoint_every > (saved or 0) // checkpoint_every):
           with deferred_interrupts():  # Ctrl-C waits for the save to start cleanly
