@@ -86,9 +86,13 @@ def number(value, name: str, *, low=None, high=None, low_open: bool = False,
   if high is not None:
     bad |= v >= high if high_open else v > high
   if bad:
-    allowed = ('(' if low_open else '[') + ('-inf' if low is None else f'{low:g}') + ', ' + (
-        'inf' if high is None else f'{high:g}') + (')' if high_open else ']')
-    raise ValueError(f'{name}: must be finite and in {allowed}{what}, got {_fmt(v)}')
+    if high is None:
+      allowed = f'{">" if low_open else ">="} {low:g}' if low is not None else 'a real number'
+    elif low is None:
+      allowed = f'{"<" if high_open else "<="} {high:g}'
+    else:
+      allowed = (f'in {"(" if low_open else "["}{low:g}, {high:g}{")" if high_open else "]"}')
+    raise ValueError(f'{name}: must be finite and {allowed}{what}, got {_fmt(v)}')
   return value
 
 
