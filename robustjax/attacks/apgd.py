@@ -234,6 +234,7 @@ def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int
 
 
 def target_classes(predict_fn, x, rank: int) -> jax.Array:
-  """The class with the ``rank``-th largest clean logit (rank 2 = runner-up)."""
+  """The class with the ``rank``-th largest clean logit (rank 2 = runner-up; rank >= 1)."""
+  rank = checks.budget(rank, 'rank')
   logits = common.multiclass(predict_fn)(x)
   return jnp.argsort(-logits, axis=-1)[:, rank - 1].astype(jnp.int32)

@@ -49,7 +49,9 @@ def instance_loss_fn(embed_fn: Callable, x: jax.Array, x_pos: jax.Array,
   Targets, computed once from the clean batch and gradient-stopped: example
   i's positive is embed(x_pos)_i, its negatives are embed(x)_j and
   embed(x_pos)_j for every j != i (the 2n - 2 negatives of NT-Xent).
+  ``temperature`` > 0 (ValueError otherwise, checked when concrete).
   """
+  checks.temperature(temperature)
   embed_fn = as_partial(embed_fn)
   n = x.shape[0]
   z = jax.lax.stop_gradient(_flat_embed(embed_fn, x))
