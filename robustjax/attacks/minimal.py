@@ -203,7 +203,7 @@ def fmn(predict_fn, x, y, *, norm: str = 'l2', steps: int = 100, targets: int | 
 
   Raises ValueError / TypeError (one line naming the argument) on bad input
   (``robustjax.checks``). Warns (RuntimeWarning) when the outputs look like
-  probabilities or gradients are zero at the clean point or non-finite.
+  probabilities or gradients are zero at the clean point (its start) or non-finite.
   """
   x_adv, dist, h = fmn_with_health(
       predict_fn, x, y, norm=norm, steps=steps, targets=targets, alpha_init=alpha_init,
@@ -275,7 +275,7 @@ def bisection(predict_fn, x, y, *, norm: str = 'l2', key, search_steps: int = 12
 
   Raises ValueError / TypeError (one line naming the argument) on bad input;
   warns (RuntimeWarning) when the outputs look like probabilities or
-  gradients are zero at the clean point or non-finite.
+  gradients are zero at the clean point (its start) or non-finite.
   """
   checks.norm(norm)
   search_steps = checks.budget(search_steps, 'search_steps', minimum=0)

@@ -16,8 +16,9 @@ ball (Gaussian direction, radius ``eps * U^(1/n)`` with n the input size).
 Non-finite values: gradient entries that are nan or inf are set to 0 (the step
 uses the rest), and an iterate whose loss is not finite never becomes the best
 one, so the returned points are finite. Called outside ``jit``, the attack
-warns (``robustjax.attacks.health``) about points whose gradient at the clean
-point is zero or whose gradients were non-finite.
+warns (``robustjax.attacks.health``) about points whose gradient at the start
+point (the first restart's; x itself without a random start) is zero, as
+AutoAttack checks it, or whose gradients were non-finite.
 """
 from __future__ import annotations
 
@@ -83,12 +84,11 @@ def _clip_to_bounds(x, delta, bounds):
   return jnp.clip(x + delta, lo, hi) - x
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'steps', 'restarts', 'random_start',
-                                             'diagnose'))
-def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, random_start,
-         diagnose=False):
-  """(x_adv, health): 'nonfinite' (n,) bool (some gradient had nan / inf); with
-  ``diagnose`` also the clean point's 'zero_grad' (one more gradient)."""
+@functools.partial(jax.jit, static_argnames=('norm', 'steps', 'restarts', 'random_start'))
+def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, random_start):
+  """(x_adv, health): (n,) bool 'zero_grad' (the gradient at the first start
+  point is zero, as AutoAttack checks it) and 'nonfinite' (some gradient had
+  nan / inf entries). Unused outputs cost nothing inside a caller's jit."""
   eps = _per_example(eps, x)
   step_size = _per_example(step_size, x)
 
@@ -104,30 +104,28 @@ def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, rand
     return jnp.where(mask, delta, best_delta), jnp.where(better, loss, best_loss)
 
   def one_restart(r, carry):
-    best, bad = carry
+    best, zero, bad = carry
     delta = jnp.zeros_like(x)
     if random_start:
       delta = random_init(jax.random.fold_in(key, r), x, eps, norm)
     delta = _clip_to_bounds(x, project(delta, eps, norm), bounds)
 
-    def step(_, carry):
-      delta, best, bad = carry
+    def step(i, carry):
+      delta, best, zero, bad = carry
       loss, g = per_ex_loss_and_grad(x + delta)
       best = keep_best(best, delta, loss)
-      bad = bad | health.grad_flags(g)[1]
+      zero_here, bad_here = health.grad_flags(g)
+      zero = jnp.where((r == 0) & (i == 0), zero_here, zero)
       delta = delta + step_size * ascent_direction(health.finite_grad(g), norm)
-      return _clip_to_bounds(x, project(delta, eps, norm), bounds), best, bad
+      return _clip_to_bounds(x, project(delta, eps, norm), bounds), best, zero, bad | bad_here
 
-    delta, best, bad = jax.lax.fori_loop(0, steps, step, (delta, best, bad))
-    return keep_best(best, delta, loss_fn(x + delta)), bad
+    delta, best, zero, bad = jax.lax.fori_loop(0, steps, step, (delta, best, zero, bad))
+    return keep_best(best, delta, loss_fn(x + delta)), zero, bad
 
-  init = ((jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, x.dtype)),
-          jnp.zeros(x.shape[:1], bool))
-  (best_delta, _), bad = jax.lax.fori_loop(0, restarts, one_restart, init)
-  if not diagnose:
-    return x + best_delta, dict(nonfinite=bad)
-  zero, nonfinite = health.grad_flags(per_ex_loss_and_grad(x)[1])
-  return x + best_delta, dict(zero_grad=zero, nonfinite=nonfinite | bad)
+  no = jnp.zeros(x.shape[:1], bool)
+  init = ((jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, x.dtype)), no, no)
+  (best_delta, _), zero, bad = jax.lax.fori_loop(0, restarts, one_restart, init)
+  return x + best_delta, dict(zero_grad=zero, nonfinite=bad)
 
 
 def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: str,
@@ -157,8 +155,8 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: s
   finite; bounds not (lo, hi) with lo < hi; points of x outside bounds. Value
   checks run only on concrete arrays (not under ``jit``).
 
-  Warns (RuntimeWarning, outside ``jit``) when the gradient at a clean point
-  is zero or some gradient was non-finite (see ``attacks.health``).
+  Warns (RuntimeWarning, outside ``jit``) when the gradient at the first
+  start point is zero or some gradient was non-finite (``attacks.health``).
   """
   checks.norm(norm)
   steps = checks.budget(steps, 'steps')
@@ -168,14 +166,11 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: s
   checks.radius(step_size, x.shape[0], 'step_size')
   checks.bounds(bounds)
   checks.inside(x, bounds)
-  # Diagnostics cost one more gradient at x; inside jit nobody could read them.
-  diagnose = checks.concrete(x, eps, step_size)
   if not isinstance(loss_fn, jax.tree_util.Partial):
     loss_fn = jax.tree_util.Partial(loss_fn)
   x_adv, h = _pgd(loss_fn, x, eps, step_size, key, bounds, norm=norm, steps=steps,
-                  restarts=restarts, random_start=bool(random_start), diagnose=diagnose)
-  if diagnose:
-    health.warn(health.messages('pgd', h))
+                  restarts=restarts, random_start=bool(random_start))
+  health.warn(health.messages('pgd', h))  # (none inside jit: nothing can be read there)
   return x_adv
 
 

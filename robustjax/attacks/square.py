@@ -24,6 +24,7 @@ import functools
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from robustjax import checks
 from robustjax.attacks import common, health
@@ -142,7 +143,8 @@ def square(predict_fn, x, y, *, eps, norm: str, key, n_queries: int = 5000,
   keys = common.example_keys(key, index)
   x_adv, robust, queries = _square(logits_fn, x, yi, eps, keys, bounds, p_init, norm=norm,
                                    n_queries=n_queries)
-  prob, finite = health.result_check(logits_fn, x, x_adv)
+  _, prob = health.outputs(logits_fn, x)
+  finite = health.rows_finite(np.asarray(x_adv), np.asarray(logits_fn(x_adv)))
   if warn:
     health.warn(health.messages('square', dict(prob=prob)))
-  return x_adv, robust | ~finite, queries
+  return x_adv, robust | jnp.asarray(~finite), queries

@@ -190,7 +190,8 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
     # Count only points that re-check as misclassified (finite point and
     # logits), at their true distance.
     z = logits_fn(x_adv)
-    wrong = np.asarray((jnp.argmax(z, -1) != yi[idx]) & health.rows_finite(x_adv, z))[:m]
+    wrong = (np.asarray(jnp.argmax(z, -1) != yi[idx])
+             & health.rows_finite(np.asarray(x_adv), np.asarray(z)))[:m]
     true_d = np.asarray(common.norm(x_adv - xb, norm))[:m]
     dists.append(np.where(wrong & np.isfinite(np.asarray(dist)[:m]), true_d, np.inf))
     advs.append(np.asarray(x_adv)[:m])
