@@ -23,7 +23,6 @@ import numbers
 import operator
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 NORMS = ('l2', 'linf')
