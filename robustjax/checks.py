@@ -181,11 +181,10 @@ def inside(x, box, name: str = 'x'):
   """Refuses points outside ``box`` = (lo, hi) (beyond a 1e-6 relative tolerance)."""
   if box is None or not concrete(x, *box):
     return x
-  lo, hi = (np.asarray(b, np.float64) for b in box)
-  xa = np.asarray(x, np.float64)
-  out = np.maximum(np.maximum(lo - xa, xa - hi), 0.0)
-  tol = np.broadcast_to(1e-6 * (hi - lo), xa.shape[1:])
-  outside = np.any((out > tol).reshape(x.shape[0], -1), axis=-1)
+  xa = np.asarray(x).reshape(x.shape[0], -1)  # in x's dtype: no float64 copy of a data set
+  lo, hi = (np.broadcast_to(np.asarray(b, xa.dtype), x.shape[1:]).reshape(-1) for b in box)
+  out = np.maximum(np.maximum(lo - xa, xa - hi), 0)
+  outside = np.any(out > 1e-6 * (hi - lo), axis=-1)
   if outside.any():
     raise ValueError(
         f'{name}: {int(outside.sum())} of {x.shape[0]} points lie outside bounds='
