@@ -5,6 +5,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
+from robustjax import checks
+
 
 def logistic(logits: jax.Array, y: jax.Array) -> jax.Array:
   """log(1 + exp(-y f)) for scalar logits f and labels y in {-1, +1}."""
@@ -71,9 +73,11 @@ def nt_xent(z1: jax.Array, z2: jax.Array, temperature: float | jax.Array) -> jax
   s = cosine similarity. SimCLR's loss is the mean of the (2n,) result. Rows
   0..n-1 are the z1 anchors, n..2n-1 the z2 anchors, so swapping the views
   swaps the halves. With n = 1 there are no negatives and the loss is 0.
-  Invariant to positive rescaling of any embedding.
+  Invariant to positive rescaling of any embedding. ``temperature`` T must be
+  finite and > 0 (ValueError otherwise, checked when concrete).
   """
   _check_pair(z1, z2)
+  checks.temperature(temperature)
   n = z1.shape[0]
   z = _unit_rows(jnp.concatenate([z1, z2], axis=0))
   logits = z @ z.T / temperature
@@ -125,8 +129,11 @@ def instance_contrastive(z_anchor: jax.Array, z_pos: jax.Array, z_neg: jax.Array
   loss can be maximised by PGD example by example (the instance-wise attack,
   ``robustjax.attacks.instance``). The targets should carry no gradient there:
   stop them (``jax.lax.stop_gradient``) or compute them outside the attack.
+  ``temperature`` T must be finite and > 0 (ValueError otherwise, checked when
+  concrete).
   """
   _check_pair(z_anchor, z_pos, 'z_anchor', 'z_pos')
+  checks.temperature(temperature)
   if z_neg.ndim != 2 or z_neg.shape[1] != z_anchor.shape[1]:
     raise ValueError(f'z_neg must have shape (m, {z_anchor.shape[1]}), got {z_neg.shape}')
   if neg_mask is not None and neg_mask.shape != (z_anchor.shape[0], z_neg.shape[0]):

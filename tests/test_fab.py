@@ -167,15 +167,15 @@ def test_fab_never_reports_a_nan_point():
     (dict(final_search_steps=-1), 'final_search_steps'), (dict(index=jnp.arange(3)), 'index')])
 def test_fab_refuses_bad_arguments(kwargs, match):
   f, _, _, x, y = random_affine(0, D, C, N)
-  with pytest.raises(ValueError, match=match):
+  with pytest.raises((ValueError, TypeError), match=f'^{match}'):
     fab(f, x, y, **kwargs)
 
 
 def test_fab_refuses_bad_labels():
   f, _, _, x, y = random_affine(0, D, C, N)
-  with pytest.raises(ValueError, match='y must be integer labels in'):
+  with pytest.raises(ValueError, match=r'^y: class labels must be integers in \[0, '):
     fab(f, x, y.at[0].set(C))
-  with pytest.raises(TypeError, match='x must be a floating'):
+  with pytest.raises(TypeError, match='^x: dtype int32 is not floating'):
     fab(f, x.astype(jnp.int32), y)
 
 

@@ -167,5 +167,5 @@ def test_simple_l2_update_is_kept_and_the_choice_checked(affine):
   assert float(jnp.linalg.norm(x_adv - x, axis=-1).max()) <= eps * (1 + 1e-5)
   np.testing.assert_array_equal(np.asarray(jnp.argmax(f(x_adv), -1) != y), ~np.asarray(robust))
   assert np.asarray(robust).mean() >= (exact > eps).mean()
-  with pytest.raises(ValueError, match="l2_update must be one of \\('published', 'simple'\\)"):
+  with pytest.raises(ValueError, match="^l2_update: must be one of \\('published', 'simple'\\)"):
     square(f, x, y, eps=eps, norm='l2', key=jax.random.PRNGKey(0), l2_update='paper')

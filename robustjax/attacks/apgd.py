@@ -11,7 +11,11 @@ sign.
 
 Per example the attack keeps the best iterate by loss (for the restarts) and
 any misclassified iterate (the answer); random starts come from per-example
-keys, so a point's result does not depend on the rest of its batch.
+keys, so a point's result does not depend on the rest of its batch. An
+iterate whose point or logits are not finite is never counted as
+misclassified, nan / inf gradient entries are set to 0, and the attack reports
+(:func:`apgd_with_health`) or warns (:func:`apgd`) about probability-like
+outputs and zero or non-finite gradients (``attacks.health``).
 
 DLR needs 3 classes, targeted DLR 4 (its denominator uses the 3rd and 4th
 largest logits). With fewer classes :func:`resolve_loss` swaps in the margin
@@ -26,7 +30,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from robustjax.attacks import common
+from robustjax import checks
+from robustjax.attacks import common, health
 from robustjax.attacks.pgd import ascent_direction, project
 
 LOSSES = ('ce', 'dlr', 'dlr-t', 'margin', 'margin-t')
@@ -100,26 +105,38 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
       jnp.array(windows, jnp.float32))
 
   def evaluate(xa):
+    """(loss, gradient with nan / inf set to 0, not adversarial, (gradient zero,
+    gradient had nan / inf), logits)."""
     def f(xa):
       logits = logits_fn(xa)
       return loss_value(loss, logits, y, target), logits
     l, vjp, logits = jax.vjp(f, xa, has_aux=True)
-    return l, vjp(jnp.ones_like(l))[0], common.margin(logits, y) > 0
+    g = vjp(jnp.ones_like(l))[0]
+    # Misclassified only with finite logits (the iterates themselves stay
+    # finite: x is, and non-finite gradient entries are zeroed).
+    adv = (common.margin(logits, y) <= 0) & health.rows_finite(logits)
+    return l, health.finite_grad(g), ~adv, g, logits
 
   def sel(mask, a, b):
     return jnp.where(common.bview(mask, a), a, b)
 
   def one_restart(r, out):
-    adv_x, robust = out
+    adv_x, robust, zero, prob, bad = out
     rkeys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
     x0 = _project(x, x + _random_start(rkeys, x, eps, norm), eps, norm, bounds)
-    l0, g0, ok0 = evaluate(x0)
+    l0, g0, ok0, raw0, logits0 = evaluate(x0)
+    zero0, bad0 = health.grad_flags(raw0)
+    # The first start point's gradient and outputs, where AutoAttack checks them.
+    zero = jnp.where(r == 0, zero0, zero)
+    prob = jnp.where(r == 0, health.looks_like_probabilities(logits0), prob)
     adv_x = sel(robust & ~ok0, x0, adv_x)
     robust = robust & ok0
+    # A nan / inf start loss is never the best: -inf lets any finite one win.
+    l0 = jnp.where(jnp.isfinite(l0), l0, -jnp.inf)
     state = dict(x_adv=x0, x_old=x0, grad=g0, loss=l0, x_best=x0, g_best=g0, l_best=l0,
                  step=2.0 * eps_vec, n_inc=jnp.zeros_like(l0),
                  l_best_check=l0, reduced=jnp.ones(l0.shape, bool), adv_x=adv_x,
-                 robust=robust)
+                 robust=robust, bad=bad | bad0)
 
     def body(i, s):
       a = jnp.where(i == 0, 1.0, 0.75)
@@ -127,10 +144,11 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
       z = _project(x, s['x_adv'] + step * ascent_direction(s['grad'], norm), eps, norm, bounds)
       x_new = s['x_adv'] + a * (z - s['x_adv']) + (1 - a) * (s['x_adv'] - s['x_old'])
       x_new = _project(x, x_new, eps, norm, bounds)
-      l, g, ok = evaluate(x_new)
+      l, g, ok, raw, _ = evaluate(x_new)
+      bad = ~health.rows_finite(raw)
       adv_x = sel(s['robust'] & ~ok, x_new, s['adv_x'])
-      better = l > s['l_best']
-      s = dict(s, x_old=s['x_adv'], x_adv=x_new, grad=g, adv_x=adv_x,
+      better = (l > s['l_best']) & jnp.isfinite(l)
+      s = dict(s, x_old=s['x_adv'], x_adv=x_new, grad=g, adv_x=adv_x, bad=s['bad'] | bad,
                robust=s['robust'] & ok, n_inc=s['n_inc'] + (l > s['loss']), loss=l,
                x_best=sel(better, x_new, s['x_best']), g_best=sel(better, g, s['g_best']),
                l_best=jnp.where(better, l, s['l_best']))
@@ -148,10 +166,40 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
 
     s = jax.lax.fori_loop(0, n_iter, body, state)
     # Points never misclassified report their highest-loss iterate.
-    return sel(s['robust'], s['x_best'], s['adv_x']), s['robust']
+    return sel(s['robust'], s['x_best'], s['adv_x']), s['robust'], zero, prob, s['bad']
 
-  init = (x, jnp.ones(x.shape[:1], bool))
-  return jax.lax.fori_loop(0, restarts, one_restart, init)
+  no = jnp.zeros(x.shape[:1], bool)
+  init = (x, jnp.ones(x.shape[:1], bool), no, jnp.asarray(False), no)
+  x_adv, robust, zero, prob, bad = jax.lax.fori_loop(0, restarts, one_restart, init)
+  return x_adv, robust, dict(prob=prob, zero_grad=zero, nonfinite=bad)
+
+
+def apgd_with_health(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce',
+                     n_iter: int = 100, restarts: int = 1, target=None, bounds=None, index=None,
+                     rho: float = 0.75):
+  """:func:`apgd` without warnings: (x_adv, robust, loss used, note, health record)."""
+  checks.norm(norm)
+  checks.choice(loss, LOSSES, 'loss')
+  n_iter = checks.budget(n_iter, 'n_iter')
+  restarts = checks.budget(restarts, 'restarts')
+  checks.number(rho, 'rho', low=0, high=1, low_open=True)
+  logits_fn, yi, num_classes, _ = common.checked_lift(predict_fn, x, y, bounds)
+  checks.radius(eps, x.shape[0], 'eps')
+  used, note = resolve_loss(loss, num_classes)
+  if used.endswith('-t') and target is None:
+    raise ValueError(f'target: loss {loss!r} needs target classes (n,)')
+  if target is not None:
+    target = checks.batch(x, jnp.asarray(target), name_y='target')
+    checks.labels(target, binary=False, num_classes=num_classes, name='target')
+    target = target.astype(jnp.int32)
+  else:
+    target = yi
+  index = jnp.arange(x.shape[0]) if index is None else checks.batch(x, jnp.asarray(index),
+                                                                     name_y='index')
+  keys = common.example_keys(key, index)
+  x_adv, robust, h = _apgd(logits_fn, x, yi, target, eps, keys, bounds, norm=norm, loss=used,
+                           n_iter=n_iter, restarts=restarts, rho=float(rho))
+  return x_adv, robust, used, note, h
 
 
 def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int = 100,
@@ -159,34 +207,38 @@ def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int
   """Runs APGD; returns (x_adv, robust (n,) bool, loss actually used, note).
 
   Args:
-    predict_fn: batch -> logits (n, C), or scalar logits (n,) with y in {-1,+1}.
-    x, y: clean batch and labels.
-    eps: radius, scalar or (n,). norm: 'l2' or 'linf'.
+    predict_fn: batch -> logits (n, C) with y integers in [0, C), or scalar
+      logits (n,) with y in {-1, +1} (the library's binary convention).
+    x, y: clean batch (n, ...), floating, and labels (n,).
+    eps: radius >= 0, scalar or (n,). norm: 'l2' or 'linf'.
     key: PRNG key; example i draws from fold_in(key, index[i]).
     loss: 'ce', 'dlr', 'dlr-t' (needs ``target``), 'margin' or 'margin-t'.
-    n_iter: iterations per restart; restarts: independent random starts.
-    target: (n,) integer target classes for the targeted losses.
-    bounds: None or (lo, hi) input domain.
+    n_iter: iterations per restart (>= 1); restarts: independent random
+      starts (>= 1).
+    target: (n,) integer target classes in [0, C) for the targeted losses.
+    bounds: None or (lo, hi) input domain; x must lie inside it.
     index: (n,) positions of the examples in the full data set (default arange).
+    rho: the step-size test's threshold, in (0, 1].
 
-  ``robust[i]`` is False iff some iterate (start included) was misclassified;
-  ``x_adv[i]`` is then that misclassified point, inside the eps-ball.
+  ``robust[i]`` is False iff some iterate (start included) was misclassified
+  with a finite point and finite logits; ``x_adv[i]`` is then that
+  misclassified point, inside the eps-ball.
+
+  Raises ValueError / TypeError (one line naming the argument) on a bad norm,
+  loss, budget, radius, bounds, dtype, label or target (see
+  ``robustjax.checks``); points outside ``bounds`` are refused. Warns
+  (RuntimeWarning) when the outputs look like probabilities or gradients are
+  zero at the first start point or non-finite (``attacks.health``).
   """
-  if norm not in common.NORMS:
-    raise ValueError(f'norm must be one of {common.NORMS}, got {norm!r}')
-  logits_fn, yi, num_classes, _ = common.lift(predict_fn, x, y)
-  used, note = resolve_loss(loss, num_classes)
-  if used.endswith('-t') and target is None:
-    raise ValueError(f'loss {loss!r} needs target classes')
-  target = yi if target is None else jnp.asarray(target, jnp.int32)
-  index = jnp.arange(x.shape[0]) if index is None else jnp.asarray(index)
-  keys = common.example_keys(key, index)
-  x_adv, robust = _apgd(logits_fn, x, yi, target, eps, keys, bounds, norm=norm, loss=used,
-                        n_iter=int(n_iter), restarts=int(restarts), rho=float(rho))
+  x_adv, robust, used, note, h = apgd_with_health(
+      predict_fn, x, y, eps=eps, norm=norm, key=key, loss=loss, n_iter=n_iter,
+      restarts=restarts, target=target, bounds=bounds, index=index, rho=rho)
+  health.warn(health.messages(f'apgd ({used})', h))
   return x_adv, robust, used, note
 
 
 def target_classes(predict_fn, x, rank: int) -> jax.Array:
-  """The class with the ``rank``-th largest clean logit (rank 2 = runner-up)."""
+  """The class with the ``rank``-th largest clean logit (rank 2 = runner-up; rank >= 1)."""
+  rank = checks.budget(rank, 'rank')
   logits = common.multiclass(predict_fn)(x)
   return jnp.argsort(-logits, axis=-1)[:, rank - 1].astype(jnp.int32)

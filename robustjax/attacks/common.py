@@ -14,7 +14,8 @@ from typing import Callable
 import jax
 import jax.numpy as jnp
 
-from robustjax.attacks.pgd import NORMS  # noqa: F401  (re-exported for the attacks)
+from robustjax import checks
+from robustjax.checks import NORMS  # noqa: F401  (re-exported for the attacks)
 
 
 def as_partial(fn: Callable) -> jax.tree_util.Partial:
@@ -36,8 +37,16 @@ def multiclass(predict_fn: Callable) -> jax.tree_util.Partial:
 
 def is_binary(predict_fn: Callable, x: jax.Array) -> bool:
   """True when the model returns scalar logits (shape check on one example)."""
+  return output_kind(predict_fn, x)[0]
+
+
+def output_kind(predict_fn: Callable, x: jax.Array) -> tuple[bool, int]:
+  """(binary: scalar logits (n,)?, number of classes: 2 when binary, else C)."""
   out = jax.eval_shape(predict_fn, jax.ShapeDtypeStruct((1,) + x.shape[1:], x.dtype))
-  return out.ndim == 1
+  if out.ndim not in (1, 2):
+    raise ValueError(f'predict_fn: must return scalar logits (n,) or logits (n, C), got shape '
+                     f'{out.shape} for a batch of one')
+  return out.ndim == 1, 2 if out.ndim == 1 else int(out.shape[-1])
 
 
 def int_labels(y: jax.Array, binary: bool) -> jax.Array:
@@ -50,11 +59,23 @@ def int_labels(y: jax.Array, binary: bool) -> jax.Array:
 
 def lift(predict_fn: Callable, x: jax.Array, y: jax.Array):
   """(multi-class logits_fn, integer labels, number of classes, binary?)."""
-  binary = is_binary(predict_fn, x)
-  logits_fn = multiclass(predict_fn)
-  num_classes = jax.eval_shape(logits_fn, jax.ShapeDtypeStruct((1,) + x.shape[1:],
-                                                               x.dtype)).shape[-1]
-  return logits_fn, int_labels(y, binary), int(num_classes), binary
+  binary, num_classes = output_kind(predict_fn, x)
+  return multiclass(predict_fn), int_labels(y, binary), num_classes, binary
+
+
+def checked_lift(predict_fn: Callable, x: jax.Array, y, bounds=None):
+  """The entry checks of an attack on a model with labels, then :func:`lift`.
+
+  x floating, finite and inside ``bounds``; y one label per example, in the
+  library's convention for the model's output (see ``checks.labels``).
+  """
+  checks.inputs(x)
+  checks.bounds(bounds)
+  checks.inside(x, bounds)
+  y = checks.batch(x, jnp.asarray(y))
+  lifted = lift(predict_fn, x, y)
+  checks.labels(y, binary=lifted[3], num_classes=lifted[2])
+  return lifted
 
 
 def margin(logits: jax.Array, y: jax.Array) -> jax.Array:

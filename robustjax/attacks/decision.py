@@ -31,8 +31,10 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
-from robustjax.attacks import common
+from robustjax import checks
+from robustjax.attacks import common, health
 
 METHODS = ('hopskipjump', 'tangent')
 
@@ -226,16 +228,31 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
       attacks descend locally along the boundary, so from one start they can
       settle on a facet that is not the nearest one; more starts guard
       against that at C - 1 times the cost.
-  ``inf`` distance marks points with no adversarial start.
+  ``inf`` distance marks points with no adversarial start, and points whose
+  final point or logits are not finite (never counted as adversarial; a
+  warning says how many). Labels: integers in [0, C) for logits (n, C), -1 or
+  +1 for scalar logits (n,). x: floating, finite, inside ``bounds``.
+
+  Raises ValueError / TypeError (one line naming the argument) on a bad
+  method, budget (iterations, step_halvings, init_tries >= 0; init_evals,
+  max_evals, chunk >= 1), bisect_tol (in (0, 1)), starts, bounds, dtype or
+  label. Hard-label attacks see only the argmax, so probability outputs do not
+  weaken them and are not warned about.
   """
-  if method not in METHODS:
-    raise ValueError(f'method must be one of {METHODS}, got {method!r}')
-  logits_fn, yi, _, _ = common.lift(predict_fn, x, y)
+  checks.choice(method, METHODS, 'method')
+  checks.choice(starts, ('nearest', 'per_class'), 'starts')
+  iterations = checks.budget(iterations, 'iterations', minimum=0)
+  init_evals = checks.budget(init_evals, 'init_evals')
+  max_evals = checks.budget(max_evals, 'max_evals')
+  chunk = checks.budget(chunk, 'chunk')
+  step_halvings = checks.budget(step_halvings, 'step_halvings', minimum=0)
+  init_tries = checks.budget(init_tries, 'init_tries', minimum=0)
+  if bisect_tol is not None:
+    checks.number(bisect_tol, 'bisect_tol', low=0, high=1, low_open=True, high_open=True)
+  logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
   d = int(math.prod(x.shape[1:]))
   tol = bisect_tol if bisect_tol is not None else min(1.0 / (d * math.sqrt(d)), 1e-3)
   bisect_steps = max(1, int(math.ceil(math.log2(1.0 / tol))))
-  if starts not in ('nearest', 'per_class'):
-    raise ValueError(f"starts must be 'nearest' or 'per_class', got {starts!r}")
   n, num_classes = x.shape[0], logits_fn(x[:1]).shape[-1]
   run = functools.partial(
       _attack, logits_fn, method=method, iterations=int(iterations), init_evals=int(init_evals),
@@ -243,7 +260,7 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
       step_halvings=int(step_halvings), init_tries=int(init_tries))
   if starts == 'nearest' or num_classes == 2:
     x_start, have = start_points(logits_fn, x, yi, jnp.full((n,), -1, jnp.int32))
-    return run(x, yi, x_start, have, key, bounds)
+    return _finite_only(logits_fn, *run(x, yi, x_start, have, key, bounds))
   best_x, best_d, total_q = x, jnp.full((n,), jnp.inf, x.dtype), jnp.zeros((n,), jnp.int32)
   for c in range(num_classes):  # a handful of whole runs, not iterations
     cls = jnp.full((n,), c, jnp.int32)
@@ -255,7 +272,17 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
     best_x = jnp.where(common.bview(better, x), x_adv, best_x)
     best_d = jnp.where(better, dist, best_d)
     total_q = total_q + jnp.where(active, q, 0)
-  return best_x, best_d, total_q
+  return _finite_only(logits_fn, best_x, best_d, total_q)
+
+
+def _finite_only(logits_fn, x_adv, dist, queries):
+  """Distances of points whose point or logits are not finite become inf, with a warning."""
+  finite = health.rows_finite(np.asarray(x_adv), np.asarray(logits_fn(x_adv)))
+  bad = ~np.asarray(finite) & np.isfinite(np.asarray(dist))
+  if bad.any():
+    health.warn([f'decision attack: {int(bad.sum())} of {bad.size} points ended on a point with '
+                 'non-finite values or logits; counted as not found (inf)'], stacklevel=4)
+  return x_adv, jnp.where(jnp.asarray(bad), jnp.inf, dist), queries
 
 
 def hopskipjump(predict_fn, x, y, *, key, **kwargs):

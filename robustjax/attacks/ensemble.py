@@ -18,6 +18,11 @@ Attacks (names for ``attacks=``):
              counts as broken when its minimal perturbation is within eps.
              Stands in for AutoAttack's FAB-T.
   'square'   Square attack, score-based black box.
+
+Before any attack the clean outputs are tested for looking like probabilities,
+and every white-box attack reports the points whose gradient at the clean
+point is zero or whose gradients were non-finite (``attacks.health``); both
+go to the result's 'warnings' (and are warned) with the black-box check.
 """
 from __future__ import annotations
 
@@ -29,9 +34,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks import common
-from robustjax.attacks.apgd import apgd, target_classes
-from robustjax.attacks.minimal import fmn
+from robustjax import checks
+from robustjax.attacks import common, health
+from robustjax.attacks.apgd import apgd_with_health, target_classes
+from robustjax.attacks.minimal import fmn_with_health
 from robustjax.attacks.square import square
 
 ATTACKS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fmn', 'square')
@@ -46,9 +52,12 @@ def _attack_key(key, name):
 
 
 def _verify(predict_fn, x, y, x_adv, eps, norm, bounds):
-  """True where x_adv is a valid adversarial example for (x, y)."""
+  """True where x_adv is a valid adversarial example for (x, y): finite,
+  misclassified, inside the ball and the box."""
   logits_fn, yi, _, _ = common.lift(predict_fn, x, y)
-  wrong = common.margin(logits_fn(x_adv), yi) <= 0
+  logits = logits_fn(x_adv)
+  wrong = (common.margin(logits, yi) <= 0) & health.rows_finite(np.asarray(x_adv),
+                                                                np.asarray(logits))
   d = common.norm(x_adv - x, norm)
   inside = d <= eps * (1 + 1e-5) + 1e-6
   if bounds is not None:
@@ -58,22 +67,22 @@ def _verify(predict_fn, x, y, x_adv, eps, norm, bounds):
 
 
 def _run_one(name, predict_fn, xs, ys, idx, *, eps, norm, key, bounds, opts, rank=None):
-  """One attack on a (padded) sub-batch; returns (x_adv, note or None)."""
+  """One attack on a (padded) sub-batch; returns (x_adv, note or None, health record)."""
   if name in ('apgd-ce', 'apgd-dlr', 'apgd-t'):
     loss = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-t'}[name]
     target = target_classes(predict_fn, xs, rank) if name == 'apgd-t' else None
-    x_adv, _, used, note = apgd(
+    x_adv, _, used, note, h = apgd_with_health(
         predict_fn, xs, ys, eps=eps, norm=norm, key=key, loss=loss, n_iter=opts['n_iter'],
         restarts=opts['restarts'], target=target, bounds=bounds, index=idx)
-    return x_adv, note
+    return x_adv, note, h
   if name == 'fmn':
-    x_adv, _ = fmn(predict_fn, xs, ys, norm=norm, steps=opts['fmn_steps'],
-                           targets=opts['n_target_classes'], bounds=bounds)
-    return x_adv, None
+    x_adv, _, h = fmn_with_health(predict_fn, xs, ys, norm=norm, steps=opts['fmn_steps'],
+                                  targets=opts['n_target_classes'], bounds=bounds)
+    return x_adv, None, h
   if name == 'square':
     x_adv, _, _ = square(predict_fn, xs, ys, eps=eps, norm=norm, key=key,
-                                    n_queries=opts['square_queries'], bounds=bounds, index=idx)
-    return x_adv, None
+                         n_queries=opts['square_queries'], bounds=bounds, index=idx, warn=False)
+    return x_adv, None, {}
   raise ValueError(f'unknown attack {name!r}; choose from {ATTACKS}')
 
 
@@ -85,38 +94,50 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str,
   """Robust accuracy of ``predict_fn`` at radius ``eps`` under an attack cascade.
 
   Args:
-    predict_fn: batch -> logits (n, C), or scalar logits (n,) with labels in
-      {-1, +1}.
-    x, y: inputs (n, ...) and labels (n,).
-    eps: radius; norm: 'l2' or 'linf'.
+    predict_fn: batch -> logits (n, C) with labels integers in [0, C), or
+      scalar logits (n,) with labels in {-1, +1} (the library's one binary
+      convention; {0, 1} labels are refused).
+    x, y: inputs (n, ...), floating and finite, and labels (n,).
+    eps: radius, a float >= 0; norm: 'l2' or 'linf'.
     attacks: names from ``ATTACKS``, run in this order.
     key: PRNG key.
-    bounds: None or (lo, hi) input domain.
+    bounds: None or (lo, hi) input domain, lo < hi; x must lie inside it.
     n_iter, restarts: APGD budget; n_target_classes: runner-up classes for
-      'apgd-t' and 'fmn'; fmn_steps; square_queries.
-    masking_tol: share of all points the black-box attack may break after the
-      white-box ones before the evaluation warns of gradient masking.
+      'apgd-t' and 'fmn'; fmn_steps; square_queries (all integers >= 1).
+    masking_tol: share of all points (in [0, 1]) the black-box attack may
+      break after the white-box ones before the evaluation warns of gradient
+      masking.
 
   Returns a dict: 'clean_accuracy', 'robust_accuracy', 'robust' (n,) bool,
   'x_adv' (adversarial points where broken, else x), 'per_attack' (per
   attack: name, 'broken' points, robust accuracy after it, seconds), 'notes'
-  (loss substitutions, e.g. DLR -> margin for binary tasks) and 'warnings'.
+  (loss substitutions, e.g. DLR -> margin for binary tasks), 'health_warnings'
+  (probability-like outputs; zero or non-finite gradients per white-box
+  attack) and 'warnings' (those and the black-box check).
+
+  Raises ValueError / TypeError (one line naming the argument) on a bad
+  attack name, norm, radius, budget, bounds, dtype or label; points outside
+  ``bounds`` are refused. Only finite points are ever counted as adversarial.
   """
   attacks = tuple(attacks)
   for a in attacks:
-    if a not in ATTACKS:
-      raise ValueError(f'unknown attack {a!r}; choose from {ATTACKS}')
-  if norm not in common.NORMS:
-    raise ValueError(f'norm must be one of {common.NORMS}, got {norm!r}')
+    checks.choice(a, ATTACKS, 'attacks')
+  checks.norm(norm)
+  checks.radius(eps, name='eps', per_example=False)
+  opts = dict(n_iter=checks.budget(n_iter, 'n_iter'), restarts=checks.budget(restarts, 'restarts'),
+              fmn_steps=checks.budget(fmn_steps, 'fmn_steps'),
+              n_target_classes=checks.budget(n_target_classes, 'n_target_classes'),
+              square_queries=checks.budget(square_queries, 'square_queries'))
+  checks.number(masking_tol, 'masking_tol', low=0, high=1)
   x = jnp.asarray(x)
   y = jnp.asarray(y)
   n = x.shape[0]
-  logits_fn, yi, num_classes, binary = common.lift(predict_fn, x, y)
-  robust = np.array(common.margin(logits_fn(x), yi) > 0)
+  logits_fn, yi, num_classes, binary = common.checked_lift(predict_fn, x, y, bounds)
+  clean_logits, prob = health.outputs(logits_fn, x)
+  robust = np.array(common.margin(clean_logits, yi) > 0)
   clean = float(robust.mean())
   x_adv = np.array(x)
-  opts = dict(n_iter=int(n_iter), restarts=int(restarts), fmn_steps=int(fmn_steps),
-              n_target_classes=int(n_target_classes), square_queries=int(square_queries))
+  health_msgs = health.messages('predict_fn', dict(prob=prob))
   notes, per_attack = [], []
   if binary:
     notes.append('binary task: scalar logits lifted to two classes [0, f]')
@@ -124,6 +145,7 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str,
   for name in attacks:
     t0 = time.perf_counter()
     broken_here = 0
+    flags = {}  # per white-box attack: points with a zero / non-finite gradient
     ranks = [None]
     if name == 'apgd-t':
       ranks = list(range(2, min(n_target_classes, num_classes - 1) + 2))
@@ -135,10 +157,14 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str,
       xs, ys, ids = common.take_padded([x, y, jnp.arange(n)], idx, size)
       k = _attack_key(key, name) if rank is None else jax.random.fold_in(
           _attack_key(key, name), rank)
-      xa, note = _run_one(name, predict_fn, xs, ys, ids, eps=eps, norm=norm, key=k,
-                          bounds=bounds, opts=opts, rank=rank)
+      xa, note, h = _run_one(name, predict_fn, xs, ys, ids, eps=eps, norm=norm, key=k,
+                             bounds=bounds, opts=opts, rank=rank)
       if note and f'{name}: {note}' not in notes:
         notes.append(f'{name}: {note}')
+      for flag in ('zero_grad', 'nonfinite'):
+        if flag in h:
+          flags.setdefault(flag, np.zeros(n, bool))[idx] |= np.asarray(h[flag])[:idx.size]
+          flags.setdefault('attacked', np.zeros(n, bool))[idx] = True
       ok = _verify(predict_fn, xs, ys, xa, eps, norm, bounds)[:idx.size]
       xa = np.asarray(xa)[:idx.size]
       x_adv[idx[ok]] = xa[ok]
@@ -146,15 +172,34 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str,
       broken_here += int(ok.sum())
     per_attack.append(dict(name=name, broken=broken_here, robust_accuracy=float(robust.mean()),
                            seconds=time.perf_counter() - t0))
+    health_msgs += _gradient_messages(name, flags)
 
   out = dict(clean_accuracy=clean, robust_accuracy=float(robust.mean()), robust=robust,
              x_adv=x_adv, per_attack=per_attack, notes=notes, eps=float(eps), norm=norm,
-             num_points=n, warnings=[])
-  out['warnings'] = black_box_check(out, masking_tol)
+             num_points=n, health_warnings=health_msgs, warnings=[])
+  out['warnings'] = health_msgs + black_box_check(out, masking_tol)
   if warn:
     for w in out['warnings']:
       warnings.warn(w, RuntimeWarning, stacklevel=2)
   return out
+
+
+def _gradient_messages(name: str, flags: dict) -> list[str]:
+  """Gradient-masking lines for a white-box attack's zero / non-finite gradients."""
+  msgs = []
+  if 'attacked' not in flags:
+    return msgs
+  m = int(flags['attacked'].sum())
+  zero, bad = int(flags['zero_grad'].sum()), int(flags['nonfinite'].sum())
+  if zero:
+    msgs.append(f"gradient masking? white-box '{name}' found a zero gradient at its start point "
+                f'on {zero} of the {m} points it attacked: it cannot move there, so robustness '
+                'is overstated; check that the model returns logits and is differentiable')
+  if bad:
+    msgs.append(f"white-box '{name}' met non-finite gradients (nan or inf) on {bad} of the {m} "
+                'points it attacked (those entries were set to 0; non-finite points never count '
+                'as adversarial); a non-differentiable point such as sqrt at 0 is the usual cause')
+  return msgs
 
 
 def black_box_check(result: dict, tol: float) -> list[str]:

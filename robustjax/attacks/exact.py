@@ -10,6 +10,8 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 
+from robustjax import checks
+
 
 def affine_min_distance(kernel: jax.Array, bias: jax.Array, x: jax.Array, y: jax.Array,
                         norm: str = 'l2') -> jax.Array:
@@ -18,8 +20,27 @@ def affine_min_distance(kernel: jax.Array, bias: jax.Array, x: jax.Array, y: jax
   Binary scalar models f(x) = x w + b with y in {-1, +1}: pass ``kernel``
   (d,) and ``bias`` scalar; the distance is y f(x) / ||w||_q. Misclassified
   points get distance 0.
+
+  Args:
+    kernel: (d, C) or (d,); bias: (C,) or scalar; x: (n, ...) flattening to
+      (n, d), floating; y: (n,) integers in [0, C), or -1 / +1 when binary.
+    norm: 'l2' or 'linf'.
+
+  Raises ValueError / TypeError (one line naming the argument) on a bad norm,
+  shapes that do not fit, or labels outside the convention.
   """
+  checks.norm(norm)
+  checks.inputs(x)
   x = x.reshape(x.shape[0], -1)
+  if kernel.ndim not in (1, 2) or kernel.shape[0] != x.shape[1]:
+    raise ValueError(f'kernel: must have shape ({x.shape[1]},) or ({x.shape[1]}, C) for inputs '
+                     f'of {x.shape[1]} features, got {kernel.shape}')
+  want = () if kernel.ndim == 1 else (kernel.shape[1],)
+  if jnp.shape(bias) not in ((), want):
+    raise ValueError(f'bias: must have shape {want} (or be a scalar), got {jnp.shape(bias)}')
+  y = checks.batch(x, jnp.asarray(y))
+  checks.labels(y, binary=kernel.ndim == 1,
+                num_classes=None if kernel.ndim == 1 else kernel.shape[1])
   if kernel.ndim == 1:
     q = jnp.linalg.norm(kernel, ord=1 if norm == 'linf' else 2)
     return jnp.maximum(y * (x @ kernel + bias), 0.0) / q

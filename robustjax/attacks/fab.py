@@ -35,12 +35,12 @@ FAB with 5 restarts (``targets=None, restarts=5``); both with ``eps`` set.
 from __future__ import annotations
 
 import functools
-import numbers
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import checks
 from robustjax.attacks import common
 from robustjax.attacks.minimal import _loss_grad, _over_targets, _refine_along_ray
 
@@ -140,7 +140,7 @@ def _untargeted_plane(logits_fn, y, x1, norm):
 
 def _plane(logits_fn, y, target, x1, norm, targeted):
   if targeted:
-    f, g = _loss_grad(logits_fn, y, target, x1)   # f = z_t - z_y
+    f, g, _ = _loss_grad(logits_fn, y, target, x1)   # f = z_t - z_y
     return f, _flat(g)
   return _untargeted_plane(logits_fn, y, x1, norm)
 
@@ -250,66 +250,27 @@ def _fab(logits_fn, x, y, target, keys, eps, bounds, alpha_max, eta, beta, *, no
   x_adv = common.clip_to_bounds(x + delta, bounds)   # x + (p - x) can round past a bound
   dist = common.norm(x_adv - x, norm)
   ok = found & (dist <= eps)
-  return jnp.where(common.bview(ok, x), x_adv, x), jnp.where(ok, dist, jnp.inf)
+  return jnp.where(common.bview(ok, x), x_adv, x), jnp.where(ok, dist, jnp.inf), {}
 
 
-def _is_int(v) -> bool:
-  return isinstance(v, numbers.Integral) and not isinstance(v, bool)
-
-
-def _real(v) -> float:
-  """v as a float when it is a real scalar (python, numpy or 0-d array), else NaN
-  (which fails every range check)."""
-  if isinstance(v, bool) or np.ndim(v) != 0:
-    return float('nan')
-  try:
-    return float(v)
-  except (TypeError, ValueError):
-    return float('nan')
-
-
-def _check(x, y, binary, num_classes, *, norm, key, eps, steps, restarts, targets, alpha_max,
-           eta, beta, final_search_steps, refine_steps, bounds, index):
-  if norm not in common.NORMS:
-    raise ValueError(f'norm must be one of {common.NORMS}, got {norm!r}')
-  if not jnp.issubdtype(jnp.asarray(x).dtype, jnp.floating):
-    raise TypeError(f'x must be a floating-point array, got dtype {jnp.asarray(x).dtype}')
-  if jnp.ndim(y) != 1 or jnp.shape(y)[0] != jnp.shape(x)[0]:
-    raise ValueError(f'y must have shape ({jnp.shape(x)[0]},) to match x, got {jnp.shape(y)}')
-  for name, v, least in (('steps', steps, 1), ('restarts', restarts, 1),
-                         ('final_search_steps', final_search_steps, 0),
-                         ('refine_steps', refine_steps, 0)):
-    if not _is_int(v) or v < least:
-      raise ValueError(f'{name} must be an integer >= {least}, got {v!r}')
-  if targets is not None and (not _is_int(targets) or targets < 1):
-    raise ValueError(f'targets must be None (untargeted) or an integer >= 1, got {targets!r}')
-  if not 0 < _real(alpha_max) <= 1:
-    raise ValueError(f'alpha_max must be in (0, 1], got {alpha_max!r}')
-  if not 1 <= _real(eta) < np.inf:
-    raise ValueError(f'eta must be a finite number >= 1, got {eta!r}')
-  if not 0 < _real(beta) <= 1:
-    raise ValueError(f'beta must be in (0, 1], got {beta!r}')
-  if eps is not None and not 0 < _real(eps) < np.inf:
-    raise ValueError(f'eps must be None or a finite number > 0, got {eps!r}')
+def _check(x, key, *, eps, steps, restarts, targets, alpha_max, eta, beta,
+           final_search_steps, refine_steps, index):
+  """FAB's own arguments (x, y and bounds go through ``common.checked_lift``)."""
+  steps = checks.budget(steps, 'steps')
+  restarts = checks.budget(restarts, 'restarts')
+  final_search_steps = checks.budget(final_search_steps, 'final_search_steps', minimum=0)
+  refine_steps = checks.budget(refine_steps, 'refine_steps', minimum=0)
+  targets = checks.optional_budget(targets, 'targets')
+  checks.number(alpha_max, 'alpha_max', low=0, high=1, low_open=True)
+  checks.number(eta, 'eta', low=1)
+  checks.number(beta, 'beta', low=0, high=1, low_open=True)
+  if eps is not None:
+    checks.positive(eps, 'eps')
   if restarts > 1 and key is None:
-    raise ValueError('key must be a PRNG key when restarts > 1 (the random starts)')
-  if bounds is not None:
-    if not (isinstance(bounds, (tuple, list)) and len(bounds) == 2):
-      raise ValueError(f'bounds must be None or a pair (lo, hi), got {bounds!r}')
-    if np.any(np.asarray(bounds[0]) >= np.asarray(bounds[1])):
-      raise ValueError(f'bounds must have lo < hi, got {bounds!r}')
-  if index is not None and jnp.shape(index) != (jnp.shape(x)[0],):
-    raise ValueError(f'index must have shape ({jnp.shape(x)[0]},), got {jnp.shape(index)}')
-  try:
-    yv = np.asarray(y)
-  except jax.errors.TracerArrayConversionError:
-    return   # labels under a trace: the range is checked by the caller
-  if binary and not np.all(np.isin(yv, (-1, 1))):
-    raise ValueError('y must be in {-1, +1} for a model with scalar logits')
-  if not binary and (not np.issubdtype(yv.dtype, np.integer) or np.any(yv < 0)
-                     or np.any(yv >= num_classes)):
-    raise ValueError(f'y must be integer labels in [0, {num_classes}), got dtype {yv.dtype}, '
-                     f'range [{yv.min() if yv.size else 0}, {yv.max() if yv.size else 0}]')
+    raise ValueError('key: a PRNG key is needed when restarts > 1 (the random starts)')
+  if index is not None:
+    checks.batch(x, jnp.asarray(index), name_y='index')
+  return steps, restarts, final_search_steps, refine_steps, targets
 
 
 def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = None,
@@ -347,11 +308,12 @@ def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = N
   misclassified points; points misclassified already report 0 and x itself.
   Raises ValueError / TypeError (one line) on bad arguments.
   """
-  logits_fn, yi, num_classes, binary = common.lift(predict_fn, x, y)
-  _check(x, y, binary, num_classes, norm=norm, key=key, eps=eps, steps=steps,
-         restarts=restarts, targets=targets, alpha_max=alpha_max, eta=eta, beta=beta,
-         final_search_steps=final_search_steps, refine_steps=refine_steps, bounds=bounds,
-         index=index)
+  checks.norm(norm)
+  logits_fn, yi, num_classes, _ = common.checked_lift(predict_fn, x, y, bounds)
+  steps, restarts, final_search_steps, refine_steps, targets = _check(
+      x, key, eps=eps, steps=steps, restarts=restarts, targets=targets, alpha_max=alpha_max,
+      eta=eta, beta=beta, final_search_steps=final_search_steps, refine_steps=refine_steps,
+      index=index)
   n = x.shape[0]
   index = jnp.arange(n) if index is None else jnp.asarray(index)
   keys = common.example_keys(jax.random.PRNGKey(0) if key is None else key, index)
@@ -365,4 +327,5 @@ def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = N
       logits_fn, xs, ys, ts, keys, eps_v, bounds, float(alpha_max), float(eta), float(beta),
       norm=norm, steps=steps, restarts=restarts, targeted=targets is not None,
       final_search_steps=final_search_steps, refine_steps=refine_steps)
-  return _over_targets(run, logits_fn, x, yi, num_classes, targets)
+  x_adv, dist, _ = _over_targets(run, logits_fn, x, yi, num_classes, targets)
+  return x_adv, dist

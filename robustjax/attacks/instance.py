@@ -27,7 +27,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from robustjax import losses
+from robustjax import checks, losses
 from robustjax.attacks.common import as_partial
 from robustjax.attacks.pgd import PGDSpec
 
@@ -49,7 +49,9 @@ def instance_loss_fn(embed_fn: Callable, x: jax.Array, x_pos: jax.Array,
   Targets, computed once from the clean batch and gradient-stopped: example
   i's positive is embed(x_pos)_i, its negatives are embed(x)_j and
   embed(x_pos)_j for every j != i (the 2n - 2 negatives of NT-Xent).
+  ``temperature`` > 0 (ValueError otherwise, checked when concrete).
   """
+  checks.temperature(temperature)
   embed_fn = as_partial(embed_fn)
   n = x.shape[0]
   z = jax.lax.stop_gradient(_flat_embed(embed_fn, x))
@@ -83,13 +85,22 @@ def instance_attack(embed_fn: Callable, x: jax.Array, x_pos: jax.Array, key: che
     spec: the PGD attack (radius, norm, steps, step size, restarts).
     bounds: None or (lo, hi), the input domain, e.g. (0., 1.).
     temperature: NT-Xent temperature T (> 0); RoCL and SimCLR on CIFAR use 0.5.
+
+  Raises ValueError / TypeError (one line naming the argument) when spec is
+  not a PGDSpec, x / x_pos are not floating batches of one shape (or, when
+  concrete, not finite or outside bounds), bounds are not (lo, hi) with
+  lo < hi, or the temperature is not > 0. (The spec checks its own radius,
+  norm and budgets when it is made.)
   """
   if not isinstance(spec, PGDSpec):
-    raise ValueError(f'spec must be a PGDSpec, got {type(spec).__name__}')
-  if x.shape != x_pos.shape or x.ndim < 2:
-    raise ValueError(f'x and x_pos must have the same shape (n, ...), got {x.shape} and '
-                     f'{x_pos.shape}')
-  if isinstance(temperature, (int, float)) and not temperature > 0:
-    raise ValueError(f'temperature must be > 0, got {temperature}')
+    raise TypeError(f'spec: must be a PGDSpec, got {type(spec).__name__}')
+  checks.inputs(x)
+  checks.inputs(x_pos, 'x_pos')
+  if x.shape != x_pos.shape:
+    raise ValueError(f'x_pos: must have the shape of x {x.shape}, got {x_pos.shape}')
+  checks.bounds(bounds)
+  checks.inside(x, bounds)
+  checks.inside(x_pos, bounds, 'x_pos')
+  checks.temperature(temperature)
   return _instance_attack(as_partial(embed_fn), x, x_pos, key, bounds,
                           jnp.asarray(temperature, x.dtype), spec=spec)

@@ -12,6 +12,13 @@ below the clean one when ``random_start=False``.
 
 Random start: linf draws uniformly from the cube; l2 draws uniformly from the
 ball (Gaussian direction, radius ``eps * U^(1/n)`` with n the input size).
+
+Non-finite values: gradient entries that are nan or inf are set to 0 (the step
+uses the rest), and an iterate whose loss is not finite never becomes the best
+one, so the returned points are finite. Called outside ``jit``, the attack
+warns (``robustjax.attacks.health``) about points whose gradient at the start
+point (the first restart's; x itself without a random start) is zero, as
+AutoAttack checks it, or whose gradients were non-finite.
 """
 from __future__ import annotations
 
@@ -23,7 +30,9 @@ import chex
 import jax
 import jax.numpy as jnp
 
-NORMS = ('l2', 'linf')
+from robustjax import checks
+from robustjax.attacks import health
+from robustjax.checks import NORMS  # noqa: F401  (the norms, as the stages import them)
 
 
 def _per_example(v: jax.Array, x: jax.Array) -> jax.Array:
@@ -77,6 +86,9 @@ def _clip_to_bounds(x, delta, bounds):
 
 @functools.partial(jax.jit, static_argnames=('norm', 'steps', 'restarts', 'random_start'))
 def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, random_start):
+  """(x_adv, health): (n,) bool 'zero_grad' (the gradient at the first start
+  point is zero, as AutoAttack checks it) and 'nonfinite' (some gradient had
+  nan / inf entries). Unused outputs cost nothing inside a caller's jit."""
   eps = _per_example(eps, x)
   step_size = _per_example(step_size, x)
 
@@ -87,29 +99,33 @@ def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, rand
 
   def keep_best(best, delta, loss):
     best_delta, best_loss = best
-    better = loss > best_loss
+    better = (loss > best_loss) & jnp.isfinite(loss)  # a nan / inf loss is never the best
     mask = better.reshape(better.shape + (1,) * (x.ndim - 1))
     return jnp.where(mask, delta, best_delta), jnp.where(better, loss, best_loss)
 
-  def one_restart(r, best):
+  def one_restart(r, carry):
+    best, zero, bad = carry
     delta = jnp.zeros_like(x)
     if random_start:
       delta = random_init(jax.random.fold_in(key, r), x, eps, norm)
     delta = _clip_to_bounds(x, project(delta, eps, norm), bounds)
 
-    def step(_, carry):
-      delta, best = carry
+    def step(i, carry):
+      delta, best, zero, bad = carry
       loss, g = per_ex_loss_and_grad(x + delta)
       best = keep_best(best, delta, loss)
-      delta = delta + step_size * ascent_direction(g, norm)
-      return _clip_to_bounds(x, project(delta, eps, norm), bounds), best
+      zero_here, bad_here = health.grad_flags(g)
+      zero = jnp.where((r == 0) & (i == 0), zero_here, zero)
+      delta = delta + step_size * ascent_direction(health.finite_grad(g), norm)
+      return _clip_to_bounds(x, project(delta, eps, norm), bounds), best, zero, bad | bad_here
 
-    delta, best = jax.lax.fori_loop(0, steps, step, (delta, best))
-    return keep_best(best, delta, loss_fn(x + delta))
+    delta, best, zero, bad = jax.lax.fori_loop(0, steps, step, (delta, best, zero, bad))
+    return keep_best(best, delta, loss_fn(x + delta)), zero, bad
 
-  init = (jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, x.dtype))
-  best_delta, _ = jax.lax.fori_loop(0, restarts, one_restart, init)
-  return x + best_delta
+  no = jnp.zeros(x.shape[:1], bool)
+  init = ((jnp.zeros_like(x), jnp.full(x.shape[:1], -jnp.inf, x.dtype)), no, no)
+  (best_delta, _), zero, bad = jax.lax.fori_loop(0, restarts, one_restart, init)
+  return x + best_delta, dict(zero_grad=zero, nonfinite=bad)
 
 
 def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: str,
@@ -129,16 +145,33 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: s
     key: PRNG key for the random starts.
     random_start: start uniformly in the ball (see module doc) or at x.
     restarts: independent starts; the best per example is returned.
-    bounds: None or (lo, hi) input domain, e.g. (0., 1.) for images.
+    bounds: None or (lo, hi) input domain, e.g. (0., 1.) for images; x must
+      lie inside it.
+
+  Raises ValueError / TypeError (one line naming the argument) for: a norm
+  other than 'l2' / 'linf'; steps or restarts not integers >= 1; eps or
+  step_size negative, non-finite or not of shape () / (n,); x not floating
+  (e.g. uint8 images: convert with ``x.astype(jnp.float32) / 255``) or not
+  finite; bounds not (lo, hi) with lo < hi; points of x outside bounds. Value
+  checks run only on concrete arrays (not under ``jit``).
+
+  Warns (RuntimeWarning, outside ``jit``) when the gradient at the first
+  start point is zero or some gradient was non-finite (``attacks.health``).
   """
-  if norm not in NORMS:
-    raise ValueError(f'norm must be one of {NORMS}, got {norm!r}')
-  if int(steps) < 1 or int(restarts) < 1:
-    raise ValueError(f'steps and restarts must be >= 1, got {steps}, {restarts}')
+  checks.norm(norm)
+  steps = checks.budget(steps, 'steps')
+  restarts = checks.budget(restarts, 'restarts')
+  checks.inputs(x)
+  checks.radius(eps, x.shape[0], 'eps')
+  checks.radius(step_size, x.shape[0], 'step_size')
+  checks.bounds(bounds)
+  checks.inside(x, bounds)
   if not isinstance(loss_fn, jax.tree_util.Partial):
     loss_fn = jax.tree_util.Partial(loss_fn)
-  return _pgd(loss_fn, x, eps, step_size, key, bounds, norm=norm, steps=int(steps),
-              restarts=int(restarts), random_start=bool(random_start))
+  x_adv, h = _pgd(loss_fn, x, eps, step_size, key, bounds, norm=norm, steps=steps,
+                  restarts=restarts, random_start=bool(random_start))
+  health.warn(health.messages('pgd', h))  # (none inside jit: nothing can be read there)
+  return x_adv
 
 
 @dataclasses.dataclass(frozen=True)
@@ -153,6 +186,14 @@ class PGDSpec:
   rel_step_size: float = 0.25  # step = rel_step_size * eps (Madry: 2.5 / steps)
   restarts: int = 1
   random_start: bool = True
+
+  def __post_init__(self):
+    # Refused at construction, before a training step closes over the spec.
+    checks.radius(self.eps, name='eps', per_example=False)
+    checks.norm(self.norm)
+    checks.budget(self.steps, 'steps')
+    checks.number(self.rel_step_size, 'rel_step_size', low=0)
+    checks.budget(self.restarts, 'restarts')
 
   @classmethod
   def from_config(cls, cfg) -> 'PGDSpec':

@@ -54,7 +54,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax.attacks import common
+from robustjax import checks
+from robustjax.attacks import common, health
 from robustjax.attacks.pgd import project
 
 _P_SCHEDULE = (10, 50, 200, 500, 1000, 2000, 4000, 6000, 8000)
@@ -271,21 +272,37 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries, l2_u
 
 
 def square(predict_fn, x, y, *, eps, norm: str, key, n_queries: int = 5000,
-           p_init: float = 0.8, bounds=None, index=None, l2_update: str = 'published'):
+           p_init: float = 0.8, bounds=None, index=None, l2_update: str = 'published',
+           warn: bool = True):
   """Runs the Square attack; returns (x_adv, robust (n,) bool, queries (n,)).
 
-  ``p_init`` 0.8 is AutoAttack's choice. ``index`` gives each example's
-  position in the full data set for its random draws (default arange).
+  ``predict_fn`` returns logits (n, C) with y integers in [0, C), or scalar
+  logits (n,) with y in {-1, +1}. ``eps`` >= 0, scalar or (n,);
+  ``n_queries`` >= 1; ``p_init`` in (0, 1], 0.8 is AutoAttack's choice.
+  ``index`` gives each example's position in the full data set for its random
+  draws (default arange). x must be floating, finite and inside ``bounds``.
   ``l2_update`` (l2 only): 'published' (the paper's and AutoAttack's, see
   the module docstring) or 'simple' (robustjax's earlier update, see
   ``L2_UPDATES``).
+
+  A point is reported broken only if its returned point and logits are
+  finite. Raises ValueError / TypeError (one line naming the argument) on bad
+  input (``robustjax.checks``); with ``warn`` a RuntimeWarning flags outputs
+  that look like probabilities (a saturated softmax gives Square a flat score).
   """
-  if norm not in common.NORMS:
-    raise ValueError(f'norm must be one of {common.NORMS}, got {norm!r}')
-  if l2_update not in L2_UPDATES:
-    raise ValueError(f'l2_update must be one of {tuple(L2_UPDATES)}, got {l2_update!r}')
-  logits_fn, yi, _, _ = common.lift(predict_fn, x, y)
-  index = jnp.arange(x.shape[0]) if index is None else jnp.asarray(index)
+  checks.norm(norm)
+  checks.choice(l2_update, tuple(L2_UPDATES), 'l2_update')
+  n_queries = checks.budget(n_queries, 'n_queries')
+  checks.number(p_init, 'p_init', low=0, high=1, low_open=True)
+  logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
+  checks.radius(eps, x.shape[0], 'eps')
+  index = jnp.arange(x.shape[0]) if index is None else checks.batch(x, jnp.asarray(index),
+                                                                     name_y='index')
   keys = common.example_keys(key, index)
-  return _square(logits_fn, x, yi, eps, keys, bounds, p_init, norm=norm,
-                 n_queries=int(n_queries), l2_update=l2_update)
+  x_adv, robust, queries = _square(logits_fn, x, yi, eps, keys, bounds, p_init, norm=norm,
+                                   n_queries=n_queries, l2_update=l2_update)
+  _, prob = health.outputs(logits_fn, x)
+  finite = health.rows_finite(np.asarray(x_adv), np.asarray(logits_fn(x_adv)))
+  if warn:
+    health.warn(health.messages('square', dict(prob=prob)))
+  return x_adv, robust | jnp.asarray(~finite), queries

@@ -1,5 +1,11 @@
 """Clean and robust accuracy under PGD at a list of radii; adversarial distances;
-robustness curves under the attack ensemble with gradient-masking checks."""
+robustness curves under the attack ensemble with gradient-masking checks.
+
+Label conventions, the same across the library: multi-class logits (n, C)
+with integer labels in [0, C); binary scalar logits (n,) with labels in
+{-1, +1} (the margin is y f, as ``losses.margin``); anything else, e.g. {0, 1}
+labels with scalar logits, is refused with one line (``robustjax.checks``).
+"""
 from __future__ import annotations
 
 import warnings
@@ -10,33 +16,80 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from robustjax import losses
-from robustjax.attacks import common, decision, minimal, pgd
+from robustjax import checks, losses
+from robustjax.attacks import common, decision, health, minimal, pgd
 from robustjax.attacks.ensemble import black_box_check, evaluate_robust_accuracy
 
 
+def _check_outputs(logits, y, name: str = 'logits'):
+  if logits.ndim not in (1, 2):
+    raise ValueError(f'{name}: must be scalar logits (n,) or logits (n, C), got shape '
+                     f'{logits.shape}')
+  y = checks.batch(logits, y)
+  checks.labels(y, binary=logits.ndim == 1,
+                num_classes=None if logits.ndim == 1 else logits.shape[-1])
+  return y
+
+
 def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
+  """Share of correct predictions: margin > 0 (``losses.margin``), a scalar.
+
+  logits (n, C) with y integers in [0, C), or scalar logits (n,) with y in
+  {-1, +1}; other labels ({0, 1} with scalar logits) raise ValueError.
+  Non-finite logits count as wrong.
+  """
+  y = _check_outputs(logits, y)
   return jnp.mean(losses.margin(logits, y) > 0)
 
 
 def robust_accuracy(logit_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
-                    *, eps: Sequence[float], norm: str, steps: int, step_size: float,
+                    *, eps: float | Sequence[float], norm: str, steps: int, step_size: float,
                     restarts: int, key: chex.PRNGKey, bounds=None) -> jax.Array:
-  """Accuracy under PGD on the negative margin at each eps, shape (len(eps),).
+  """Accuracy under PGD on the negative margin at each eps.
 
-  The step size is relative: each radius uses ``step_size * eps``. The attack
-  maximises the negative margin (CW-style), so the best iterate kept per
-  example is the most misclassified one. eps = 0 gives the clean accuracy.
+  Args:
+    logit_fn: batch -> logits (n, C) with y integers in [0, C), or scalar
+      logits (n,) with y in {-1, +1}.
+    x: clean batch (n, ...), floating, finite, inside ``bounds``; y: (n,).
+    eps: one radius (float >= 0): a scalar result; or a sequence of radii:
+      shape (len(eps),).
+    norm: 'l2' or 'linf'; steps, restarts: integers >= 1.
+    step_size: relative: each radius uses ``step_size * eps`` (>= 0).
+    key: PRNG key; bounds: None or (lo, hi).
+
+  The attack maximises the negative margin (CW-style), so the best iterate
+  kept per example is the most misclassified one. A point counts as robust
+  when it is correctly classified and PGD found no misclassified point with
+  finite values and logits in its ball; eps = 0 gives the clean accuracy.
+  Raises ValueError / TypeError (one line naming the argument) on bad input;
+  outside ``jit`` warns when the outputs look like probabilities.
   """
+  eps_list, is_seq = checks.radii(eps)
+  checks.norm(norm)
+  steps = checks.budget(steps, 'steps')
+  restarts = checks.budget(restarts, 'restarts')
+  checks.number(step_size, 'step_size', low=0, what=' (relative to eps)')
+  checks.inputs(x)
+  checks.bounds(bounds)
+  checks.inside(x, bounds)
+  y = checks.batch(x, jnp.asarray(y))
   if not isinstance(logit_fn, jax.tree_util.Partial):
     logit_fn = jax.tree_util.Partial(logit_fn)
+  binary, num_classes = common.output_kind(logit_fn, x)
+  checks.labels(y, binary=binary, num_classes=num_classes)
+  clean_logits, prob = health.outputs(logit_fn, x)
+  if checks.concrete(prob):
+    health.warn(health.messages('robust_accuracy', dict(prob=prob)), stacklevel=3)
+  correct = losses.margin(clean_logits, y) > 0
   attack_loss = jax.tree_util.Partial(_neg_margin, logit_fn, y)
   accs = []
-  for i, e in enumerate(eps):
+  for i, e in enumerate(eps_list):
     x_adv = pgd(attack_loss, x, eps=e, norm=norm, steps=steps, step_size=step_size * e,
                 key=jax.random.fold_in(key, i), restarts=restarts, bounds=bounds)
-    accs.append(accuracy(logit_fn(x_adv), y))
-  return jnp.stack(accs)
+    z = logit_fn(x_adv)
+    broken = (losses.margin(z, y) <= 0) & health.rows_finite(x_adv, z)
+    accs.append(jnp.mean(correct & ~broken))
+  return jnp.stack(accs) if is_seq else accs[0]
 
 
 def _neg_margin(logit_fn, y, x):
@@ -92,21 +145,33 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
       ``attacks.decision_attack`` (e.g. norm='linf', iterations=40).
 
   Returns a dict: 'distances' (n_correct,) with ``inf`` where the attack found
-  nothing (or its point did not re-check as misclassified), 'indices' into
-  ``x``, 'queries' (per point, hard-label methods; else None), 'x_adv',
-  'method' (the attack actually run) and 'summary' (:func:`distance_summary`).
+  nothing (or its point did not re-check as misclassified with finite values
+  and logits), 'indices' into ``x``, 'queries' (per point, hard-label methods;
+  else None), 'x_adv', 'method' (the attack actually run) and 'summary'
+  (:func:`distance_summary`).
+
+  Raises ValueError / TypeError (one line naming the argument) on a bad
+  method, max_points / batch_size (integers >= 1 or None), bounds, dtype or
+  label (the attacks check their own options); points outside ``bounds`` are
+  refused. For the gradient-based methods, warns when the outputs look like
+  probabilities (hard-label methods see only the argmax, which they do not
+  change).
   """
-  if method not in DISTANCE_METHODS:
-    raise ValueError(f'method must be one of {DISTANCE_METHODS}, got {method!r}')
+  checks.choice(method, DISTANCE_METHODS, 'method')
+  max_points = checks.optional_budget(max_points, 'max_points')
+  batch_size = checks.optional_budget(batch_size, 'batch_size')
   x = jnp.asarray(x)
   y = jnp.asarray(y)
-  logits_fn, yi, _, _ = common.lift(predict_fn, x, y)
-  correct = np.asarray(common.margin(logits_fn(x), yi) > 0)
+  logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
+  clean_logits, prob = health.outputs(logits_fn, x)
+  if method in ('fmn', 'ddn', 'bisection'):
+    health.warn(health.messages('adversarial_distance', dict(prob=prob)), stacklevel=3)
+  correct = np.asarray(common.margin(clean_logits, yi) > 0)
   indices = np.nonzero(correct)[0]
   if max_points is not None:
-    indices = indices[:int(max_points)]
-  norm = method_kwargs.get('norm', 'l2')
-  bs = max(len(indices), 1) if batch_size is None else int(batch_size)
+    indices = indices[:max_points]
+  norm = checks.norm(method_kwargs.get('norm', 'l2'))
+  bs = max(len(indices), 1) if batch_size is None else batch_size
   dists, queries, advs = [], [], []
   for b, start in enumerate(range(0, len(indices), bs)):
     idx = indices[start:start + bs]
@@ -117,10 +182,16 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
       # start from them.)
       idx = np.concatenate([idx, np.full(bs - m, idx[0])])
     xb, yb = x[idx], y[idx]
-    x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb,
-                                          jax.random.fold_in(key, b), bounds, method_kwargs)
-    # Count only points that re-check as misclassified, at their true distance.
-    wrong = np.asarray(jnp.argmax(logits_fn(x_adv), -1) != yi[idx])[:m]
+    with warnings.catch_warnings():
+      # Said once above, not once per batch.
+      warnings.filterwarnings('ignore', message='.*look like probabilities')
+      x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb,
+                                            jax.random.fold_in(key, b), bounds, method_kwargs)
+    # Count only points that re-check as misclassified (finite point and
+    # logits), at their true distance.
+    z = logits_fn(x_adv)
+    wrong = (np.asarray(jnp.argmax(z, -1) != yi[idx])
+             & health.rows_finite(np.asarray(x_adv), np.asarray(z)))[:m]
     true_d = np.asarray(common.norm(x_adv - xb, norm))[:m]
     dists.append(np.where(wrong & np.isfinite(np.asarray(dist)[:m]), true_d, np.inf))
     advs.append(np.asarray(x_adv)[:m])
@@ -138,12 +209,22 @@ def compare_distances(white_box, hard_label, *, tol: float = 0.0, max_share: flo
                       warn: bool = True) -> dict:
   """Flags a weak white-box attack: its distance should not exceed the hard-label one.
 
-  Both arrays are per point (same points, same order). Returns the share and
-  positions of points where ``white > hard * (1 + tol)`` and whether that share
-  is above ``max_share`` (then a warning is issued).
+  Both arrays are per point (same points, same order), distances >= 0 with
+  ``inf`` for failures; nan or negative values, different shapes, tol < 0 or
+  max_share outside [0, 1] raise ValueError. Returns the share and positions
+  of points where ``white > hard * (1 + tol)`` and whether that share is above
+  ``max_share`` (then a warning is issued).
   """
   w = np.asarray(white_box, np.float64)
   h = np.asarray(hard_label, np.float64)
+  for name, d in (('white_box', w), ('hard_label', h)):
+    if d.ndim != 1 or np.any(np.isnan(d)) or np.any(d < 0):
+      raise ValueError(f'{name}: must be distances (n,) >= 0 (inf for failures), got shape '
+                       f'{d.shape}{" with nan or negative values" if d.ndim == 1 else ""}')
+  if w.shape != h.shape:
+    raise ValueError(f'hard_label: must have the shape of white_box {w.shape}, got {h.shape}')
+  checks.number(tol, 'tol', low=0)
+  checks.number(max_share, 'max_share', low=0, high=1)
   larger = w > h * (1.0 + tol)
   share = float(larger.mean()) if larger.size else 0.0
   flagged = share > max_share
@@ -164,7 +245,9 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
   - accuracy must not increase with eps (beyond ``monotone_tol``);
   - at the large radius accuracy must be <= ``zero_tol`` (~0);
   - black-box attacks must not break more than ``masking_tol`` of the points
-    the white-box ones left robust (from each eps's ensemble record).
+    the white-box ones left robust (from each eps's ensemble record), whose
+    'health_warnings' (probability-like outputs, zero or non-finite gradients
+    of the white-box attacks) are passed on too.
   """
   msgs = []
   eps = np.asarray(eps, np.float64)
@@ -178,6 +261,7 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
     msgs.append(f'gradient masking? accuracy {large_eps_accuracy:.4f} at a large eps does not '
                 f'reach ~0 (tolerance {zero_tol:g})')
   for rec in per_eps or ():
+    msgs.extend(m for m in rec.get('health_warnings', []) if m not in msgs)
     msgs.extend(black_box_check(rec, masking_tol))
   return msgs
 
@@ -194,8 +278,21 @@ def robustness_curve(predict_fn: Callable, x, y, *, eps: Sequence[float], norm: 
   'large_eps', 'large_eps_accuracy', 'per_eps' (the ensemble dicts without
   their adversarial points), 'warnings'}; warnings are also issued. With
   ``plot_path`` the curve is also saved there as a PNG.
+
+  ``eps``: a sequence of radii >= 0; ``large_eps`` >= 0 or None; the
+  tolerances in [0, 1] (monotone_tol >= 0); other arguments as in
+  ``evaluate_robust_accuracy``, which checks them. Bad values raise
+  ValueError / TypeError with one line naming the argument.
   """
+  eps, is_seq = checks.radii(eps)
+  if not is_seq:
+    raise ValueError(f'eps: must be a sequence of radii for a curve, got {eps[0]!r}')
   eps = [float(e) for e in eps]
+  if large_eps is not None:
+    checks.radius(large_eps, name='large_eps', per_example=False)
+  checks.number(zero_tol, 'zero_tol', low=0, high=1)
+  checks.number(masking_tol, 'masking_tol', low=0, high=1)
+  checks.number(monotone_tol, 'monotone_tol', low=0)
   per_eps = []
   for e in eps:
     r = evaluate_robust_accuracy(predict_fn, x, y, eps=e, norm=norm, key=key, warn=False,
