@@ -18,10 +18,14 @@ circle's point nearest to x's direction is used. Then bisection as above.
 
 Both start from the nearest other example in the batch that the model labels
 differently (its label is already known: no query), else from Gaussian noise
-of doubling scale around x, and bisect to the boundary first. Bisection stops
-at a relative tolerance min(theta, 1e-3) of the segment, and the points kept
-are always on the adversarial side, so each distance is an upper bound on the
-true one. Batched over examples; the Monte-Carlo probes run in fixed-size
+of doubling scale around x, and bisect to the boundary first. ``starts=
+'gaussian'`` is the start of Paper B's authors (Pehlevan-Group/rep-spectral,
+src/adversarial/black_box.py, ``_initialize``): x + N(0, start_std^2) per
+coordinate, clamped to ``bounds``, redrawn (one query per draw) until
+misclassified or ``start_tries`` draws are spent, then the nearest-other-label
+start above. Bisection stops at a relative tolerance min(theta, 1e-3) of the
+segment, and the points kept are always on the adversarial side, so each
+distance is an upper bound on the true one. Batched over examples; the Monte-Carlo probes run in fixed-size
 chunks inside lax loops so memory stays n x chunk x d.
 """
 from __future__ import annotations
@@ -35,6 +39,7 @@ import jax.numpy as jnp
 from robustjax.attacks import common
 
 METHODS = ('hopskipjump', 'tangent')
+STARTS = ('nearest', 'per_class', 'gaussian')
 
 
 def _flat(x):
@@ -113,9 +118,9 @@ def _estimate_normal(oracle_many, key, x_b, delta, num_evals, chunk, bounds):
 
 @functools.partial(jax.jit, static_argnames=('method', 'iterations', 'init_evals', 'max_evals',
                                              'chunk', 'bisect_steps', 'step_halvings',
-                                             'init_tries'))
+                                             'init_tries', 'start_std', 'start_tries'))
 def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, init_evals, max_evals, chunk,
-            bisect_steps, step_halvings, init_tries):
+            bisect_steps, step_halvings, init_tries, start_std=0.0, start_tries=0):
   shape = x.shape[1:]
   n = x.shape[0]
   xf = _flat(x)
@@ -127,6 +132,9 @@ def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, 
       n, chunk)
   queries = jnp.ones((n,), jnp.int32)  # the clean label
   x_start = _flat(x_start)
+  if start_std > 0:
+    x_start, have, queries = _gaussian_starts(oracle, xf, x_start, have, queries, key, bounds,
+                                              start_std, start_tries)
 
   # Else Gaussian noise of doubling scale, one query per try while not found.
   scale0 = jnp.maximum(jnp.sqrt(jnp.mean(xf * xf)), 1e-3)
@@ -186,6 +194,27 @@ def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, 
   return best_x.reshape(x.shape), best_d, queries + found.astype(jnp.int32)
 
 
+def _gaussian_starts(oracle, xf, fallback, have_fallback, queries, key, bounds, std, tries):
+  """x + N(0, std^2) clamped, redrawn until misclassified (up to ``tries`` draws, one
+  query each per point still searching); the others keep ``fallback``."""
+  def cond(s):
+    i, _, ok, _ = s
+    return (i < tries) & ~jnp.all(ok)
+
+  def body(s):
+    i, x_s, ok, q = s
+    cand = _clip(xf + std * common.normal(jax.random.fold_in(key, 20_000 + i), xf.shape,
+                                          xf.dtype), bounds)
+    adv = oracle(cand)
+    q = q + (~ok).astype(jnp.int32)
+    take = ~ok & adv
+    return i + 1, jnp.where(take[:, None], cand, x_s), ok | adv, q
+
+  none = jnp.zeros((xf.shape[0],), bool)
+  _, x_g, found, queries = jax.lax.while_loop(cond, body, (0, xf, none, queries))
+  return jnp.where(found[:, None], x_g, fallback), found | have_fallback, queries
+
+
 def start_points(logits_fn, x, y, start_class):
   """Per example, the nearest batch point labelled ``start_class`` (any label != y
   where start_class < 0); (points (n, ...), whether one exists (n,)).
@@ -207,7 +236,8 @@ def start_points(logits_fn, x, y, start_class):
 def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iterations: int = 40,
                     init_evals: int = 100, max_evals: int = 10_000, chunk: int = 100,
                     bisect_tol: float | None = None, step_halvings: int = 20,
-                    init_tries: int = 20, starts: str = 'nearest', bounds=None):
+                    init_tries: int = 20, starts: str = 'nearest', start_std: float = 0.5,
+                    start_tries: int = 5000, bounds=None):
   """Hard-label l2 attack; returns (x_adv, distances (n,), queries (n,) int).
 
   Args:
@@ -225,7 +255,11 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
       each other class, keeping the closest result; queries add up). Hard-label
       attacks descend locally along the boundary, so from one start they can
       settle on a facet that is not the nearest one; more starts guard
-      against that at C - 1 times the cost.
+      against that at C - 1 times the cost. 'gaussian' (Paper B's authors):
+      x + N(0, start_std^2) clamped to ``bounds``, redrawn until misclassified
+      (one query per draw, at most ``start_tries`` draws), else 'nearest'.
+    start_std, start_tries: the Gaussian start's scale (input units) and
+      retry budget; used with starts='gaussian' only.
   ``inf`` distance marks points with no adversarial start.
   """
   if method not in METHODS:
@@ -234,13 +268,23 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
   d = int(math.prod(x.shape[1:]))
   tol = bisect_tol if bisect_tol is not None else min(1.0 / (d * math.sqrt(d)), 1e-3)
   bisect_steps = max(1, int(math.ceil(math.log2(1.0 / tol))))
-  if starts not in ('nearest', 'per_class'):
-    raise ValueError(f"starts must be 'nearest' or 'per_class', got {starts!r}")
+  if starts not in STARTS:
+    raise ValueError(f'starts must be one of {STARTS}, got {starts!r}')
+  if starts == 'gaussian':
+    if isinstance(start_std, bool) or not isinstance(start_std, (int, float)) or not (
+        math.isfinite(start_std) and start_std > 0):
+      raise ValueError(f'start_std must be a finite number > 0, got {start_std!r}')
+    if isinstance(start_tries, bool) or not isinstance(start_tries, int) or start_tries < 1:
+      raise ValueError(f'start_tries must be an integer >= 1, got {start_tries!r}')
   n, num_classes = x.shape[0], logits_fn(x[:1]).shape[-1]
   run = functools.partial(
       _attack, logits_fn, method=method, iterations=int(iterations), init_evals=int(init_evals),
       max_evals=int(max_evals), chunk=int(chunk), bisect_steps=bisect_steps,
       step_halvings=int(step_halvings), init_tries=int(init_tries))
+  if starts == 'gaussian':
+    x_start, have = start_points(logits_fn, x, yi, jnp.full((n,), -1, jnp.int32))
+    return run(x, yi, x_start, have, key, bounds, start_std=float(start_std),
+               start_tries=int(start_tries))
   if starts == 'nearest' or num_classes == 2:
     x_start, have = start_points(logits_fn, x, yi, jnp.full((n,), -1, jnp.int32))
     return run(x, yi, x_start, have, key, bounds)
