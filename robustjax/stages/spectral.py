@@ -308,7 +308,9 @@ def first_correct(predict_fn, x, y, n: int):
   attacks a batch of one shape and they compile once (the number of correct
   points differs from model to model). Returns (padded indices, how many are real).
   """
-  idx = np.nonzero(np.asarray(jnp.argmax(predict_fn(x), -1) == y))[0][:n]
+  # Strictly correct (margin > 0, as adversarial_distance counts them): a tie is
+  # not a point to attack, and each head's attacks and bound see the same points.
+  idx = np.nonzero(np.asarray(losses.margin(predict_fn(x), y) > 0))[0][:n]
   if idx.size == 0:
     return idx, 0
   return np.concatenate([idx, np.full(n - idx.size, idx[0])]), idx.size
