@@ -105,6 +105,7 @@ def test_bad_config_through_launch_is_one_line_exit_2(tmp_path):
   assert not os.path.exists(workdir)
 
 
+@pytest.mark.slow  # seven trainings and evaluations: ~100 s on the shared 2-core machine
 def test_digits_sweep_end_to_end(tmp_path):
   # :digits_sweep at a tiny size: one burn-in, none once, each penalised kind per lam,
   # the claim tested at each lam, and the plot against lam.
