@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 from hypothesis import given, settings
 
+from robustjax.attacks import decision
 from robustjax.attacks.decision import decision_attack, tangent_point
 from robustjax.attacks.exact import affine_min_distance
 from tests.models import affine_logits, random_affine
@@ -144,3 +145,52 @@ def test_noise_start_when_batch_has_one_class(binary):
   assert np.all(np.isfinite(np.asarray(dist)))
   assert np.all(np.asarray(dist) >= exact * (1 - 1e-4))
   assert np.max(np.asarray(dist) / exact) <= 1.05
+
+
+def test_gaussian_start_stays_in_bounds_and_is_misclassified(multiclass):
+  # The authors' start: x + N(0, std^2) clamped to the bounds, redrawn until the
+  # label changes. Inputs inside a box that cuts through the affine model's regions.
+  f, w, b, x, _ = multiclass
+  lo, hi = -1.0, 1.0
+  x = jnp.clip(x, lo, hi)
+  y = jnp.argmax(f(x), -1)
+  oracle = lambda p: jnp.argmax(f(p), -1) != y
+  q0 = jnp.ones((x.shape[0],), jnp.int32)
+  none = jnp.zeros((x.shape[0],), bool)
+  start, have, q = jax.jit(lambda k: decision._gaussian_starts(
+      oracle, x, x, none, q0, k, (lo, hi), 1.0, 500))(jax.random.PRNGKey(3))
+  start, have, q = np.asarray(start), np.asarray(have), np.asarray(q)
+  assert have.all()
+  assert start.min() >= lo and start.max() <= hi
+  assert np.all(np.asarray(jnp.argmax(f(jnp.asarray(start)), -1)) != np.asarray(y))
+  assert np.all(q >= 2) and np.any(q > 2)     # >= one draw each; some needed redraws
+  # Through the attack: with no boundary steps the result is the start's boundary point.
+  x_adv, dist, _ = decision_attack(f, x, y, method='tangent', key=jax.random.PRNGKey(3),
+                                   iterations=0, starts='gaussian', start_std=1.0,
+                                   bounds=(lo, hi))
+  x_adv = np.asarray(x_adv)
+  assert x_adv.min() >= lo and x_adv.max() <= hi
+  assert np.all(np.asarray(jnp.argmax(f(jnp.asarray(x_adv)), -1)) != np.asarray(y))
+  exact = np.asarray(affine_min_distance(w, b, x, y, 'l2'))
+  assert np.all(np.asarray(dist) >= exact * (1 - 1e-4))
+
+
+def test_gaussian_start_falls_back_to_the_nearest_point(multiclass):
+  # Draws too small to change any label: after the retry budget every point
+  # starts from the nearest differently labelled batch point, as 'nearest' does
+  # (same key for the rest of the attack), having spent one query per draw.
+  f, _, _, x, y = multiclass
+  kw = dict(method='tangent', key=jax.random.PRNGKey(5), iterations=1, init_evals=20, chunk=20)
+  _, d_near, q_near = decision_attack(f, x, y, starts='nearest', **kw)
+  _, d_g, q_g = decision_attack(f, x, y, starts='gaussian', start_std=1e-6, start_tries=3, **kw)
+  chex.assert_trees_all_close(d_g, d_near)
+  np.testing.assert_array_equal(np.asarray(q_g), np.asarray(q_near) + 3)
+
+
+@pytest.mark.parametrize('kw,match', [(dict(starts='random'), 'starts'),
+                                      (dict(starts='gaussian', start_std=0.0), 'start_std'),
+                                      (dict(starts='gaussian', start_tries=0), 'start_tries')])
+def test_bad_start_arguments_refused(multiclass, kw, match):
+  f, _, _, x, y = multiclass
+  with pytest.raises(ValueError, match=match):
+    decision_attack(f, x, y, key=jax.random.PRNGKey(0), **kw)

@@ -1,5 +1,6 @@
-"""rep / ll / none: layer choice, the penalty gradient, the schedule, and training."""
+"""rep / rep_eig_ub / ll / ll_readout / none: layer choice, the penalty gradient, the schedule, and training."""
 import functools
+import math
 
 import chex
 import jax
@@ -9,7 +10,7 @@ import optax
 import pytest
 
 from robustjax import spectral
-from robustjax.models.mlp import MLP
+from robustjax.models.mlp import ACTIVATION_SLOPES, MLP
 from robustjax.train import loop, state as state_lib
 
 MODEL = MLP(widths=(6, 5), num_classes=3)
@@ -22,6 +23,11 @@ def _params(key=0):
 def _svd_top(w):
   u, s, vt = np.linalg.svd(np.asarray(w, np.float64))
   return s[0], u[:, 0], vt[0]
+
+
+def _masked_paths(mask):
+  return {'/'.join(k.key for k in path) for path, m in jax.tree_util.tree_leaves_with_path(mask)
+          if m}
 
 
 def test_layer_choice():
@@ -38,6 +44,58 @@ def test_layer_choice():
     spectral.layer_mask(p, 'rep', layers=('hiden_0',))
   with pytest.raises(ValueError, match='kind'):
     spectral.layer_mask(p, 'all')
+
+
+@pytest.mark.parametrize('kind,paths', [
+    ('rep', {'hidden_0/kernel', 'hidden_1/kernel'}),          # hidden only
+    ('rep_eig_ub', {'hidden_0/kernel', 'hidden_1/kernel'}),   # its sigma^2 terms: as rep
+    ('ll_readout', {'readout/kernel'}),                       # the authors' 1-hidden-layer ll
+    ('ll', {'hidden_0/kernel', 'hidden_1/kernel', 'readout/kernel'}),  # every layer
+    ('none', set()),
+])
+def test_each_kind_masks_the_kernels_on_its_paths(kind, paths):
+  p = _params()
+  mask = spectral.layer_mask(p, kind, feature_layers=MODEL.feature_layers,
+                             readout_layers=(MODEL.readout_layer,))
+  assert _masked_paths(mask) == paths  # never a bias
+  if kind == 'none':
+    return  # penalize is the identity (test_none_is_identity)
+  spec = spectral.SpectralSpec(kind=kind, lam=1.0, warmup_iters=50)
+  g, _ = _one_update(spec, p, mask, 0)
+  moved = {f'{layer}/{leaf}' for layer in g for leaf in g[layer]
+           if bool(jnp.any(g[layer][leaf] != 0))}
+  assert moved == paths
+
+
+def test_ll_readout_needs_readout_layers():
+  p = _params()
+  with pytest.raises(ValueError, match='readout_layers'):
+    spectral.layer_mask(p, 'll_readout')
+  with pytest.raises(ValueError, match='no kernel'):
+    spectral.layer_mask(p, 'll_readout', readout_layers=('head',))
+
+
+def test_activation_slope_penalty_known_values_and_gradient():
+  gelu = lambda z: jax.nn.gelu(z, approximate=False)
+  s2 = float(np.sqrt(2.0))
+  peak = 0.5 * (1 + math.erf(1.0)) + s2 * math.exp(-1.0) / math.sqrt(2 * math.pi)
+  # Row maxima of gelu'(z)^2: gelu'(0) = 1/2; gelu'(sqrt 2) is the global peak.
+  z = jnp.array([[0.0, -3.0], [s2, 0.0]])
+  np.testing.assert_allclose(spectral.activation_slope_penalty([z], gelu),
+                             (0.25 + peak ** 2) / 2, rtol=1e-6)
+  np.testing.assert_allclose(ACTIVATION_SLOPES['gelu'], peak, rtol=1e-12)
+  # ReLU: row maxima of relu'^2 are 0 and 1 in z (relu'(0) = 0), 1 and 0 in -z; layers add.
+  relu = spectral.activation_slope_penalty([z, -z], jax.nn.relu)
+  np.testing.assert_allclose(relu, 0.5 + 0.5, rtol=1e-6)
+  # Differentiable in z: d/dz of gelu'(z)^2 at the row maximum (z = 0 in row 0).
+  g = jax.grad(lambda z: spectral.activation_slope_penalty([z], gelu))(z)
+  want = 2 * 0.5 * (2 / math.sqrt(2 * math.pi)) / 2   # 2 gelu' gelu'' / n_rows, gelu''(0)
+  np.testing.assert_allclose(g[0, 0], want, rtol=1e-5)
+  np.testing.assert_allclose(g[1, 0], 0.0, atol=1e-6)  # gelu''(sqrt 2) = 0
+  with pytest.raises(ValueError, match='preactivations'):
+    spectral.activation_slope_penalty([], gelu)
+  with pytest.raises(ValueError, match=r'preactivations\[0\]'):
+    spectral.activation_slope_penalty([jnp.ones(3)], gelu)
 
 
 def test_penalty_value_and_gradient_is_two_sigma_u_vT():

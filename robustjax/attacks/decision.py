@@ -18,10 +18,14 @@ circle's point nearest to x's direction is used. Then bisection as above.
 
 Both start from the nearest other example in the batch that the model labels
 differently (its label is already known: no query), else from Gaussian noise
-of doubling scale around x, and bisect to the boundary first. Bisection stops
-at a relative tolerance min(theta, 1e-3) of the segment, and the points kept
-are always on the adversarial side, so each distance is an upper bound on the
-true one. Batched over examples; the Monte-Carlo probes run in fixed-size
+of doubling scale around x, and bisect to the boundary first. ``starts=
+'gaussian'`` is the start of Paper B's authors (Pehlevan-Group/rep-spectral,
+src/adversarial/black_box.py, ``_initialize``): x + N(0, start_std^2) per
+coordinate, clamped to ``bounds``, redrawn (one query per draw) until
+misclassified or ``start_tries`` draws are spent, then the nearest-other-label
+start above. Bisection stops at a relative tolerance min(theta, 1e-3) of the
+segment, and the points kept are always on the adversarial side, so each
+distance is an upper bound on the true one. Batched over examples; the Monte-Carlo probes run in fixed-size
 chunks inside lax loops so memory stays n x chunk x d.
 """
 from __future__ import annotations
@@ -37,6 +41,7 @@ from robustjax import checks
 from robustjax.attacks import common, health
 
 METHODS = ('hopskipjump', 'tangent')
+STARTS = ('nearest', 'per_class', 'gaussian')
 
 
 def _flat(x):
@@ -115,9 +120,9 @@ def _estimate_normal(oracle_many, key, x_b, delta, num_evals, chunk, bounds):
 
 @functools.partial(jax.jit, static_argnames=('method', 'iterations', 'init_evals', 'max_evals',
                                              'chunk', 'bisect_steps', 'step_halvings',
-                                             'init_tries'))
+                                             'init_tries', 'start_std', 'start_tries'))
 def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, init_evals, max_evals, chunk,
-            bisect_steps, step_halvings, init_tries):
+            bisect_steps, step_halvings, init_tries, start_std=0.0, start_tries=0):
   shape = x.shape[1:]
   n = x.shape[0]
   xf = _flat(x)
@@ -129,6 +134,9 @@ def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, 
       n, chunk)
   queries = jnp.ones((n,), jnp.int32)  # the clean label
   x_start = _flat(x_start)
+  if start_std > 0:
+    x_start, have, queries = _gaussian_starts(oracle, xf, x_start, have, queries, key, bounds,
+                                              start_std, start_tries)
 
   # Else Gaussian noise of doubling scale, one query per try while not found.
   scale0 = jnp.maximum(jnp.sqrt(jnp.mean(xf * xf)), 1e-3)
@@ -188,6 +196,27 @@ def _attack(logits_fn, x, y, x_start, have, key, bounds, *, method, iterations, 
   return best_x.reshape(x.shape), best_d, queries + found.astype(jnp.int32)
 
 
+def _gaussian_starts(oracle, xf, fallback, have_fallback, queries, key, bounds, std, tries):
+  """x + N(0, std^2) clamped, redrawn until misclassified (up to ``tries`` draws, one
+  query each per point still searching); the others keep ``fallback``."""
+  def cond(s):
+    i, _, ok, _ = s
+    return (i < tries) & ~jnp.all(ok)
+
+  def body(s):
+    i, x_s, ok, q = s
+    cand = _clip(xf + std * common.normal(jax.random.fold_in(key, 20_000 + i), xf.shape,
+                                          xf.dtype), bounds)
+    adv = oracle(cand)
+    q = q + (~ok).astype(jnp.int32)
+    take = ~ok & adv
+    return i + 1, jnp.where(take[:, None], cand, x_s), ok | adv, q
+
+  none = jnp.zeros((xf.shape[0],), bool)
+  _, x_g, found, queries = jax.lax.while_loop(cond, body, (0, xf, none, queries))
+  return jnp.where(found[:, None], x_g, fallback), found | have_fallback, queries
+
+
 def start_points(logits_fn, x, y, start_class):
   """Per example, the nearest batch point labelled ``start_class`` (any label != y
   where start_class < 0); (points (n, ...), whether one exists (n,)).
@@ -209,7 +238,8 @@ def start_points(logits_fn, x, y, start_class):
 def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iterations: int = 40,
                     init_evals: int = 100, max_evals: int = 10_000, chunk: int = 100,
                     bisect_tol: float | None = None, step_halvings: int = 20,
-                    init_tries: int = 20, starts: str = 'nearest', bounds=None):
+                    init_tries: int = 20, starts: str = 'nearest', start_std: float = 0.5,
+                    start_tries: int = 5000, bounds=None):
   """Hard-label l2 attack; returns (x_adv, distances (n,), queries (n,) int).
 
   Args:
@@ -227,7 +257,11 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
       each other class, keeping the closest result; queries add up). Hard-label
       attacks descend locally along the boundary, so from one start they can
       settle on a facet that is not the nearest one; more starts guard
-      against that at C - 1 times the cost.
+      against that at C - 1 times the cost. 'gaussian' (Paper B's authors):
+      x + N(0, start_std^2) clamped to ``bounds``, redrawn until misclassified
+      (one query per draw, at most ``start_tries`` draws), else 'nearest'.
+    start_std, start_tries: the Gaussian start's scale (input units) and
+      retry budget; used with starts='gaussian' only.
   ``inf`` distance marks points with no adversarial start, and points whose
   final point or logits are not finite (never counted as adversarial; a
   warning says how many). Labels: integers in [0, C) for logits (n, C), -1 or
@@ -240,7 +274,7 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
   weaken them and are not warned about.
   """
   checks.choice(method, METHODS, 'method')
-  checks.choice(starts, ('nearest', 'per_class'), 'starts')
+  checks.choice(starts, STARTS, 'starts')
   iterations = checks.budget(iterations, 'iterations', minimum=0)
   init_evals = checks.budget(init_evals, 'init_evals')
   max_evals = checks.budget(max_evals, 'max_evals')
@@ -253,14 +287,19 @@ def decision_attack(predict_fn, x, y, *, method: str = 'tangent', key, iteration
   d = int(math.prod(x.shape[1:]))
   tol = bisect_tol if bisect_tol is not None else min(1.0 / (d * math.sqrt(d)), 1e-3)
   bisect_steps = max(1, int(math.ceil(math.log2(1.0 / tol))))
+  if starts == 'gaussian':
+    checks.positive(start_std, 'start_std', ' (input units)')
+    start_tries = checks.budget(start_tries, 'start_tries')
   n, num_classes = x.shape[0], logits_fn(x[:1]).shape[-1]
   run = functools.partial(
       _attack, logits_fn, method=method, iterations=int(iterations), init_evals=int(init_evals),
       max_evals=int(max_evals), chunk=int(chunk), bisect_steps=bisect_steps,
       step_halvings=int(step_halvings), init_tries=int(init_tries))
-  if starts == 'nearest' or num_classes == 2:
+  if starts != 'per_class' or num_classes == 2:
     x_start, have = start_points(logits_fn, x, yi, jnp.full((n,), -1, jnp.int32))
-    return _finite_only(logits_fn, *run(x, yi, x_start, have, key, bounds))
+    gaussian = (dict(start_std=float(start_std), start_tries=start_tries)
+                if starts == 'gaussian' else {})
+    return _finite_only(logits_fn, *run(x, yi, x_start, have, key, bounds, **gaussian))
   best_x, best_d, total_q = x, jnp.full((n,), jnp.inf, x.dtype), jnp.zeros((n,), jnp.int32)
   for c in range(num_classes):  # a handful of whole runs, not iterations
     cls = jnp.full((n,), c, jnp.int32)

@@ -5,7 +5,15 @@ Paper B's penalty is ``lam * sum_l sigma_max(W_l)^2`` (no 1/2) over
 - ``rep``: the hidden layers up to the feature map (the layers a re-fitted
   readout sees through), chosen by parameter path or by the model's own
   ``feature_layers`` names;
-- ``ll``: all layers, readout included (Yoshida & Miyato 2017 style);
+- ``rep_eig_ub``: the same sigma^2 terms plus ``lam`` times the activation-slope
+  term of the authors' ``eig-ub`` bound (their XOR runs). That term depends on
+  the batch, so it is added by the stage's loss
+  (``robustjax.spectral.eig_ub.activation_slope_penalty``); here it masks as rep;
+- ``ll``: every dense/conv kernel, readout included (Yoshida & Miyato 2017;
+  what the authors' code does for multi-layer MLPs and ResNets);
+- ``ll_readout``: the readout only, chosen by ``readout_layers``: what the
+  authors' ll code reaches in their single-hidden-layer model (its loop walks
+  the model's direct children, and the hidden layer sits in a nested block);
 - ``none``: nothing.
 
 Each sigma_max comes from power iteration with its vector carried between
@@ -44,13 +52,14 @@ import optax
 from robustjax.spectral import conv_norm, power_iteration
 from robustjax.spectral.capture import ConvLayer
 
-KINDS = ('none', 'rep', 'll')
+KINDS = ('none', 'rep', 'll', 'll_readout', 'rep_eig_ub')
+REP_KINDS = ('rep', 'rep_eig_ub')   # kinds that penalise the layers up to the feature map
 
 
 @dataclasses.dataclass(frozen=True)
 class SpectralSpec:
   """The regularizer as config values; hashable, so jit can close over it."""
-  kind: str = 'none'            # 'none' | 'rep' | 'll'
+  kind: str = 'none'            # one of KINDS
   lam: float = 1e-3             # strength of sum sigma_max^2
   burn_in_steps: int = 0        # unpenalised updates before the switch-on
   every_k: int = 1              # penalise every k-th update after the burn-in
@@ -83,26 +92,33 @@ def _matches(path: str, prefixes: Sequence[str]) -> bool:
 
 
 def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
-               layers: Sequence[str] = (), conv_layers: Mapping[str, ConvLayer] | None = None):
+               layers: Sequence[str] = (), readout_layers: Sequence[str] = (),
+               conv_layers: Mapping[str, ConvLayer] | None = None):
   """A pytree mirroring params: what to penalise at each leaf.
 
   Leaves are False (not penalised), True (a dense kernel) or the kernel's
   ``ConvLayer`` (a conv kernel: its operator), which is truthy, so
   ``any(jax.tree.leaves(mask))`` still says whether anything is penalised.
 
-  Kernels are the leaves named ``kernel``. ``rep`` takes those under the
-  paths in ``layers`` when given, else under the model's ``feature_layers``;
-  ``ll`` takes every kernel. Biases (and BatchNorm scales) are never
-  penalised. ``conv_layers``: ``capture.conv_layers(model, variables, x)``,
-  needed when a selected kernel is 4-D. Raises ValueError when ``rep``
-  selects nothing (a misspelt path would otherwise silently train
-  unregularised), or a selected kernel is neither a matrix nor a recorded conv.
+  Kernels are the leaves named ``kernel``. ``rep`` and ``rep_eig_ub`` take
+  those under the paths in ``layers`` when given, else under the model's
+  ``feature_layers``; ``ll_readout`` those under ``readout_layers`` (e.g. an
+  MLP's ``('readout',)``); ``ll`` takes every kernel. Biases (and BatchNorm
+  scales) are never penalised. ``conv_layers``:
+  ``capture.conv_layers(model, variables, x)``, needed when a selected kernel
+  is 4-D. Raises ValueError when rep or ll_readout selects nothing (a misspelt
+  path would otherwise silently train unregularised), or a selected kernel is
+  neither a matrix nor a recorded conv.
   """
   if kind not in KINDS:
     raise ValueError(f'kind must be one of {KINDS}, got {kind!r}')
   prefixes = tuple(layers) or tuple(feature_layers)
-  if kind == 'rep' and not prefixes:
-    raise ValueError("rep needs layer paths or a model with feature_layers")
+  if kind == 'll_readout':
+    prefixes = tuple(readout_layers)
+    if not prefixes:
+      raise ValueError('ll_readout needs readout_layers, e.g. the model\'s readout_layer')
+  if kind in REP_KINDS and not prefixes:
+    raise ValueError(f"{kind} needs layer paths or a model with feature_layers")
   conv_layers = dict(conv_layers or {})
 
   def pick(path, leaf):
@@ -126,9 +142,9 @@ def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
                      f'got shape {jnp.shape(leaf)}')
 
   mask = jax.tree_util.tree_map_with_path(pick, params)
-  if kind == 'rep' and not any(jax.tree.leaves(mask)):
+  if kind not in ('none', 'll') and not any(jax.tree.leaves(mask)):
     paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
-    raise ValueError(f'rep: no kernel under {prefixes}; parameter paths are {paths}')
+    raise ValueError(f'{kind}: no kernel under {prefixes}; parameter paths are {paths}')
   return mask
 
 

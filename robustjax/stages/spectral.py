@@ -4,10 +4,28 @@
     python launch.py --config=configs/mnist_spectral.py            # offline digits
     python launch.py --config=configs/mnist_spectral.py:mnist --config.data.data_dir=DIR
 
-For each kind in ``regularizer.kinds`` the same MLP is trained over
-``num_seeds`` seeds (vmapped: one compile per kind), with the penalty
-``lam * sum sigma_max(W)^2`` switched on after the burn-in (rep: the layers up
-to the feature map; ll: all layers). Then, per seed:
+Training follows the authors' protocol: one unregularised burn-in of
+``regularizer.burn_in_epochs`` epochs over ``num_seeds`` seeds (vmapped: one
+compile), shared by every kind; then, from that state (parameters AND
+optimizer momentum), each kind in ``regularizer.kinds`` trains the remaining
+epochs under its penalty ``lam * sum sigma_max(W)^2``:
+
+- ``none``: no penalty (the uninterrupted run);
+- ``rep``: the layers up to the feature map (rep-spectral);
+- ``ll``: every layer, readout included (Yoshida & Miyato; the authors'
+  multi-layer MLPs and ResNets);
+- ``ll_readout``: the readout only (what the authors' ll code reaches in
+  their single-hidden-layer model);
+- ``rep_eig_ub``: rep plus lam * the batch mean of max_j act'(z_j)^2 (their
+  XOR ``eig-ub``); the slope term is added by the loss of the penalised phase
+  (``spectral.activation_slope_penalty``), the sigma^2 terms by the optax
+  transformation.
+
+The authors restart the optimizer at the switch-on (their regularised runs
+load the burn-in checkpoint into a fresh SGD); here the momentum carries on,
+so that the kinds differ only in the penalty. ``sweep.lams`` (non-empty) runs
+every penalised kind at each lam after the same burn-in ('none' once). Then,
+per seed:
 
 - test accuracy of the trained net ("original" head) and of a logistic
   readout re-fitted on the frozen features ("refit" head, Paper B's protocol);
@@ -16,14 +34,21 @@ to the feature map; ll: all layers). Then, per seed:
   points, for each head and each attack in ``eval.attacks`` (white-box FMN,
   hard-label TangentAttack, ...), via
   ``robustjax.metrics.robustness.adversarial_distance``;
+- a certified lower bound on the same points' distances, per head
+  (``robustjax.metrics.certify``: the margin over the feature map's Lipschitz
+  bound from exact per-layer spectral norms), so that each row reads
+  certified <= true distance <= attack distance; points where the bound
+  exceeds an attack's distance (impossible unless something is wrong) are
+  counted;
 - sigma_max of every layer (exact SVD), and the pull-back geometry of the
   feature map (volume element, lambda_max) on the XOR plane or on the plane
   through three test images.
 
-Each kind's training checkpoints to ``workdir/checkpoints/<kind>`` every
-``checkpoint_every`` steps (orbax, ``robustjax.train.loop.fit``): rerunning the
-same command with the same ``--workdir`` resumes each kind where it stopped
-(and skips the training of finished kinds).
+The burn-in checkpoints to ``workdir/checkpoints/burn_in`` and each kind to
+``workdir/checkpoints/<kind>`` (``<kind>_lam<lam>`` in a sweep) every
+``checkpoint_every`` steps (orbax, ``robustjax.train.loop.fit``): rerunning
+the same command with the same ``--workdir`` resumes each where it stopped
+(and skips the training of finished ones).
 
 Batches: each step draws ``batch_size`` distinct training points at random
 (the step key decides), so an "epoch" is ceil(n / batch_size) steps; PyTorch's
@@ -31,6 +56,8 @@ shuffled epochs visit each point exactly once per epoch instead.
 """
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import functools
 import os
 import time
@@ -42,17 +69,26 @@ import optax
 
 from robustjax import config_validation as cv
 from robustjax import losses, report, spectral
+from robustjax.attacks import decision
 from robustjax.data import images, toy
-from robustjax.metrics import geometry, robustness
+from robustjax.metrics import certify, geometry, robustness
 from robustjax.models import heads
 from robustjax.models.apply import bind, logits as logits_fn
-from robustjax.models.mlp import ACTIVATIONS, MLP, features as features_fn
+from robustjax.models.mlp import ACTIVATIONS, INITS, MLP, features as features_fn
 from robustjax.train import loop, state as state_lib
 
 KINDS = spectral.KINDS
 DATASETS = ('xor',) + images.DATASETS
 HEADS = ('original', 'refit')
+ACC_SLACK = 0.01   # claims: rep's accuracy may fall at most 1 point below none's
 ATTACKS = ('fmn', 'ddn', 'bisection', 'tangent', 'hopskipjump')
+KIND_WORDS = {
+    'none': 'no penalty',
+    'rep': 'hidden layers (up to the features)',
+    'rep_eig_ub': 'hidden layers + activation slope (eig-ub)',
+    'll': 'every layer incl. readout',
+    'll_readout': 'readout only (authors\' 1-hidden-layer ll)',
+}
 
 
 # --- config ------------------------------------------------------------------
@@ -80,15 +116,25 @@ def validate(cfg) -> None:
       isinstance(w, int) and not isinstance(w, bool) and w >= 1 for w in widths):
     raise cv.ConfigError('model.widths', 'a non-empty list of integers >= 1', widths)
   cv.one_of(cfg, 'model.activation', tuple(ACTIVATIONS))
+  cv.one_of(cfg, 'model.init', INITS)
   cv.number(cfg, 'model.init_std', low=0, strict_low=True)
-  cv.number(cfg, 'model.bias_init_std', low=0)
   cv.one_of(cfg, 'train.optimizer', ('sgd', 'adam'))
   cv.number(cfg, 'train.learning_rate', low=0, strict_low=True)
   cv.number(cfg, 'train.momentum', low=0, high=1)
   cv.number(cfg, 'train.weight_decay', low=0)
   r = cfg.regularizer
   cv.subset_of(cfg, 'regularizer.kinds', KINDS)
+  if len(set(r.kinds)) != len(r.kinds):
+    raise cv.ConfigError('regularizer.kinds', 'a list without repeats', r.kinds)
   cv.number(cfg, 'regularizer.lam', low=0)
+  lams = cfg.sweep.lams
+  if isinstance(lams, str) or not all(
+      isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0 for v in lams) or (
+      len(set(lams)) != len(lams)):
+    raise cv.ConfigError('sweep.lams', 'a list of distinct numbers > 0 (empty: no sweep)', lams)
+  if 'rep_eig_ub' in r.kinds and r.every_k != 1:
+    raise cv.ConfigError('regularizer.every_k', "1 with kind 'rep_eig_ub' (its slope term is "
+                         'in the loss of every penalised step)', r.every_k)
   cv.number(cfg, 'regularizer.tol', low=0)
   if isinstance(r.burn_in_epochs, bool) or not isinstance(r.burn_in_epochs, int) or not (
       0 <= r.burn_in_epochs < cfg.train.epochs):
@@ -109,6 +155,11 @@ def validate(cfg) -> None:
   primary = f'{cfg.eval.primary_head}/{cfg.eval.primary_attack}'
   if primary in cfg.eval.skip:
     raise cv.ConfigError('eval.skip', f'a list without the primary {primary!r}', cfg.eval.skip)
+  if 'tangent' in cfg.eval and 'starts' in cfg.eval.tangent:
+    cv.one_of(cfg, 'eval.tangent.starts', decision.STARTS)
+    if cfg.eval.tangent.starts == 'gaussian':
+      cv.number(cfg, 'eval.tangent.start_std', low=0, strict_low=True)
+      cv.positive_int(cfg, 'eval.tangent.start_tries')
   cv.number(cfg, 'eval.refit_l2', low=0)
   cv.positive_int(cfg, 'eval.refit_max_iter')
 
@@ -116,8 +167,7 @@ def validate(cfg) -> None:
 def model_from_config(cfg, num_classes: int) -> MLP:
   m = cfg.model
   return MLP(widths=tuple(m.widths), num_classes=num_classes, activation=m.activation,
-             init_std=m.init_std, fan_in_init=m.fan_in_init, bias_init_std=m.bias_init_std,
-             scale_by_width=m.scale_by_width)
+             init_scheme=m.init, init_std=float(m.init_std), scale_by_width=m.scale_by_width)
 
 
 # --- data ----------------------------------------------------------------------
@@ -158,46 +208,94 @@ def of_seed(data: dict, name: str, s: int):
 
 # --- training ------------------------------------------------------------------
 
-def batch_loss(params, key, aux, *, model: MLP, batch_size: int):
-  """Cross-entropy on ``batch_size`` distinct random training points."""
+def batch_loss(params, key, aux, *, model: MLP, batch_size: int, slope_lam: float = 0.0):
+  """Cross-entropy on ``batch_size`` distinct random training points.
+
+  ``slope_lam > 0`` (rep_eig_ub's penalised phase) adds ``slope_lam`` times the
+  batch's activation-slope term (``spectral.activation_slope_penalty``).
+  """
   x, y = aux
   idx = jax.random.choice(key, x.shape[0], (min(batch_size, x.shape[0]),), replace=False)
-  logits = model.apply({'params': params}, x[idx])
-  loss = jnp.mean(losses.cross_entropy(logits, y[idx]))
-  return loss, {'accuracy': jnp.mean(jnp.argmax(logits, -1) == y[idx])}
+  if slope_lam > 0:
+    logits, inter = model.apply({'params': params}, x[idx], mutable=['preactivations'])
+    zs = [v[0] for v in inter['preactivations'].values()]
+    slope = spectral.activation_slope_penalty(zs, ACTIVATIONS[model.activation])
+  else:
+    logits, slope = model.apply({'params': params}, x[idx]), jnp.zeros(())
+  ce = jnp.mean(losses.cross_entropy(logits, y[idx]))
+  metrics = {'accuracy': jnp.mean(jnp.argmax(logits, -1) == y[idx])}
+  if slope_lam > 0:
+    metrics['slope_term'] = slope
+  return ce + slope_lam * slope, metrics
 
 
 def steps_per_epoch(cfg, n_train: int) -> int:
   return -(-n_train // min(cfg.train.batch_size, n_train))
 
 
-def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, desc: str = '',
-          checkpoint_dir: str | None = None):
-  """Trains one net per seed under penalty ``kind``; returns (params, final train metrics).
+def _optimizer(cfg):
+  t = cfg.train
+  return state_lib.make_optimizer(t.optimizer, t.learning_rate, weight_decay=t.weight_decay,
+                                  momentum=t.momentum)
 
+
+def _fit(cfg, states, data, keys, loss_fn, steps, desc, checkpoint_dir):
+  return loop.fit(states, (data['x_train'], data['y_train']), keys, loss_fn, steps=steps,
+                  chunk_size=cfg.chunk_size, batched=True, desc=desc, progress=cfg.progress,
+                  mesh=cfg.get('mesh'), shared_aux=not data['per_seed'],
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every)
+
+
+def burn_in(cfg, model: MLP, data: dict, keys: jax.Array, checkpoint_dir: str | None = None):
+  """The shared unregularised phase: (TrainState stacked over seeds, metrics).
+
+  Initialises one net per seed (fold_in(key, 0)) and trains
+  ``burn_in_epochs * steps_per_epoch`` steps (step keys from fold_in(key, 1));
+  zero epochs return the initial state.
+  """
+  x_train = of_seed(data, 'x_train', 0)
+  p0 = jax.vmap(lambda k: model.init(jax.random.fold_in(k, 0), x_train[:1])['params'])(keys)
+  states = jax.vmap(lambda p: state_lib.create(p, _optimizer(cfg)))(p0)
+  steps = cfg.regularizer.burn_in_epochs * steps_per_epoch(cfg, x_train.shape[0])
+  if steps == 0:
+    return states, {}
+  loss_fn = functools.partial(batch_loss, model=model, batch_size=cfg.train.batch_size)
+  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
+  return _fit(cfg, states, data, train_keys, loss_fn, steps, 'burn-in', checkpoint_dir)
+
+
+def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, burned,
+          lam: float | None = None, desc: str = '', checkpoint_dir: str | None = None):
+  """Continues the burned-in states under penalty ``kind`` at strength ``lam``
+  (default ``regularizer.lam``) for the remaining epochs; returns (params, metrics).
+
+  The optimizer state (momentum) carries on from the burn-in; the penalty's
+  power-iteration vectors are warmed up at the first step (the switch-on).
+  Step keys come from fold_in(key, 2), the same for every kind.
   ``checkpoint_dir``: this kind's own directory; the fit saves there every
   ``cfg.checkpoint_every`` steps and a rerun resumes from it (``loop.fit``).
   """
-  t, r = cfg.train, cfg.regularizer
+  r = cfg.regularizer
+  lam = float(r.lam if lam is None else lam)
   x_train = of_seed(data, 'x_train', 0)
   spe = steps_per_epoch(cfg, x_train.shape[0])
-  init = lambda k: model.init(k, x_train[:1])['params']
-  p0 = jax.vmap(lambda k: init(jax.random.fold_in(k, 0)))(keys)
-  one = jax.tree.map(lambda a: a[0], p0)
-  mask = spectral.layer_mask(one, kind, feature_layers=model.feature_layers, layers=tuple(r.layers))
-  spec = spectral.SpectralSpec.from_config(r, kind, spe)
-  tx = optax.chain(spectral.penalize(spec, mask),
-                   state_lib.make_optimizer(t.optimizer, t.learning_rate,
-                                            weight_decay=t.weight_decay, momentum=t.momentum))
-  states = jax.vmap(lambda p: state_lib.create(p, tx))(p0)
-  loss_fn = functools.partial(batch_loss, model=model, batch_size=t.batch_size)
-  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-  states, metrics = loop.fit(states, (data['x_train'], data['y_train']), train_keys, loss_fn,
-                             steps=t.epochs * spe, chunk_size=cfg.chunk_size, batched=True,
-                             desc=desc or f'train {kind}', progress=cfg.progress,
-                             mesh=cfg.get('mesh'), shared_aux=not data['per_seed'],
-                             checkpoint_dir=checkpoint_dir,
-                             checkpoint_every=cfg.checkpoint_every)
+  one = jax.tree.map(lambda a: a[0], burned.params)
+  mask = spectral.layer_mask(one, kind, feature_layers=model.feature_layers,
+                             layers=tuple(r.layers), readout_layers=(model.readout_layer,))
+  spec = dataclasses.replace(spectral.SpectralSpec.from_config(r, kind, spe), lam=lam,
+                             burn_in_steps=0)
+  pen = spectral.penalize(spec, mask)
+  tx = optax.chain(pen, _optimizer(cfg))
+  # chain's state is the tuple of its parts' states: a fresh penalty state in
+  # front of the burn-in's optimizer state.
+  states = jax.vmap(lambda p, o: state_lib.create(p, tx).replace(opt_state=(pen.init(p), o)))(
+      burned.params, burned.opt_state)
+  loss_fn = functools.partial(batch_loss, model=model, batch_size=cfg.train.batch_size,
+                              slope_lam=lam if kind == 'rep_eig_ub' else 0.0)
+  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
+  steps = (cfg.train.epochs - r.burn_in_epochs) * spe
+  states, metrics = _fit(cfg, states, data, train_keys, loss_fn, steps, desc or f'train {kind}',
+                         checkpoint_dir)
   return states.params, metrics
 
 
@@ -210,7 +308,9 @@ def first_correct(predict_fn, x, y, n: int):
   attacks a batch of one shape and they compile once (the number of correct
   points differs from model to model). Returns (padded indices, how many are real).
   """
-  idx = np.nonzero(np.asarray(jnp.argmax(predict_fn(x), -1) == y))[0][:n]
+  # Strictly correct (margin > 0, as adversarial_distance counts them): a tie is
+  # not a point to attack, and each head's attacks and bound see the same points.
+  idx = np.nonzero(np.asarray(losses.margin(predict_fn(x), y) > 0))[0][:n]
   if idx.size == 0:
     return idx, 0
   return np.concatenate([idx, np.full(n - idx.size, idx[0])]), idx.size
@@ -241,16 +341,20 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
     predict['refit'] = [heads.readout_predict_fn(
         bind(features_fn, model, jax.tree.map(lambda a: a[s], params)),
         jax.tree.map(lambda a: a[s], head)) for s in range(S)]
-  out['distances'] = {}
+  # The points per head and seed: the first max_points it classifies correctly.
+  n = min(e.max_points, x_te.shape[-2])
+  points = {h: [first_correct(predict[h][s], of_seed(data, 'x_test', s),
+                              of_seed(data, 'y_test', s), n) for s in range(S)]
+            for h in e.heads}
+  out['distances'], out['certified_violations'] = {}, {}
   for h in e.heads:
     for a in e.attacks:
       if f'{h}/{a}' in e.skip:
         continue
       per_seed = []
-      n = min(e.max_points, x_te.shape[-2])
       for s in range(S):
         x, y = of_seed(data, 'x_test', s), of_seed(data, 'y_test', s)
-        idx, real = first_correct(predict[h][s], x, y, n)
+        idx, real = points[h][s]
         if real == 0:
           per_seed.append(np.zeros((0,)))
           continue
@@ -260,6 +364,25 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array) -> dict:
                      bounds=data['bounds'], **attack_kwargs(cfg, a))
         per_seed.append(np.asarray(r['distances'], np.float64)[:real])
       out['distances'][f'{h}/{a}'] = per_seed
+    cert = []
+    for s in range(S):
+      x, y = of_seed(data, 'x_test', s), of_seed(data, 'y_test', s)
+      idx, real = points[h][s]
+      p_s = jax.tree.map(lambda a: a[s], params)
+      if h == 'refit':
+        kernel = jax.tree.map(lambda a: a[s], head)['kernel']
+      else:
+        kernel = p_s[model.readout_layer]['kernel']
+        kernel = kernel / jnp.sqrt(kernel.shape[0]) if model.scale_by_width else kernel
+      r = certify.certified_radius(predict[h][s](x[idx]), y[idx], kernel,
+                                   certify.mlp_feature_lipschitz(model, p_s)) if real else []
+      cert.append(np.asarray(r, np.float64)[:real])
+    out['distances'][f'{h}/certified'] = cert
+    for a in e.attacks:
+      if f'{h}/{a}' in out['distances']:
+        # certified <= true <= attack: a point above an attack's distance is a bug.
+        out['certified_violations'][f'{h}/{a}'] = [
+            int(np.sum(c > d * (1 + 1e-5))) for c, d in zip(cert, out['distances'][f'{h}/{a}'])]
   mask = spectral.layer_mask(jax.tree.map(lambda a: a[0], params), 'll')
   out['sigma_max'] = {k: np.asarray(v) for k, v in
                       jax.vmap(lambda p: spectral.sigma_max(p, mask))(params).items()}
@@ -338,9 +461,49 @@ def summarize(cfg, evals: dict) -> dict:
              adv_distance_median=p['median'], adv_distance_median_std=p['median_std'],
              adv_distance_mean_per_seed=p['mean_per_seed'],
              adv_distance_median_per_seed=p['median_per_seed'])
+    s['certified_violations_per_seed'] = ev['certified_violations']
     s['sigma_max_per_seed'] = {k: v.tolist() for k, v in ev['sigma_max'].items()}
     summary[kind] = s
   return summary
+
+
+def claims(cfg, summary: dict, runs: dict) -> list[dict]:
+  """Paper B's claim, tested at each lam: rep (and rep_eig_ub) against none and the ll kinds.
+
+  On the primary distance (mean over seeds of the per-seed mean): the gap must
+  exceed the larger of the two seed standard deviations, and rep's refit
+  accuracy (the original head's when there is no refit) must be at least
+  none's minus ``ACC_SLACK`` (1 point). ``holds``: above none and above
+  ll_readout (when run) at that accuracy.
+  """
+  by = {(r['kind'], r['lam']): label for label, r in runs.items()}
+  acc_key = 'refit_test_acc' if cfg.eval.primary_head == 'refit' else 'test_acc'
+  none = next((label for label, r in runs.items() if r['kind'] == 'none'), None)
+  out = []
+  for (kind, lam), label in by.items():
+    if kind not in spectral.REP_KINDS or none is None:
+      continue
+    r = summary[label]
+    tests, words = {}, []
+    for other in ['none', 'll_readout', 'll']:
+      o = none if other == 'none' else by.get((other, lam))
+      if o is None:
+        continue
+      q = summary[o]
+      gap = r['adv_distance_mean'] - q['adv_distance_mean']
+      spread = max(r['adv_distance_mean_std'], q['adv_distance_mean_std'])
+      tests[other] = dict(gap=gap, spread=spread, above=bool(gap > spread))
+      words.append(f"vs {other} {q['adv_distance_mean']:.4f} +- {q['adv_distance_mean_std']:.4f}: "
+                   f"gap {gap:+.4f} {'>' if gap > spread else '<='} {spread:.4f}")
+    acc_ok = bool(r[acc_key] >= summary[none][acc_key] - ACC_SLACK)
+    holds = tests['none']['above'] and tests.get('ll_readout', {'above': True})['above'] and acc_ok
+    text = (f"claim {kind} lam={lam:g}: {r['adv_distance_mean']:.4f} +- "
+            f"{r['adv_distance_mean_std']:.4f}; " + '; '.join(words) +
+            f"; {acc_key} {r[acc_key]:.3f} vs none {summary[none][acc_key]:.3f} "
+            f"({'ok' if acc_ok else 'costs'} >= none - {ACC_SLACK:g}) -> "
+            f"{'HOLDS' if holds else 'does not hold'}")
+    out.append(dict(kind=kind, lam=lam, tests=tests, accuracy_ok=acc_ok, holds=holds, text=text))
+  return out
 
 
 def table(summary: dict, cfg) -> str:
@@ -357,11 +520,20 @@ def table(summary: dict, cfg) -> str:
       row.append(f"{pm(d['mean'], d['mean_std'], '.4f')} ({d['median']:.4f})")
     row += [pm(np.mean(v), np.std(v), '.2f') for v in s['sigma_max_per_seed'].values()]
     rows.append(row)
+  kinds = [k for k in KINDS if any(label.split()[0] == k for label in summary)]
+  lam = (f"lam = {cfg.regularizer.lam:g}" if not tuple(cfg.sweep.lams) else
+         f"lam in {', '.join(f'{v:g}' for v in cfg.sweep.lams)}")
+  bad = {label: v for label, s in summary.items()
+         for v in [sum(sum(c) for c in s['certified_violations_per_seed'].values())] if v}
   return report.format_table(head, rows) + (
       f'\nmean +- std over {cfg.num_seeds} seeds of per-seed statistics; distances: l2, '
       f'first {cfg.eval.max_points} correctly classified test points per head, '
-      f"failed attacks excluded; lam = {cfg.regularizer.lam:g}, burn-in "
-      f'{cfg.regularizer.burn_in_epochs} of {cfg.train.epochs} epochs')
+      f'failed attacks excluded; certified = margin / (Lipschitz bound of the features x '
+      f'||w_y - w_k||), a lower bound on the true distance'
+      + (f' (ABOVE an attack distance on {bad} points: a bug)' if bad else
+         ' (never above an attack distance here)')
+      + f'; {lam}, burn-in {cfg.regularizer.burn_in_epochs} of {cfg.train.epochs} epochs'
+      + '\nkinds: ' + '; '.join(f'{k} = {KIND_WORDS[k]}' for k in kinds))
 
 
 def plot_distances(evals: dict, path: str) -> None:
@@ -378,6 +550,36 @@ def plot_distances(evals: dict, path: str) -> None:
                  [_stat(d, np.mean) for d in evals[k]['distances'][n]], s=12, c='k')
     ax.set_title(n)
     ax.set_ylabel('adversarial distance (l2)')
+  fig.tight_layout()
+  fig.savefig(path, dpi=110)
+  plt.close(fig)
+
+
+def plot_sweep(cfg, summary: dict, runs: dict, path: str) -> None:
+  """Primary distance and accuracy against lam per kind (mean +- seed std); none as a band."""
+  import matplotlib.pyplot as plt
+  acc_key = 'refit_test_acc' if cfg.eval.primary_head == 'refit' else 'test_acc'
+  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  lams = sorted({r['lam'] for r in runs.values() if r['kind'] != 'none'})
+  for ax, (key, std, ylabel) in zip(axes, [
+      ('adv_distance_mean', 'adv_distance_mean_std',
+       f'{cfg.eval.primary_head}/{cfg.eval.primary_attack} distance (l2)'),
+      (acc_key, acc_key + '_std', acc_key.replace('_', ' '))]):
+    for kind in cfg.regularizer.kinds:
+      labels = [next(l for l, r in runs.items() if r['kind'] == kind and
+                     (kind == 'none' or r['lam'] == lam)) for lam in lams]
+      m = np.array([summary[l][key] for l in labels])
+      sd = np.array([summary[l][std] for l in labels])
+      if kind == 'none':
+        ax.axhline(m[0], color='k', lw=1, label='none')
+        ax.axhspan(m[0] - sd[0], m[0] + sd[0], color='k', alpha=0.1)
+      else:
+        ax.errorbar(lams, m, yerr=sd, marker='o', capsize=3, label=kind)
+    ax.set_xscale('log')
+    ax.set_xlabel('lam')
+    ax.set_ylabel(ylabel)
+    ax.legend(fontsize=8)
+  fig.suptitle(f'mean +- std over {cfg.num_seeds} seeds')
   fig.tight_layout()
   fig.savefig(path, dpi=110)
   plt.close(fig)
@@ -406,51 +608,85 @@ def plot_geometry(maps: dict, data: dict, workdir: str) -> list[str]:
 
 # --- entry point -----------------------------------------------------------------
 
+def runs_of(cfg) -> list[tuple[str, str, float]]:
+  """(label, kind, lam) of every trained run: each kind at regularizer.lam, or,
+  with sweep.lams, each penalised kind at each lam and 'none' once."""
+  lams = tuple(cfg.sweep.lams)
+  if not lams:
+    return [(k, k, float(cfg.regularizer.lam)) for k in cfg.regularizer.kinds]
+  out = [('none', 'none', 0.0)] if 'none' in cfg.regularizer.kinds else []
+  return out + [(f'{k} lam={lam:g}', k, float(lam)) for lam in lams
+                for k in cfg.regularizer.kinds if k != 'none']
+
+
+@contextlib.contextmanager
+def _timed(timings: dict, name: str):
+  """Records wall and process CPU seconds of the block (CPU time says how long
+  a run takes on a quiet machine when the one it ran on was shared)."""
+  t0, c0 = time.perf_counter(), time.process_time()
+  yield
+  timings[name] = round(time.perf_counter() - t0, 2)
+  timings[name + '_cpu'] = round(time.process_time() - c0, 2)
+
+
 def run(cfg, workdir: str) -> dict:
   timings = {}
   keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_seeds)
   data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-  t0 = time.perf_counter()
-  data = load_data(cfg, data_keys)
-  timings['data'] = round(time.perf_counter() - t0, 2)
+  with _timed(timings, 'data'):
+    data = load_data(cfg, data_keys)
   model = model_from_config(cfg, data['num_classes'])
-  # Same init and batch keys for every kind: the kinds differ only in the penalty.
+  # Same init, burn-in and batch keys for every kind: the kinds differ only in the penalty.
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
-  evals, maps, train_metrics = {}, {}, {}
-  for kind in cfg.regularizer.kinds:
-    t0 = time.perf_counter()
-    params, metrics = train(cfg, kind, model, data, train_keys,
-                            checkpoint_dir=os.path.join(workdir, 'checkpoints', kind))
-    jax.block_until_ready(params)
-    timings[f'train_{kind}'] = round(time.perf_counter() - t0, 2)
-    train_metrics[kind] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
-    t0 = time.perf_counter()
-    evals[kind] = evaluate(cfg, model, params, data, eval_keys)
-    timings[f'eval_{kind}'] = round(time.perf_counter() - t0, 2)
+  ckpt = lambda name: os.path.join(workdir, 'checkpoints', name)
+  with _timed(timings, 'burn_in'):
+    burned, _ = burn_in(cfg, model, data, train_keys, checkpoint_dir=ckpt('burn_in'))
+    jax.block_until_ready(burned)
+  evals, maps, train_metrics, runs = {}, {}, {}, {}
+  sweep = bool(tuple(cfg.sweep.lams))
+  for label, kind, lam in runs_of(cfg):
+    runs[label] = dict(kind=kind, lam=lam)
+    name = f'{kind}_lam{lam:g}' if sweep and kind != 'none' else kind
+    with _timed(timings, f'train_{label}'):
+      params, metrics = train(cfg, kind, model, data, train_keys, burned, lam=lam,
+                              desc=f'train {label}', checkpoint_dir=ckpt(name))
+      jax.block_until_ready(params)
+    train_metrics[label] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+    with _timed(timings, f'eval_{label}'):
+      evals[label] = evaluate(cfg, model, params, data, eval_keys)
     if cfg.eval.geometry:
-      t0 = time.perf_counter()
-      maps[kind] = geometry_maps(cfg, model, jax.tree.map(lambda a: a[0], params), data)
-      timings[f'geometry_{kind}'] = round(time.perf_counter() - t0, 2)
-  return dict(evals=evals, maps=maps, data=data, timings=timings, train_metrics=train_metrics)
+      with _timed(timings, f'geometry_{label}'):
+        maps[label] = geometry_maps(cfg, model, jax.tree.map(lambda a: a[0], params), data)
+  return dict(evals=evals, maps=maps, data=data, timings=timings, train_metrics=train_metrics,
+              runs=runs)
 
 
 def main(cfg, workdir: str) -> dict:
   """Trains and evaluates every kind; prints the table, writes results.json and plots."""
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   out = run(cfg, workdir)
   summary = summarize(cfg, out['evals'])
-  timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2))
+  found = claims(cfg, summary, out['runs'])
+  timings = dict(out['timings'], total=round(time.perf_counter() - t0, 2),
+                 total_cpu=round(time.process_time() - c0, 2))
   print(table(summary, cfg))
+  for c in found:
+    print(c['text'])
   plots = [os.path.join(workdir, 'adv_distance_box.png')]
   plot_distances(out['evals'], plots[0])
+  if tuple(cfg.sweep.lams):
+    plots.append(os.path.join(workdir, 'sweep.png'))
+    plot_sweep(cfg, summary, out['runs'], plots[-1])
   if out['maps']:
     plots += plot_geometry(out['maps'], out['data'], workdir)
   report.write_json(os.path.join(workdir, 'results.json'), {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'timings': timings,
-      'summary': summary, 'final_train_metrics': out['train_metrics'],
+      'runs': out['runs'], 'summary': summary, 'claims': found,
+      'final_train_metrics': out['train_metrics'],
       'distances': {k: {n: [d.tolist() for d in v] for n, v in ev['distances'].items()}
                     for k, ev in out['evals'].items()},
       'plots': [os.path.basename(p) for p in plots]})
-  print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s)')
+  print(f'results: {os.path.join(workdir, "results.json")} (total {timings["total"]:.1f} s '
+        f'wall, {timings["total_cpu"]:.1f} s CPU)')
   return summary
