@@ -4,6 +4,7 @@ import math
 
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs import cifar10_ssl, cifar10_supervised, transfer
 from robustjax import config_validation as cv
@@ -80,8 +81,22 @@ def test_bad_fields_name_themselves(field, value, match):
 def test_cifar_without_data_dir_fails_before_work():
   proc = launch('--config=configs/cifar10_supervised.py', '--workdir=/tmp/never-written')
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith('error: config.data.data_dir: must be')
-  assert "'cifar10'" in proc.stderr and ':digits' in proc.stderr
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: config.data.data_dir: must be')
+  assert "'cifar10'" in line and ':digits' in line and 'needs TensorFlow' in line
+  assert 'tfds-prep/bin/tfds build cifar10 --data_dir=DIR --file_format=array_record' in line
+
+
+def test_class_count_from_the_dataset_not_the_largest_label(tmp_path):
+  """12 mocked CIFAR-100 records hold a handful of labels: the count is still 100
+  (97 came out of the largest label + 1), or the filter's length."""
+  cfg = transfer.get_config('cifar100')
+  cfg.data.data_dir = str(tmp_path)
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    full = images.load(cfg, 'cifar100', ())
+    picked = images.load(cfg, 'cifar100', (int(full['y_train'][0]), 99))
+  assert full['num_classes'] == 100 and int(full['y_train'].max()) < 99
+  assert picked['num_classes'] == 2 and set(np.asarray(picked['y_train']).tolist()) <= {0, 1}
 
 
 def _run(tmp_path, config, *extra):

@@ -21,6 +21,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from robustjax import losses, spectral
@@ -54,7 +55,8 @@ def network_from_config(cfg, num_classes: int):
   encoder = encoder_from_config(cfg, num_classes)
   if cfg.pretrain.method == 'supervised':
     return encoder
-  return SSLNet(encoder=encoder, projector_dims=tuple(cfg.ssl.projector_dims))
+  return SSLNet(encoder=encoder, projector_dims=tuple(cfg.ssl.projector_dims),
+                projector_bias=cfg.ssl.projector_bias)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,9 +164,25 @@ def spectral_tx(cfg, kind: str, net, params, batch_stats, example: jax.Array):
   return spectral.penalize(spec, mask)
 
 
+def seed_groups(num_seeds: int, at_once: int) -> list[range]:
+  """Consecutive groups of at most ``at_once`` seeds (0 = all seeds in one group)."""
+  if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 0:
+    raise ValueError(f'at_once must be an integer >= 0 (0 = all seeds), got {at_once!r}')
+  size = at_once or num_seeds
+  return [range(a, min(a + size, num_seeds)) for a in range(0, num_seeds, size)]
+
+
 def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | None = None,
              desc: str = ''):
-  """Trains one network per seed key; returns ({'params', 'batch_stats'} stacked, metrics)."""
+  """Trains one network per seed key; returns ({'params', 'batch_stats'} stacked, metrics).
+
+  The seeds train vmapped, ``pretrain.seeds_at_once`` of them per compiled
+  step (0 = all): a step's activation memory grows with the seeds it holds,
+  so fewer at once fit a smaller accelerator (configs/cifar10_ssl.py has the
+  figures). Each group is its own resumable fit (checkpoints under
+  ``checkpoints/<kind>/seeds_<a>-<b>`` when there are several groups); its
+  seeds get the same keys, so the same results, as in one group.
+  """
   p = cfg.pretrain
   adversarial, _ = KINDS[kind]
   x_train = data['x_train']
@@ -185,10 +203,24 @@ def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | No
                                 ssl=SSLSpec.from_config(cfg), attack=attack)
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   ckpt = os.path.join(workdir, 'checkpoints', kind) if workdir else None
-  states, metrics = loop.fit(states, (x_train, data['y_train']), train_keys, loss_fn,
-                             steps=p.steps, chunk_size=cfg.chunk_size, batched=True,
-                             shared_aux=True, desc=desc or f'pretrain {kind}',
-                             progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=ckpt,
-                             checkpoint_every=cfg.get('checkpoint_every'),
-                             fused_steps=jax.default_backend() != 'cpu')
+  groups = seed_groups(keys.shape[0], p.seeds_at_once)
+  done = []
+  for g in groups:
+    take = lambda t, g=g: jax.tree.map(lambda a: a[g.start:g.stop], t)
+    where = ckpt if ckpt is None or len(groups) == 1 else os.path.join(
+        ckpt, f'seeds_{g.start}-{g.stop - 1}')
+    label = desc or f'pretrain {kind}'
+    done.append(loop.fit(
+        take(states), (x_train, data['y_train']), take(train_keys), loss_fn, steps=p.steps,
+        chunk_size=cfg.chunk_size, batched=True, shared_aux=True,
+        desc=label if len(groups) == 1 else f'{label} seeds {g.start}-{g.stop - 1}',
+        progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=where,
+        checkpoint_every=cfg.get('checkpoint_every'),
+        fused_steps=jax.default_backend() != 'cpu'))
+  if len(done) == 1:
+    states, metrics = done[0]
+  else:
+    states = jax.tree.map(lambda *a: jnp.concatenate(a), *[s for s, _ in done])
+    metrics = jax.tree.map(lambda *m: np.concatenate([np.atleast_1d(v) for v in m]),
+                           *[m for _, m in done])
   return {'params': states.params, 'batch_stats': states.batch_stats}, metrics
