@@ -211,7 +211,7 @@ def _barlow_steps(cfg, steps: int):
   return np.asarray(out)
 
 
-@pytest.mark.parametrize('recipe', ['barlow', 'simclr_sgd'])
+@pytest.mark.parametrize('recipe', ['barlow', pytest.param('simclr_sgd', marks=pytest.mark.slow)])
 def test_barlow_recipe_reduces_the_loss_with_bounded_weights(recipe):
   """configs/cifar10_ssl.py:barlow (the authors' recipe) at a small width: ten
   steps lower the Barlow Twins loss of a fixed batch of views, and the weight

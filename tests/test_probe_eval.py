@@ -132,6 +132,7 @@ print(json.dumps(dict(
 '''
 
 
+@pytest.mark.slow
 def test_evaluation_split_over_four_devices_equals_one():
   """3 seeds on a 4 x 1 mesh: every traced encoder input is split over the 4
   devices (2 points each of a batch of 8), and probes, accuracies, robust

@@ -6,6 +6,11 @@ A kind (``KINDS``) is a pair (adversarial?, spectral penalty): 'clean',
 SSL), 'rep' and 'll' (Paper B). All kinds of a run share the data, the init
 and the batch keys: they differ only in the attack and the penalty.
 
+Training metrics: the loss (and its clean / adversarial parts for SSL, the
+batch accuracy for supervised) and ``weight_norm``, the global l2 norm of all
+parameters at the step (BatchNorm makes most layers scale-invariant, so a
+runaway norm, not the loss, is what a too-large step shows).
+
 Batches: each step draws ``batch_size`` distinct training images at random
 (the step key decides) from the device-resident split, augments them on
 device and, for the adversarial kind, attacks them with the model in eval
@@ -101,7 +106,8 @@ def supervised_loss(params, key, aux, batch_stats, *, model, batch_size: int,
     x = jax.lax.stop_gradient(attack(loss_of_input, x, k_att, bounds=BOUNDS))
   logits, new_stats = resnet.train_forward(model, params, batch_stats, x)
   loss = jnp.mean(losses.cross_entropy(logits, y))
-  return loss, ({'accuracy': jnp.mean(jnp.argmax(logits, -1) == y)}, new_stats)
+  return loss, ({'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+                 'weight_norm': optax.global_norm(params)}, new_stats)
 
 
 def ssl_loss(params, key, aux, batch_stats, *, net: SSLNet, batch_size: int,
@@ -127,7 +133,9 @@ def ssl_loss(params, key, aux, batch_stats, *, net: SSLNet, batch_size: int,
   z, new_stats = resnet.train_forward(net, params, batch_stats, jnp.concatenate(views))
   z = z.reshape(len(views), batch_size, -1)
   clean = ssl.loss(z[0], z[1])
-  metrics = {'clean_loss': clean}
+  # The weight norm shows a recipe that blows up (Barlow Twins at SimCLR's lr
+  # went 85 -> 8952 in 6 steps) where the loss of scale-invariant layers cannot.
+  metrics = {'clean_loss': clean, 'weight_norm': optax.global_norm(params)}
   loss = clean
   if attack is not None:
     adv = ssl.loss(z[2], z[1])
