@@ -79,6 +79,7 @@ def get_config(variant: str = 'cifar10'):
       momentum=0.9,
       weight_decay=5e-4,
       schedule='cosine',     # 'cosine' | 'constant'
+      seeds_at_once=0,       # seeds per compiled step (0 = all): memory grows with it
   ))
   c.augment = ml_collections.ConfigDict(dict(
       crop_padding=4,        # random crop after zero padding

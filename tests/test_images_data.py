@@ -132,6 +132,33 @@ def test_missing_prepared_data_is_a_clear_error(tmp_path):
     images.load('cifar100', data_dir=str(tmp_path))
 
 
+def test_missing_data_names_the_preparation_commands(tmp_path):
+  """Preparing needs TensorFlow (the tfds builders and the tfds command import
+  it), reading does not: the error says so and gives the exact commands."""
+  cmd = ('python -m venv tfds-prep && tfds-prep/bin/pip install tensorflow '
+         f'tensorflow-datasets=={tfds.__version__} && tfds-prep/bin/tfds build cifar10 '
+         f'--data_dir={tmp_path} --file_format=array_record')
+  assert images.prepare_commands('cifar10', str(tmp_path)) == cmd
+  with pytest.raises(FileNotFoundError) as err:
+    images.load('cifar10', data_dir=str(tmp_path))
+  text = str(err.value)
+  assert f'`{cmd}`' in text and 'needs TensorFlow' in text and 'reading needs no TensorFlow' in text
+  assert '\n' not in text  # one line
+  assert 'tfds build mnist --data_dir=DIR' in images.prepare_commands('mnist')
+
+
+def test_class_count_comes_from_the_dataset():
+  assert [images.num_classes(n) for n in images.DATASETS] == [10, 10, 10, 100]
+  assert images.num_classes('cifar100', classes=(5, 97, 3)) == 3
+  with pytest.raises(ValueError, match='classes must be distinct class ids in'):
+    images.num_classes('cifar10', classes=(10,))
+  images.check_labels(np.array([0, 9, 3]), 10)
+  with pytest.raises(ValueError, match=r'train labels: must be integers in \[0, 10\).*\[0, 10\]'):
+    images.check_labels(np.array([0, 10]), 10, 'train labels')
+  with pytest.raises(ValueError, match='must be integers'):
+    images.check_labels(np.array([0.0, 1.0]), 10)
+
+
 @pytest.mark.parametrize('kwargs, match', [
     (dict(name='svhn'), 'dataset must be one of'),
     (dict(name='digits', classes=[1, 1]), 'classes'),

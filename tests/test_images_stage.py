@@ -2,8 +2,10 @@
 import json
 import math
 
+import jax.numpy as jnp
 import numpy as np
 import pytest
+import tensorflow_datasets as tfds
 
 from configs import cifar10_ssl, cifar10_supervised, transfer
 from robustjax import config_validation as cv
@@ -80,8 +82,22 @@ def test_bad_fields_name_themselves(field, value, match):
 def test_cifar_without_data_dir_fails_before_work():
   proc = launch('--config=configs/cifar10_supervised.py', '--workdir=/tmp/never-written')
   assert proc.returncode == 2
-  assert proc.stderr.strip().splitlines()[-1].startswith('error: config.data.data_dir: must be')
-  assert "'cifar10'" in proc.stderr and ':digits' in proc.stderr
+  line = proc.stderr.strip().splitlines()[-1]
+  assert line.startswith('error: config.data.data_dir: must be')
+  assert "'cifar10'" in line and ':digits' in line and 'needs TensorFlow' in line
+  assert 'tfds-prep/bin/tfds build cifar10 --data_dir=DIR --file_format=array_record' in line
+
+
+def test_class_count_from_the_dataset_not_the_largest_label(tmp_path):
+  """12 mocked CIFAR-100 records hold a handful of labels: the count is still 100
+  (97 came out of the largest label + 1), or the filter's length."""
+  cfg = transfer.get_config('cifar100')
+  cfg.data.data_dir = str(tmp_path)
+  with tfds.testing.mock_data(num_examples=12, policy=tfds.testing.MockPolicy.USE_CODE):
+    full = images.load(cfg, 'cifar100', ())
+    picked = images.load(cfg, 'cifar100', (int(full['y_train'][0]), 99))
+  assert full['num_classes'] == 100 and int(full['y_train'].max()) < 99
+  assert picked['num_classes'] == 2 and set(np.asarray(picked['y_train']).tolist()) <= {0, 1}
 
 
 def _run(tmp_path, config, *extra):
@@ -134,3 +150,84 @@ def test_every_kind_end_to_end(tmp_path, config):
   _check(res, images.KINDS)
   assert len(res['claims']) == len(res['config']['eval']['eps']) + 4  # every claim checked
   assert all(set(c) == {'name', 'holds', 'rule', 'numbers'} for c in res['claims'])
+
+
+def test_seeds_at_once_equals_all_seeds_at_once(tmp_path):
+  """SimCLR trained one seed at a time gives every seed the
+  parameters and metrics it gets when all seeds train together; each group is
+  its own resumable fit."""
+  import jax
+  import chex
+  from robustjax.stages import image_pretrain
+  cfg = cifar10_ssl.get_config('digits')
+  cfg.update(dict(num_seeds=2, progress=False, chunk_size=2))
+  cfg.pretrain.update(steps=2, batch_size=16)
+  cfg.model.cnn_widths = (4, 8)
+  cfg.ssl.projector_dims = (8,)
+  cfg.attack.steps = 1
+  data = images.load(cfg, 'digits', ())
+  net = image_pretrain.network_from_config(cfg, data['num_classes'])
+  keys = jax.random.split(jax.random.PRNGKey(0), 2)
+  together, m_together = image_pretrain.pretrain(cfg, 'clean', net, data, keys)
+  cfg.pretrain.seeds_at_once = 1
+  apart, m_apart = image_pretrain.pretrain(cfg, 'clean', net, data, keys, str(tmp_path))
+  chex.assert_trees_all_close(apart, together, rtol=1e-5, atol=1e-6)
+  chex.assert_trees_all_close(m_apart, m_together, rtol=1e-5, atol=1e-6)
+  assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'clean').iterdir()) == [
+      'seeds_0-0', 'seeds_1-1']
+  assert image_pretrain.seed_groups(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
+  assert image_pretrain.seed_groups(3, 0) == [range(0, 3)]
+
+
+def _barlow_steps(cfg, steps: int):
+  """(fixed-batch loss, parameter norm) at init and after each of ``steps`` SGD
+  steps of cfg's self-supervised recipe on stripe images."""
+  import functools
+  import jax
+  import optax
+  from robustjax.data import augment
+  from robustjax.models import resnet
+  from robustjax.stages import image_pretrain
+  from robustjax.train import state as state_lib, steps as steps_lib
+  from tests.synthetic_images import stripes
+  p = cfg.pretrain
+  assert p.optimizer == 'sgd' and p.schedule == 'constant'
+  x, y = stripes(256, seed=0)
+  aux = (jnp.asarray(x / np.float32(255)), jnp.asarray(y))
+  net = image_pretrain.network_from_config(cfg, 4)
+  params, stats = resnet.init(net, jax.random.PRNGKey(0), x.shape[1:])
+  tx = state_lib.make_optimizer('sgd', p.learning_rate, weight_decay=p.weight_decay,
+                                momentum=p.momentum)
+  state = state_lib.create(params, tx, stats)
+  loss_fn = functools.partial(image_pretrain.ssl_loss, net=net, batch_size=p.batch_size,
+                              aug=augment.AugmentSpec.from_config(cfg.augment),
+                              ssl=image_pretrain.SSLSpec.from_config(cfg), attack=None)
+  fixed = jax.jit(lambda s: loss_fn(s.params, jax.random.PRNGKey(7), aux, s.batch_stats)[0])
+  step = jax.jit(lambda s, k: steps_lib.train_step(s, k, aux, loss_fn)[0])
+  out = [(float(fixed(state)), float(optax.global_norm(state.params)))]
+  for t in range(steps):
+    state = step(state, jax.random.PRNGKey(100 + t))
+    out.append((float(fixed(state)), float(optax.global_norm(state.params))))
+  return np.asarray(out)
+
+
+@pytest.mark.parametrize('recipe', ['barlow', pytest.param('simclr_sgd', marks=pytest.mark.slow)])
+def test_barlow_recipe_reduces_the_loss_with_bounded_weights(recipe):
+  """configs/cifar10_ssl.py:barlow (the authors' recipe) at a small width: ten
+  steps lower the Barlow Twins loss of a fixed batch of views, and the weight
+  norm stays within 2x of init. SimCLR's SGD (lr 0.3, 2048-2048 projector),
+  the old :barlow, blows the weights up 10x and more in the same steps."""
+  cfg = cifar10_ssl.get_config('barlow')
+  cfg.model.update(name='small_cnn', cnn_widths=(8, 16))
+  cfg.pretrain.batch_size = 64
+  if recipe == 'simclr_sgd':
+    cfg.pretrain.update(learning_rate=0.3, weight_decay=5e-4)
+    cfg.ssl.update(projector_dims=(2048, 2048), projector_bias=True)
+  trace = _barlow_steps(cfg, 10)
+  loss, norm = trace[:, 0], trace[:, 1]
+  assert np.isfinite(trace).all()
+  if recipe == 'barlow':
+    assert loss[-3:].mean() < 0.9 * loss[0], loss
+    assert norm.max() < 2 * norm[0], norm
+  else:
+    assert norm[-1] > 10 * norm[0], norm

@@ -4,6 +4,10 @@
   (array_record, no TensorFlow) from a ``data_dir`` the user prepared
   (``download=False``: no machine here reaches the internet). Pixels are
   uint8 scaled to [0, 1]; CIFAR-100 uses its 100 fine labels (``label``).
+  Preparing needs TensorFlow (the tfds builders and the ``tfds`` command
+  encode images with it), which robustjax does not install: prepare once
+  in a separate environment, on a machine with internet access
+  (``prepare_commands``), then read without it.
 - ``digits``: scikit-learn's bundled 8x8 digits (1797 real images, no
   download), pixel values 0..16 scaled to [0, 1], images (8, 8, 1), split
   into train/test by a fixed permutation (``test_fraction``, ``split_seed``).
@@ -64,6 +68,40 @@ def info(name: str) -> DatasetInfo:
   if name not in INFO:
     raise ValueError(f'dataset must be one of {DATASETS}, got {name!r}')
   return INFO[name]
+
+
+def num_classes(name: str, classes: Sequence[int] | None = None) -> int:
+  """The number of classes a ``load(name, classes=classes)`` has: ``len(classes)``
+  with a class filter (relabelled 0..k-1), else the dataset's own count
+  (``info``), whatever labels a capped or filtered split happens to hold.
+  ValueError on an unknown name or bad ``classes`` (as ``load``)."""
+  k = info(name).num_classes
+  table = _check_classes(classes, k)
+  return k if table is None else int((table >= 0).sum())
+
+
+def check_labels(y, k: int, name: str = 'labels') -> None:
+  """ValueError (one line) unless every label is an integer in [0, k): the
+  class count taken from the dataset must cover the labels it holds."""
+  y = np.asarray(y)
+  if y.size and (not np.issubdtype(y.dtype, np.integer) or y.min() < 0 or y.max() >= k):
+    raise ValueError(f'{name}: must be integers in [0, {k}) (the number of classes of the '
+                     f'dataset), got {y.dtype} labels in [{y.min()}, {y.max()}]')
+
+
+def prepare_commands(name: str, data_dir: str = '') -> str:
+  """The shell commands that prepare ``name`` for ``load`` under ``data_dir``.
+
+  The tfds builders of MNIST / CIFAR (and the ``tfds`` command itself) import
+  TensorFlow, so they run in an environment of their own with TensorFlow and
+  the same tensorflow-datasets version (the dataset versions match); robustjax
+  then reads the array_record files without TensorFlow.
+  """
+  import tensorflow_datasets as tfds
+  where = data_dir or 'DIR'
+  return (f'python -m venv tfds-prep && tfds-prep/bin/pip install tensorflow '
+          f'tensorflow-datasets=={tfds.__version__} && tfds-prep/bin/tfds build {name} '
+          f'--data_dir={where} --file_format=array_record')
 
 
 def host_shard() -> tuple[int, int]:
@@ -165,9 +203,10 @@ def _tfds_source(name: str, split: str, data_dir: str):
     where = data_dir or "tfds's default data_dir (~/tensorflow_datasets)"
     raise FileNotFoundError(
         f'dataset {name!r} (split {split!r}) is not prepared in array_record format under '
-        f'{where}: prepare it on a machine with internet access (tfds build {name} '
-        f'--file_format=array_record) and pass its data_dir, or use the offline dataset '
-        f"'digits'. ({type(e).__name__}: {e})") from e
+        f'{where}: preparing needs TensorFlow, which robustjax does not install; on a machine '
+        f'with internet access run `{prepare_commands(name, data_dir)}` and pass that '
+        f"data_dir (reading needs no TensorFlow), or use the offline dataset 'digits'. "
+        f'({type(e).__name__}: {(str(e).splitlines() or [""])[0]})') from e
 
 
 def load_tfds(name: str, data_dir: str = '', *, max_train=None, max_test=None, classes=None,

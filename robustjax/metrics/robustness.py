@@ -19,6 +19,7 @@ import numpy as np
 from robustjax import checks, losses
 from robustjax.attacks import common, decision, health, minimal, pgd
 from robustjax.attacks.ensemble import black_box_check, evaluate_robust_accuracy
+from robustjax.models.apply import in_batches
 
 
 def _check_outputs(logits, y, name: str = 'logits'):
@@ -131,6 +132,8 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   Paper B's protocol: the first ``max_points`` correctly classified points of
   ``x`` (all when None), attacked one batch of ``batch_size`` (default: all)
   at a time; a short last batch is padded so every batch shares one compile.
+  With ``batch_size`` the clean pass that finds the correct points also runs
+  in batches of that size, so memory does not grow with ``len(x)``.
   Hard-label attacks pick their start points inside the batch, so larger
   batches give them better starts.
 
@@ -163,7 +166,11 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   x = jnp.asarray(x)
   y = jnp.asarray(y)
   logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
-  clean_logits, prob = health.outputs(logits_fn, x)
+  if batch_size is None:
+    clean_logits, prob = health.outputs(logits_fn, x)
+  else:  # the clean pass in batches too: memory bounded by batch_size, not len(x)
+    clean_logits = np.asarray(in_batches(logits_fn, x, batch_size))
+    prob = bool(health.looks_like_probabilities(clean_logits))
   if method in ('fmn', 'ddn', 'bisection'):
     health.warn(health.messages('adversarial_distance', dict(prob=prob)), stacklevel=3)
   correct = np.asarray(common.margin(clean_logits, yi) > 0)

@@ -8,7 +8,9 @@ statistics sit under ``'encoder'``, so ``variables['params']['encoder']`` is
 a plain encoder for the probe, and rep-spectral selects the backbone by that
 path. The projector is Dense-ReLU-...-Dense without BatchNorm (SimCLR's
 CIFAR projector; Barlow Twins' BatchNorm layers are left out so that the
-projector holds no running statistics).
+projector holds no running statistics). ``projector_bias=False`` drops its
+biases (Paper B's Barlow Twins projector is one bias-free 512 -> 256 layer,
+as in Pehlevan-Group/rep-spectral's ``BarlowTwins``).
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ import jax
 class SSLNet(nn.Module):
   encoder: nn.Module
   projector_dims: Sequence[int] = (512, 128)
+  projector_bias: bool = True
 
   @property
   def feature_layers(self) -> tuple[str, ...]:
@@ -34,7 +37,7 @@ class SSLNet(nn.Module):
     for i, d in enumerate(self.projector_dims):
       if i:
         h = nn.relu(h)
-      h = nn.Dense(d, name=f'projector_{i}')(h)
+      h = nn.Dense(d, use_bias=self.projector_bias, name=f'projector_{i}')(h)
     return h
 
 

@@ -6,6 +6,11 @@ A kind (``KINDS``) is a pair (adversarial?, spectral penalty): 'clean',
 SSL), 'rep' and 'll' (Paper B). All kinds of a run share the data, the init
 and the batch keys: they differ only in the attack and the penalty.
 
+Training metrics: the loss (and its clean / adversarial parts for SSL, the
+batch accuracy for supervised) and ``weight_norm``, the global l2 norm of all
+parameters at the step (BatchNorm makes most layers scale-invariant, so a
+runaway norm, not the loss, is what a too-large step shows).
+
 Batches: each step draws ``batch_size`` distinct training images at random
 (the step key decides) from the device-resident split, augments them on
 device and, for the adversarial kind, attacks them with the model in eval
@@ -21,6 +26,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from robustjax import losses, spectral
@@ -54,7 +60,8 @@ def network_from_config(cfg, num_classes: int):
   encoder = encoder_from_config(cfg, num_classes)
   if cfg.pretrain.method == 'supervised':
     return encoder
-  return SSLNet(encoder=encoder, projector_dims=tuple(cfg.ssl.projector_dims))
+  return SSLNet(encoder=encoder, projector_dims=tuple(cfg.ssl.projector_dims),
+                projector_bias=cfg.ssl.projector_bias)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -99,7 +106,8 @@ def supervised_loss(params, key, aux, batch_stats, *, model, batch_size: int,
     x = jax.lax.stop_gradient(attack(loss_of_input, x, k_att, bounds=BOUNDS))
   logits, new_stats = resnet.train_forward(model, params, batch_stats, x)
   loss = jnp.mean(losses.cross_entropy(logits, y))
-  return loss, ({'accuracy': jnp.mean(jnp.argmax(logits, -1) == y)}, new_stats)
+  return loss, ({'accuracy': jnp.mean(jnp.argmax(logits, -1) == y),
+                 'weight_norm': optax.global_norm(params)}, new_stats)
 
 
 def ssl_loss(params, key, aux, batch_stats, *, net: SSLNet, batch_size: int,
@@ -125,7 +133,9 @@ def ssl_loss(params, key, aux, batch_stats, *, net: SSLNet, batch_size: int,
   z, new_stats = resnet.train_forward(net, params, batch_stats, jnp.concatenate(views))
   z = z.reshape(len(views), batch_size, -1)
   clean = ssl.loss(z[0], z[1])
-  metrics = {'clean_loss': clean}
+  # The weight norm shows a recipe that blows up (Barlow Twins at SimCLR's lr
+  # went 85 -> 8952 in 6 steps) where the loss of scale-invariant layers cannot.
+  metrics = {'clean_loss': clean, 'weight_norm': optax.global_norm(params)}
   loss = clean
   if attack is not None:
     adv = ssl.loss(z[2], z[1])
@@ -162,9 +172,25 @@ def spectral_tx(cfg, kind: str, net, params, batch_stats, example: jax.Array):
   return spectral.penalize(spec, mask)
 
 
+def seed_groups(num_seeds: int, at_once: int) -> list[range]:
+  """Consecutive groups of at most ``at_once`` seeds (0 = all seeds in one group)."""
+  if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 0:
+    raise ValueError(f'at_once must be an integer >= 0 (0 = all seeds), got {at_once!r}')
+  size = at_once or num_seeds
+  return [range(a, min(a + size, num_seeds)) for a in range(0, num_seeds, size)]
+
+
 def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | None = None,
              desc: str = ''):
-  """Trains one network per seed key; returns ({'params', 'batch_stats'} stacked, metrics)."""
+  """Trains one network per seed key; returns ({'params', 'batch_stats'} stacked, metrics).
+
+  The seeds train vmapped, ``pretrain.seeds_at_once`` of them per compiled
+  step (0 = all): a step's activation memory grows with the seeds it holds,
+  so fewer at once fit a smaller accelerator (configs/cifar10_ssl.py has the
+  figures). Each group is its own resumable fit (checkpoints under
+  ``checkpoints/<kind>/seeds_<a>-<b>`` when there are several groups); its
+  seeds get the same keys, so the same results, as in one group.
+  """
   p = cfg.pretrain
   adversarial, _ = KINDS[kind]
   x_train = data['x_train']
@@ -185,10 +211,24 @@ def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | No
                                 ssl=SSLSpec.from_config(cfg), attack=attack)
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
   ckpt = os.path.join(workdir, 'checkpoints', kind) if workdir else None
-  states, metrics = loop.fit(states, (x_train, data['y_train']), train_keys, loss_fn,
-                             steps=p.steps, chunk_size=cfg.chunk_size, batched=True,
-                             shared_aux=True, desc=desc or f'pretrain {kind}',
-                             progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=ckpt,
-                             checkpoint_every=cfg.get('checkpoint_every'),
-                             fused_steps=jax.default_backend() != 'cpu')
+  groups = seed_groups(keys.shape[0], p.seeds_at_once)
+  done = []
+  for g in groups:
+    take = lambda t, g=g: jax.tree.map(lambda a: a[g.start:g.stop], t)
+    where = ckpt if ckpt is None or len(groups) == 1 else os.path.join(
+        ckpt, f'seeds_{g.start}-{g.stop - 1}')
+    label = desc or f'pretrain {kind}'
+    done.append(loop.fit(
+        take(states), (x_train, data['y_train']), take(train_keys), loss_fn, steps=p.steps,
+        chunk_size=cfg.chunk_size, batched=True, shared_aux=True,
+        desc=label if len(groups) == 1 else f'{label} seeds {g.start}-{g.stop - 1}',
+        progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=where,
+        checkpoint_every=cfg.get('checkpoint_every'),
+        fused_steps=jax.default_backend() != 'cpu'))
+  if len(done) == 1:
+    states, metrics = done[0]
+  else:
+    states = jax.tree.map(lambda *a: jnp.concatenate(a), *[s for s, _ in done])
+    metrics = jax.tree.map(lambda *m: np.concatenate([np.atleast_1d(v) for v in m]),
+                           *[m for _, m in done])
   return {'params': states.params, 'batch_stats': states.batch_stats}, metrics

@@ -50,8 +50,11 @@ def _classes(cfg, field):
 
 def _data_dir_ok(cfg, name: str):
   if name != 'digits' and not os.path.isdir(cfg.data.data_dir or '/nonexistent'):
-    raise cv.ConfigError('data.data_dir', f'a tfds data_dir holding a prepared {name!r} '
-                         "(offline: the ':digits' variant)", cfg.data.data_dir)
+    raise cv.ConfigError(
+        'data.data_dir', f'a tfds data_dir holding a prepared {name!r} (preparing needs '
+        'TensorFlow, which robustjax does not install; with internet access run '
+        f'`{images.prepare_commands(name)}`; offline: the \':digits\' variant)',
+        cfg.data.data_dir)
 
 
 def validate(cfg) -> None:
@@ -87,10 +90,15 @@ def validate(cfg) -> None:
   cv.number(cfg, 'pretrain.learning_rate', low=0, strict_low=True)
   cv.number(cfg, 'pretrain.momentum', low=0, high=1)
   cv.number(cfg, 'pretrain.weight_decay', low=0)
+  v = p.seeds_at_once
+  if isinstance(v, bool) or not isinstance(v, int) or v < 0:
+    raise cv.ConfigError('pretrain.seeds_at_once', 'an integer >= 0 (0 = all seeds at once)', v)
   if p.method != 'supervised':
     cv.number(cfg, 'ssl.temperature', low=0, strict_low=True)
     cv.number(cfg, 'ssl.barlow_lambda', low=0)
     cv.number(cfg, 'ssl.adv_weight', low=0)
+    if not isinstance(cfg.ssl.projector_bias, bool):
+      raise cv.ConfigError('ssl.projector_bias', 'True or False', cfg.ssl.projector_bias)
     d = cfg.ssl.projector_dims
     if isinstance(d, str) or not d or not all(isinstance(v, int) and v >= 1 for v in d):
       raise cv.ConfigError('ssl.projector_dims', 'a non-empty list of integers >= 1', d)
@@ -120,8 +128,13 @@ def load(cfg, name: str, classes) -> dict:
   x_tr, y_tr, x_te, y_te = images.load(
       name, data_dir=d.data_dir, test_fraction=d.test_fraction, split_seed=d.split_seed,
       max_train=d.max_train or None, max_test=d.max_test or None, classes=tuple(classes) or None)
+  # The class count is the dataset's (or the filter's), not the largest label
+  # seen: a cap or a filter can leave the top classes out of a split.
+  k = images.num_classes(name, tuple(classes) or None)
+  for split, y in (('train', y_tr), ('test', y_te)):
+    images.check_labels(y, k, f'{name} {split} labels')
   return dict(x_train=jnp.asarray(x_tr), y_train=jnp.asarray(y_tr), x_test=jnp.asarray(x_te),
-              y_test=jnp.asarray(y_te), num_classes=int(max(y_tr.max(), y_te.max()) + 1))
+              y_test=jnp.asarray(y_te), num_classes=k)
 
 
 def probe_spec(cfg) -> tuple[str, tuple]:

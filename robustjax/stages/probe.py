@@ -7,44 +7,113 @@ evaluated on the probe test set: clean accuracy, robust accuracy under the
 attack-suite ensemble at each radius, and the l2 adversarial distance of the
 first correctly classified points (white-box FMN). The encoder runs in eval
 mode throughout: nothing an attack does touches its BatchNorm statistics.
+
+Memory and devices: every pass of the encoder over evaluation points runs in
+batches of ``eval.batch_size`` (one compiled size, the last batch padded):
+feature extraction, the distance attack and its clean pass, and the robust
+accuracy ensemble when ``evaluate_robust_accuracy`` takes a ``batch_size``.
+With a mesh (``cfg.mesh``), each batch of points is split over its 'data'
+axis and the encoder and probe are replicated, so every device attacks its
+share of the points whatever the number of seeds (seeds that do not divide
+the axis used to make every device repeat the whole evaluation).
 """
 from __future__ import annotations
+
+import functools
+import inspect
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import NamedSharding, PartitionSpec as P
 
 from robustjax import progress
 from robustjax.attacks import evaluate_robust_accuracy
 from robustjax.metrics import robustness
-from robustjax.models import heads, resnet
-from robustjax.models.apply import bind
+from robustjax.models import heads
+from robustjax.models.apply import bind, in_batches
+from robustjax.train import sharding
+
+# Whether the ensemble attacks in batches of a given size (its batch_size
+# argument arrives with the AutoAttack-versions work); without it the ensemble
+# attacks all ``eval.num_points`` at once, in its own power-of-two sub-batches.
+ROBUST_ACCURACY_BATCHED = 'batch_size' in inspect.signature(evaluate_robust_accuracy).parameters
 
 
-def features(model, variables, x: jax.Array, batch_size: int) -> jax.Array:
-  """Eval-mode features of x in batches of ``batch_size`` (bounded memory)."""
-  return jax.lax.map(lambda xb: resnet.eval_features(model, variables, xb[None])[0], x,
-                     batch_size=batch_size)
+def points_sharding(mesh) -> NamedSharding | None:
+  """Where a batch of evaluation points goes: its leading axis split over the
+  mesh's 'data' axis (None without a mesh, or with one device on 'data')."""
+  mesh = sharding.mesh_from_config(mesh)
+  if mesh is None or mesh.shape['data'] == 1:
+    return None
+  return NamedSharding(mesh, P('data'))
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def split_features(spec, variables, x: jax.Array) -> jax.Array:
+  """Eval-mode pooled features (n, F) of x (n, H, W, C) for ``spec`` = (encoder,
+  points sharding or None): with a sharding the points are split over its
+  devices (XLA pads a batch the devices do not divide)."""
+  model, points = spec
+  if points is not None:
+    x = jax.lax.with_sharding_constraint(x, points)
+  return model.apply(variables, x, train=False, features_only=True)
+
+
+@functools.partial(jax.jit, static_argnums=0)
+def _features_of_seeds(spec, variables, x):
+  return jax.vmap(lambda v: split_features(spec, v, x))(variables)
+
+
+def _replicated(tree, mesh):
+  """Copies of ``tree`` on every device of ``mesh`` (as is without a mesh)."""
+  return tree if mesh is None else jax.device_put(tree, NamedSharding(mesh, P()))
+
+
+def _data_size(mesh) -> int:
+  return 1 if mesh is None else mesh.shape['data']
+
+
+def features(model, variables, x: jax.Array, batch_size: int, mesh=None) -> jax.Array:
+  """Eval-mode features (n, F) of x in batches of ``batch_size``, each split over
+  ``mesh``'s 'data' axis when given (bounded memory, one compile)."""
+  mesh = sharding.mesh_from_config(mesh)
+  spec = (model, points_sharding(mesh))
+  return in_batches(functools.partial(split_features, spec, _replicated(variables, mesh)), x,
+                    batch_size, multiple_of=_data_size(mesh))
+
+
+def features_per_seed(model, variables, x: jax.Array, batch_size: int, mesh=None) -> jax.Array:
+  """``features`` for variables stacked over seeds: (seeds, n, F), every seed's
+  features of a batch in one program."""
+  mesh = sharding.mesh_from_config(mesh)
+  spec = (model, points_sharding(mesh))
+  return in_batches(functools.partial(_features_of_seeds, spec, _replicated(variables, mesh)), x,
+                    batch_size, multiple_of=_data_size(mesh), axis=1)
 
 
 def _seed(tree, s: int):
   return jax.tree.map(lambda a: a[s], tree)
 
 
-# Every seed's features in one program; compiled once per (model, shapes), so
-# every kind of a run shares it.
-_features_per_seed = jax.jit(jax.vmap(features, in_axes=(None, 0, None, None)),
-                             static_argnums=(0, 3))
-
-
 def fit_probes(cfg, model, variables, data: dict):
   """(probes, test accuracies), both stacked over seeds: one probe per seed."""
-  feats, bs = _features_per_seed, cfg.eval.batch_size
+  mesh, bs = sharding.mesh_from_config(cfg.get('mesh')), cfg.eval.batch_size
+  feats = functools.partial(features_per_seed, model, variables, batch_size=bs, mesh=mesh)
   probes = jax.vmap(lambda f: heads.fit_logistic_regression(
       f, data['y_train'], num_classes=data['num_classes'], l2=cfg.probe.l2,
-      max_iter=cfg.probe.max_iter))(feats(model, variables, data['x_train'], bs))
-  logits = jax.vmap(heads.linear_head)(probes, feats(model, variables, data['x_test'], bs))
+      max_iter=cfg.probe.max_iter))(feats(data['x_train']))
+  logits = jax.vmap(heads.linear_head)(probes, feats(data['x_test']))
   return probes, np.asarray(jnp.mean(jnp.argmax(logits, -1) == data['y_test'], axis=-1))
+
+
+def predict_fn(model, variables, probe, mesh=None) -> jax.tree_util.Partial:
+  """encoder + probe as one predict function (logits), for one seed's variables
+  and probe; with a mesh, points are split over its 'data' axis."""
+  mesh = sharding.mesh_from_config(mesh)
+  feature_fn = bind(split_features, (model, points_sharding(mesh)),
+                    _replicated(variables, mesh))
+  return heads.readout_predict_fn(feature_fn, _replicated(probe, mesh))
 
 
 def evaluate(cfg, model, variables, probes, data: dict, keys: jax.Array,
@@ -56,26 +125,29 @@ def evaluate(cfg, model, variables, probes, data: dict, keys: jax.Array,
   attacks: per seed, the ensemble at each eps, then the distance attack.
   """
   e = cfg.eval
+  mesh = sharding.mesh_from_config(cfg.get('mesh'))
+  d = _data_size(mesh)
+  round_up = lambda b: -(-b // d) * d  # a batch the 'data' devices split evenly
   x_te, y_te = data['x_test'], data['y_test']
   n = min(e.num_points, x_te.shape[0])
+  batched = dict(batch_size=round_up(e.batch_size)) if ROBUST_ACCURACY_BATCHED else {}
   out = {'robust_acc': {float(eps): [] for eps in e.eps}, 'distances': []}
   with progress.tracked(desc, keys.shape[0] * (len(e.eps) + 1), cfg.progress) as bar:
     for s in range(keys.shape[0]):
-      predict = heads.readout_predict_fn(bind(resnet.eval_features, model, _seed(variables, s)),
-                                         _seed(probes, s))
+      predict = predict_fn(model, _seed(variables, s), _seed(probes, s), mesh)
       for i, eps in enumerate(e.eps):
         bar.set_postfix_str(f'seed {s}, {"+".join(e.attacks)} at eps {float(eps):g}')
         r = evaluate_robust_accuracy(predict, x_te[:n], y_te[:n], eps=float(eps), norm=e.norm,
                                      attacks=tuple(e.attacks), key=jax.random.fold_in(keys[s], i),
                                      bounds=(0.0, 1.0), n_iter=e.n_iter,
-                                     n_target_classes=e.n_target_classes, warn=False)
+                                     n_target_classes=e.n_target_classes, warn=False, **batched)
         out['robust_acc'][float(eps)].append(r['robust_accuracy'])
         bar.update()
       bar.set_postfix_str(f'seed {s}, fmn distances')
-      d = robustness.adversarial_distance(predict, x_te, y_te, method='fmn', key=keys[s],
-                                          max_points=e.distance_points, bounds=(0.0, 1.0),
-                                          batch_size=min(e.batch_size, e.distance_points),
-                                          steps=e.fmn_steps, targets=e.n_target_classes)
-      out['distances'].append(np.asarray(d['distances'], np.float64))
+      dist = robustness.adversarial_distance(
+          predict, x_te, y_te, method='fmn', key=keys[s], max_points=e.distance_points,
+          bounds=(0.0, 1.0), batch_size=round_up(min(e.batch_size, e.distance_points)),
+          steps=e.fmn_steps, targets=e.n_target_classes)
+      out['distances'].append(np.asarray(dist['distances'], np.float64))
       bar.update()
   return out
