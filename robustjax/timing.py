@@ -45,8 +45,8 @@ def compile_seconds():
   try:
     yield acc
   finally:
-    with _lock:
-      _open.remove(acc)
+    with _lock:  # by identity: list.remove compares values, and nested blocks may hold equal ones
+      _open[:] = [a for a in _open if a is not acc]
 
 
 def record(wall: float, compile_s: float) -> dict:
@@ -57,10 +57,13 @@ def record(wall: float, compile_s: float) -> dict:
 
 @contextlib.contextmanager
 def stage(timings: dict, name: str):
-  """Times the block into ``timings[name]`` (``record``). jax dispatches
+  """Times the block into ``timings[name]``: ``record`` plus 'cpu', the process's
+  CPU seconds (all threads), which bound the wall time on a quiet machine when
+  the run's machine was shared (wall >= cpu / cores). jax dispatches
   asynchronously: block on the block's results inside it
   (``jax.block_until_ready``) or their run time lands in a later stage."""
-  t0 = time.perf_counter()
+  t0, c0 = time.perf_counter(), time.process_time()
   with compile_seconds() as c:
     yield
-  timings[name] = record(time.perf_counter() - t0, c[0])
+  timings[name] = dict(record(time.perf_counter() - t0, c[0]),
+                       cpu=round(time.process_time() - c0, 2))

@@ -71,3 +71,16 @@ def test_compile_seconds_count_compiles_not_cached_calls():
   assert t['run'] == pytest.approx(t['wall'] - t['compile'], abs=0.011)
   assert timing.record(1.0, 0.25) == {'wall': 1.0, 'compile': 0.25, 'run': 0.75}
   np.testing.assert_equal(timing.record(0.1, 0.2)['run'], 0.0)  # clock noise: never negative
+
+
+def test_nested_blocks_with_equal_counts_each_keep_their_own():
+  # Regression: blocks were removed by value, so an inner block that ended with
+  # the same count as its outer one (both 0.0: nothing compiled yet) removed
+  # the outer's accumulator; the outer's compiles then went uncounted and its
+  # end raised ValueError (seen on a resumed run whose stages compile nothing).
+  f = jax.jit(lambda x: jnp.sin(x @ x.T).sum())  # a shape no other test compiles
+  with timing.compile_seconds() as outer:
+    with timing.compile_seconds() as inner:
+      pass
+    jax.block_until_ready(f(jnp.ones((41, 23))))
+  assert inner[0] == 0.0 and outer[0] > 0

@@ -7,6 +7,8 @@ import shutil
 import numpy as np
 import pytest
 
+from configs import mnist_spectral as config_lib
+from robustjax.stages import spectral as spectral_stage
 from tests.helpers import launch
 
 COMMON = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=50',
@@ -71,7 +73,8 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
   # rep_eig_ub's loss carries its batch slope term; the others' do not.
   assert 'slope_term' in res['final_train_metrics']['rep_eig_ub']
   assert 'slope_term' not in res['final_train_metrics']['rep']
-  assert [c['kind'] for c in res['claims']] == ['rep', 'rep_eig_ub']
+  assert [c['name'] for c in res['claims']] == [
+      f'B: {k} raises the refit/fmn adversarial distance (lam 0.01)' for k in ('rep', 'rep_eig_ub')]
   for name in ('adv_distance_box', 'log_volume', 'log10_lambda_max', 'boundary'):
     assert os.path.getsize(os.path.join(tmp_path, f'{name}.png')) > 1000
   assert 'none' in proc.stdout and 'refit/fmn' in proc.stdout  # the table
@@ -93,6 +96,33 @@ def test_digits_end_to_end(tmp_path):
     assert s[kind]['refit_test_acc'] > 0.3
     for name, d in s[kind]['distances'].items():
       assert all(n <= 16 for n in d['num_points_per_seed'])
+  # One claim format for every experiment: the lines, results.json, the files, the timings.
+  assert [c['name'] for c in res['claims']] == [
+      'B: rep raises the refit/tangent adversarial distance (lam 0.01)']
+  assert 'claims this run tests:' in proc.stdout and 'files written:' in proc.stdout
+  for name in ('data', 'burn_in', 'train_rep', 'eval_rep', 'total'):
+    t = res['timings'][name]
+    assert abs(t['compile'] + t['run'] - t['wall']) < 0.02 and t['cpu'] > 0, (name, t)
+
+
+def _summary_row(mean, std, acc):
+  return dict(adv_distance_mean=mean, adv_distance_mean_std=std, refit_test_acc=acc)
+
+
+@pytest.mark.parametrize('rep,ll_readout,acc,holds', [
+    ((0.60, 0.01), (0.55, 0.01), 0.96, True),    # gap 0.05 > 0.01 on both
+    ((0.60, 0.06), (0.55, 0.01), 0.96, False),   # gap 0.05 <= rep's own spread 0.06
+    ((0.60, 0.01), (0.595, 0.01), 0.96, False),  # not above ll_readout
+    ((0.60, 0.01), (0.55, 0.01), 0.94, False),   # accuracy 0.94 < none's 0.96 - 0.01
+])
+def test_claim_rule(rep, ll_readout, acc, holds):
+  cfg = config_lib.get_config()
+  summary = {'none': _summary_row(0.50, 0.01, 0.96), 'll_readout': _summary_row(*ll_readout, 0.96),
+             'll': _summary_row(0.70, 0.01, 0.80), 'rep': _summary_row(*rep, acc)}
+  runs = {k: {'kind': k, 'lam': 0.01} for k in summary}
+  (c,) = spectral_stage.claims(cfg, summary, runs)
+  assert c.holds is holds
+  assert c.numbers['ll'] == (0.70, 0.01) and 'vs ll: not above, not required' in c.rule
 
 
 def test_bad_config_through_launch_is_one_line_exit_2(tmp_path):
@@ -118,13 +148,20 @@ def test_digits_sweep_end_to_end(tmp_path):
   res = _results(tmp_path, proc)
   assert list(res['summary']) == ['none', 'rep lam=0.01', 'rep lam=0.1']
   assert res['runs']['rep lam=0.1'] == {'kind': 'rep', 'lam': 0.1}
-  assert [(c['kind'], c['lam']) for c in res['claims']] == [('rep', 0.01), ('rep', 0.1)]
+  claims = [c['name'] for c in res['claims']]
+  assert claims == [f'B: rep raises the refit/tangent adversarial distance (lam {lam})'
+                    for lam in ('0.01', '0.1')]
+  # Each claim's numbers: rep's and none's distance (mean, std) and accuracies.
+  c = res['claims'][1]
+  assert c['numbers']['rep'] == [res['summary']['rep lam=0.1']['adv_distance_mean'],
+                                 res['summary']['rep lam=0.1']['adv_distance_mean_std']]
+  assert set(c['numbers']) == {'rep', 'none', 'refit_test_acc rep', 'refit_test_acc none'}
   assert 'sweep.png' in res['plots'] and os.path.getsize(os.path.join(tmp_path, 'sweep.png')) > 1000
   ckpts = sorted(os.listdir(os.path.join(tmp_path, 'checkpoints')))
   assert ckpts == ['burn_in', 'none', 'rep_lam0.01', 'rep_lam0.1']
   sig = lambda label: np.asarray(res['summary'][label]['sigma_max_per_seed']['hidden_0/kernel'])
   assert np.all(sig('rep lam=0.1') < sig('rep lam=0.01'))
-  assert 'claim rep lam=0.1' in proc.stdout
+  assert f': {claims[1]}: ' in proc.stdout  # the claim lines, in the shared format
 
 
 @pytest.mark.parametrize('field,value', [
@@ -156,6 +193,16 @@ def test_validate_names_the_bad_field(field, value):
   node[leaf] = value
   with pytest.raises(ConfigError, match=f'config.{field}'):
     spectral.validate(cfg)
+
+
+@pytest.mark.parametrize('variant', ['digits', 'digits_sweep', 'mnist'])
+def test_hard_label_attack_on_the_refit_head_only(variant):
+  # The headline is the re-fitted head's TangentAttack distance; the trained
+  # head gets FMN and the bound (the hard-label attack would double the cost).
+  e = config_lib.get_config(variant).eval
+  runs = [f'{h}/{a}' for h in e.heads for a in e.attacks if f'{h}/{a}' not in e.skip]
+  assert runs == ['original/fmn', 'refit/fmn', 'refit/tangent']
+  assert f'{e.primary_head}/{e.primary_attack}' == 'refit/tangent'
 
 
 def test_xor_rerun_resumes_each_kind_and_matches(tmp_path, capsys):
