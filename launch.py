@@ -8,6 +8,11 @@ a stray positional argument prints one line naming it and exits with status 2,
 leaving the workdir untouched. Ctrl-C prints one line (where the run stopped,
 what it kept, the command that resumes it) and exits with status 130.
 
+A rerun in the same workdir resumes its checkpoints only when the config is
+the one recorded in ``<workdir>/config.json`` (every field but evaluation and
+display ones, ``robustjax.run_record``); otherwise it refuses in one line,
+exit 2, nothing touched. ``--config.resume=overwrite`` starts afresh.
+
 Compiled programs are kept in jax's persistent compilation cache, so a rerun
 skips the compiles of the first: ``--compilation_cache_dir`` (default
 ``$JAX_COMPILATION_CACHE_DIR``, else ``$XDG_CACHE_HOME/robustjax/jax``, else
@@ -27,10 +32,11 @@ import re
 import shlex
 import sys
 
+import jax
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from robustjax import config_validation
+from robustjax import config_validation, run_record
 from robustjax.progress import Interrupted
 from robustjax.train.loop import DivergedError
 
@@ -240,6 +246,18 @@ def interrupted(e: KeyboardInterrupt, workdir: str, argv) -> str:
           f'python {shlex.join(argv)}')
 
 
+def environment() -> dict:
+  """What a run's record says it ran on: library versions, devices, processes."""
+  import flax
+  import optax
+  import orbax.checkpoint
+  import robustjax
+  return {'versions': {'jax': jax.__version__, 'flax': flax.__version__,
+                       'optax': optax.__version__, 'orbax-checkpoint': orbax.checkpoint.__version__,
+                       'robustjax': robustjax.__version__},
+          'devices': [str(d) for d in jax.devices()], 'process_count': jax.process_count()}
+
+
 def main(argv):
   del argv
   logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
@@ -260,10 +278,19 @@ def main(argv):
     experiment = importlib.import_module(f'robustjax.stages.{cfg.experiment}')
     config_validation.workdir(workdir)
     experiment.validate(cfg)
+    resume = cfg.get('resume', 'check')  # a config file of one's own may not have the field
+    if 'resume' in cfg:
+      config_validation.one_of(cfg, 'resume', run_record.RESUME)
+    if resume == 'check':
+      run_record.check(workdir, cfg.to_dict())
   except config_validation.ConfigError as e:
     print(f'error: {e}', file=sys.stderr)
     sys.exit(2)
-  os.makedirs(workdir, exist_ok=True)
+  if jax.process_index() == 0:  # one writer; the other processes compute alongside
+    if resume == 'overwrite':
+      run_record.clear(workdir)
+    os.makedirs(workdir, exist_ok=True)
+    run_record.write(workdir, cfg.to_dict(), environment())
   try:
     experiment.main(cfg, workdir)
   except DivergedError as e:

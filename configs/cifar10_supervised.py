@@ -45,6 +45,7 @@ def get_config(variant: str = 'cifar10'):
   c.num_seeds = 3        # vmapped: one compile trains every seed
   c.chunk_size = 500
   c.progress = True
+  c.resume = 'check'  # a rerun in a workdir of another config refuses; 'overwrite' starts afresh
   c.checkpoint_every = 2000
   c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
 

@@ -46,6 +46,7 @@ def get_config(variant: str = 'digits'):
   c.num_seeds = 5
   c.chunk_size = 500
   c.progress = True
+  c.resume = 'check'  # a rerun in a workdir of another config refuses; 'overwrite' starts afresh
   c.checkpoint_every = 500   # steps between checkpoints (workdir/checkpoints/<kind>)
 
   c.data = ml_collections.ConfigDict(dict(

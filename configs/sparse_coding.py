@@ -46,6 +46,7 @@ def get_config(variant: str = 'pipeline'):
   c.num_seeds = 3        # seeds draw the dictionary, theta0, init and data
   c.chunk_size = 250     # training steps per compiled chunk (progress-bar tick)
   c.progress = True
+  c.resume = 'check'  # a rerun in a workdir of another config refuses; 'overwrite' starts afresh
 
   c.data = ml_collections.ConfigDict(dict(
       d=64,                  # observation dimension

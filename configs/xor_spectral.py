@@ -35,6 +35,7 @@ def get_config(variant: str = 'paper'):
   c.num_seeds = 5            # vmapped: one compile trains all seeds
   c.chunk_size = 5000        # steps per compiled chunk
   c.progress = True
+  c.resume = 'check'  # a rerun in a workdir of another config refuses; 'overwrite' starts afresh
   c.checkpoint_every = 5000  # steps between checkpoints (workdir/checkpoints/<kind>)
 
   c.data = ml_collections.ConfigDict(dict(

@@ -60,6 +60,20 @@ def test_launch_tiny_pipeline(tmp_path):
   for png in ('purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png'):
     assert (tmp_path / png).stat().st_size > 1000
   assert (tmp_path / 'checkpoints' / 'encoder_adversarial').is_dir()
+  # The run recorded its config; a rerun with another training field refuses
+  # in one line before any work and leaves the run as it was.
+  record = json.loads((tmp_path / 'config.json').read_text())
+  assert record['config']['data']['d'] == 8 and record['process_count'] == 1
+  assert record['versions']['jax'] == jax.__version__ and record['fingerprint']['attack.eps'] > 0
+  before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')}
+  proc = launch('--config=configs/sparse_coding.py', f'--workdir={tmp_path}', *TINY,
+                '--config.attack.eps=0.1')
+  assert proc.returncode == 2, proc.stderr[-2000:]
+  (line,) = proc.stderr.strip().splitlines()
+  assert line.startswith(f'error: config.resume: {tmp_path} holds a run of another config: '
+                         'config.attack.eps 0.1 (recorded: ')
+  assert '--config.resume=overwrite' in line and 'fresh --workdir' in line
+  assert {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')} == before
 
 
 def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, capsys):
