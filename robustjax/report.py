@@ -6,6 +6,7 @@ import json
 import os
 from typing import Sequence
 
+import jax
 import matplotlib
 
 matplotlib.use('Agg')
@@ -129,8 +130,24 @@ def files_text(workdir: str, names: Sequence[str], timings: dict | None = None) 
   return '\n'.join(lines)
 
 
+def writer() -> bool:
+  """Whether this process writes a run's files: process 0 of a multi-host run
+  (the others compute the same results alongside and write nothing)."""
+  return jax.process_index() == 0
+
+
+def save_figure(fig, path: str, **savefig_kwargs) -> None:
+  """``fig.savefig(path)`` in the writing process (``writer``); closes ``fig`` in all."""
+  if writer():
+    fig.savefig(path, **savefig_kwargs)
+  plt.close(fig)
+
+
 def write_json(path: str, payload: dict) -> None:
-  """Atomic JSON; NaN and +-inf (e.g. a failed attack's distance) become null."""
+  """Atomic JSON; NaN and +-inf (e.g. a failed attack's distance) become null.
+  Written by the writing process only (``writer``)."""
+  if not writer():
+    return
   tmp = path + '.tmp'
   with open(tmp, 'w') as f:
     json.dump(_finite(json.loads(json.dumps(payload, default=_jsonable))), f, indent=2,
@@ -158,8 +175,7 @@ def _jsonable(x):
 
 def _save(fig, path: str) -> None:
   fig.tight_layout()
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+  save_figure(fig, path, dpi=120)
 
 
 def plot_purity(units: dict, path: str) -> None:

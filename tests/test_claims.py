@@ -102,3 +102,16 @@ def test_purification_ratio_trend_needs_dense_above_three_and_above_pure():
   assert not ratio(2.0, 2.9)      # dense units: under 3
   assert not ratio(14.0, 13.7)    # no rise from pure to dense
   assert sparse_coding.claims({}, {}) == []  # nothing to test, nothing claimed
+
+
+def test_only_process_zero_writes_files(tmp_path, monkeypatch):
+  # A multi-host run: every process computes the results, process 0 writes them.
+  import jax
+  import matplotlib.pyplot as plt
+  for index, written in ((1, []), (0, ['fig.png', 'r.json'])):
+    monkeypatch.setattr(jax, 'process_index', lambda: index)
+    report.write_json(str(tmp_path / 'r.json'), {'a': 1.0})
+    fig, _ = plt.subplots()
+    report.save_figure(fig, str(tmp_path / 'fig.png'))
+    assert not plt.get_fignums()  # closed in every process
+    assert sorted(p.name for p in tmp_path.iterdir()) == written

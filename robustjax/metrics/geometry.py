@@ -167,6 +167,7 @@ def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
   import matplotlib
   matplotlib.use('Agg')
   import matplotlib.pyplot as plt
+  from robustjax import report  # matplotlib too: only when plotting
 
   names = list(maps)
   fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
@@ -190,5 +191,4 @@ def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
   if suptitle:
     fig.suptitle(suptitle)
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, path, dpi=110)

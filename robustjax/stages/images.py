@@ -179,8 +179,7 @@ def plot_filters(kernels: dict, path: str, max_filters: int = 32) -> None:
       ax.set_xticks([]), ax.set_yticks([])
     row[0].set_ylabel(kind, rotation=0, ha='right', va='center')
   fig.suptitle('first-layer filters (seed 0)')
-  fig.savefig(path, dpi=110, bbox_inches='tight')
-  plt.close(fig)
+  report.save_figure(fig, path, dpi=110, bbox_inches='tight')
 
 
 # --- summary -------------------------------------------------------------------

@@ -563,8 +563,7 @@ def plot_distances(evals: dict, path: str) -> None:
     ax.set_title(n)
     ax.set_ylabel('adversarial distance (l2)')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, path, dpi=110)
 
 
 def plot_sweep(cfg, summary: dict, runs: dict, path: str) -> None:
@@ -593,8 +592,7 @@ def plot_sweep(cfg, summary: dict, runs: dict, path: str) -> None:
     ax.legend(fontsize=8)
   fig.suptitle(f'mean +- std over {cfg.num_seeds} seeds')
   fig.tight_layout()
-  fig.savefig(path, dpi=110)
-  plt.close(fig)
+  report.save_figure(fig, path, dpi=110)
 
 
 def plot_geometry(maps: dict, data: dict, workdir: str) -> list[str]:
