@@ -90,6 +90,20 @@ def test_checkpoint_of_another_run_is_refused(tmp_path):
              checkpoint_dir=ckpt)
 
 
+def test_checkpoint_of_another_job_fingerprint_is_refused(tmp_path):
+  # The issue's case: the same directory, key and steps, another loss (here
+  # another radius): without a fingerprint the old parameters came back.
+  ckpt = str(tmp_path / 'fit')
+  kw = dict(steps=4, chunk_size=4, progress=False, checkpoint_dir=ckpt)
+  done, _ = loop.fit(new_state(), AUX, KEY, quad_loss, fingerprint={'attack.eps': 0.4}, **kw)
+  with pytest.raises(ValueError, match=r'another job \(fingerprint differs: attack.eps\)'):
+    loop.fit(new_state(), AUX, KEY, never_traced, fingerprint={'attack.eps': 0.1}, **kw)
+  with pytest.raises(ValueError, match='fingerprint differs'):  # none given: not the same job
+    loop.fit(new_state(), AUX, KEY, never_traced, **kw)
+  again, _ = loop.fit(new_state(), AUX, KEY, never_traced, fingerprint={'attack.eps': 0.4}, **kw)
+  chex.assert_trees_all_equal(again.params, done.params)
+
+
 @pytest.mark.parametrize('item', ['state', 'run'])
 def test_newest_step_missing_an_item_is_skipped_and_the_older_one_resumed(tmp_path, capsys, item):
   # Was a bare orbax KeyError ('Item "state" was not found in the checkpoint').

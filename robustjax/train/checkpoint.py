@@ -97,7 +97,8 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state, run: dict):
 
   Raises:
     ValueError (one line, naming the directory) when the directory holds a
-    folder that is not a checkpoint, or another run (other key, or more steps).
+    folder that is not a checkpoint, or another run (other fingerprint, other
+    key, or more steps).
   """
   directory = str(mngr.directory)
   strays = [s for s in mngr.all_steps() if not _is_orbax_step(mngr, s)]
@@ -116,6 +117,12 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state, run: dict):
     except (KeyError, ValueError, OSError) as e:
       _drop(mngr, step, f'its run record cannot be read ({type(e).__name__})')
       continue
+    if saved.get('fingerprint') != run.get('fingerprint'):
+      old, new = saved.get('fingerprint') or {}, run.get('fingerprint') or {}
+      differ = [k for k in sorted(set(old) | set(new)) if old.get(k) != new.get(k)]
+      raise ValueError(f'{where} holds a run of another job (fingerprint differs'
+                       + (f": {', '.join(differ[:3])}" if differ else '') +
+                       '); use a fresh --workdir or delete it')
     if saved['key'] != run['key']:
       raise ValueError(f'{where} holds a run with another PRNG key (seed); '
                        'use a fresh --workdir or delete it')

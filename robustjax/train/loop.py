@@ -97,7 +97,7 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         steps: int, chunk_size: int = 250, batched: bool = False, desc: str = 'train',
         progress: bool = True, mesh=None, checkpoint_dir: str | None = None,
         checkpoint_every: int | None = None, shared_aux: bool = False,
-        fused_steps: bool = True):
+        fused_steps: bool = True, fingerprint: dict | None = None):
   """Trains for ``steps`` steps; returns (state, metrics of the last chunk).
 
   ``batched=True`` vmaps everything over the leading axis of ``state``, ``aux``
@@ -119,6 +119,10 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   of the first chunk at or past every ``checkpoint_every`` steps (every chunk
   when None) and at the end; a rerun with the same directory and key resumes
   from the newest complete checkpoint, and a finished one returns at once.
+  ``fingerprint`` (a JSON-able ``{name: value}`` of what determines the job,
+  e.g. ``run_record.fingerprint(cfg.to_dict())``) is saved with every
+  checkpoint; a rerun whose fingerprint differs is refused (ValueError naming
+  the differing names), so a changed loss never resumes the old parameters.
   Step t always uses fold_in(key, t), so a resumed run replays exactly the
   steps an uninterrupted one would have taken. Ctrl-C raises
   ``progress.Interrupted`` naming ``desc``, the steps done and the checkpoint
@@ -127,6 +131,8 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   """
   # Read on the host before the key becomes a (possibly multi-host) global array.
   record = {'steps': int(steps), 'key': checkpoint.key_record(key)}
+  if fingerprint is not None:
+    record['fingerprint'] = fingerprint
   mesh = sharding.mesh_from_config(mesh)
   run, state, aux, key = compile_chunks(loss_fn, state, aux, key, batched=batched, mesh=mesh,
                                         shared_aux=shared_aux)
