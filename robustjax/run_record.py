@@ -23,29 +23,35 @@ from robustjax import config_validation as cv
 
 RECORD = 'config.json'
 # Top-level fields that do not change what training computes: evaluation
-# settings (an evaluation reruns in full from the trained checkpoints), the
+# settings and the image configs' linear probe (fitted and evaluated anew from
+# the trained checkpoints on every run), the
 # display, this switch, how often checkpoints are written (a resume is
-# bit-identical to an uninterrupted run), and which of sparse_coding's stages
-# run (each stage's checkpoints are named by the stage).
-UNRECORDED = ('eval', 'progress', 'resume', 'checkpoint_every', 'stage')
+# bit-identical to an uninterrupted run), and which jobs run where each job is
+# a fit of its own with its own checkpoints: sparse_coding's stages, the
+# spectral kinds and lams, the image kinds (sparse_coding's modes are not: they
+# train stacked in one fit).
+UNRECORDED = ('eval', 'probe', 'probe_data', 'progress', 'resume', 'checkpoint_every', 'stage',
+              'regularizer.kinds', 'sweep.lams', 'pretrain.kinds')
 RESUME = ('check', 'overwrite')
 _MADE = ('checkpoints', 'results.json', RECORD)  # what a run writes that overwrite clears
 
 
 def fingerprint(config: dict) -> dict:
   """The dotted leaves of ``config`` (a nested dict, e.g. ``cfg.to_dict()``)
-  that determine the computation: ``{'a.b': value}``, ``UNRECORDED`` left out,
-  tuples as lists (as JSON stores them)."""
+  that determine the computation: ``{'a.b': value}``, ``UNRECORDED`` left out
+  (top-level blocks or dotted fields), tuples as lists (as JSON stores them)."""
   out = {}
 
   def walk(node, prefix):
     for k in sorted(node):
       v = node[k]
+      if prefix + k in UNRECORDED:
+        continue
       if isinstance(v, dict):
         walk(v, f'{prefix}{k}.')
       else:
         out[prefix + k] = _plain(json.loads(json.dumps(v, default=str)))
-  walk({k: v for k, v in config.items() if k not in UNRECORDED}, '')
+  walk(config, '')
   return out
 
 

@@ -27,6 +27,11 @@ def test_fingerprint_leaves_out_what_does_not_change_training():
   assert not any(k.split('.')[0] in run_record.UNRECORDED for k in fp)
   assert run_record.fingerprint(_config(progress=False, **{'eval.attack_steps': 7})) == fp
   assert run_record.fingerprint(_config(**{'model.width': 7})) != fp
+  # Which jobs run, where each is a fit of its own: left out; stacked modes: kept.
+  spec = mnist_spectral.get_config().to_dict()
+  assert 'regularizer.lam' in run_record.fingerprint(spec)
+  assert 'regularizer.kinds' not in run_record.fingerprint(spec)
+  assert fp['pretrain.modes'] == ['clean', 'adversarial']
   # Tuples as JSON keeps them; non-finite floats as text (the record holds no NaN / inf).
   assert run_record.fingerprint({'a': (1, 2), 'b': {'c': math.inf}}) == {'a': [1, 2], 'b.c': 'inf'}
 

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustjax import losses, spectral
+from robustjax import losses, run_record, spectral
 from robustjax.attacks import PGDSpec
 from robustjax.attacks.instance import instance_attack
 from robustjax.data import augment
@@ -224,6 +224,7 @@ def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | No
         desc=label if len(groups) == 1 else f'{label} seeds {g.start}-{g.stop - 1}',
         progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=where,
         checkpoint_every=cfg.get('checkpoint_every'),
+        fingerprint=run_record.fingerprint(cfg.to_dict()),
         fused_steps=jax.default_backend() != 'cpu'))
   if len(done) == 1:
     states, metrics = done[0]

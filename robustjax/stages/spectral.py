@@ -66,7 +66,7 @@ import numpy as np
 import optax
 
 from robustjax import config_validation as cv
-from robustjax import losses, progress, report, spectral, timing
+from robustjax import losses, progress, report, run_record, spectral, timing
 from robustjax.attacks import decision
 from robustjax.data import images, toy
 from robustjax.metrics import certify, geometry, robustness
@@ -245,7 +245,8 @@ def _fit(cfg, states, data, keys, loss_fn, steps, desc, checkpoint_dir):
   return loop.fit(states, (data['x_train'], data['y_train']), keys, loss_fn, steps=steps,
                   chunk_size=cfg.chunk_size, batched=True, desc=desc, progress=cfg.progress,
                   mesh=cfg.get('mesh'), shared_aux=not data['per_seed'],
-                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every)
+                  checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
+                  fingerprint=run_record.fingerprint(cfg.to_dict()))
 
 
 def burn_in(cfg, model: MLP, data: dict, keys: jax.Array, checkpoint_dir: str | None = None):
