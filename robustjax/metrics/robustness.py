@@ -19,7 +19,8 @@ import numpy as np
 
 from robustjax import checks, losses
 from robustjax.attacks import common, decision, health, minimal, pgd
-from robustjax.attacks.ensemble import black_box_check, evaluate_robust_accuracy
+from robustjax.attacks.ensemble import (RANDOMNESS_MSG, black_box_check,
+                                        evaluate_robust_accuracy)
 
 
 def _check_outputs(logits, y, name: str = 'logits'):
@@ -132,6 +133,10 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   Paper B's protocol: the first ``max_points`` correctly classified points of
   ``x`` (all when None), attacked one batch of ``batch_size`` (default: all)
   at a time; a short last batch is padded so every batch shares one compile.
+  The clean pass runs in the same batches, so device memory grows with
+  ``batch_size``, not with the number of points (the host holds x); the
+  clean pass, the attack and the re-check each compile one program, and a
+  later call with the same batch size compiles nothing.
   Hard-label attacks pick their start points inside the batch, so larger
   batches give them better starts.
 
@@ -256,7 +261,8 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
   - black-box attacks must not break more than ``masking_tol`` of the points
     the white-box ones left robust (from each eps's ensemble record), whose
     'health_warnings' (probability-like outputs, zero or non-finite gradients
-    of the white-box attacks) are passed on too.
+    of the white-box attacks) are passed on too, as is its randomness check
+    (outputs that change between calls with the same input).
   """
   msgs = []
   eps = np.asarray(eps, np.float64)
@@ -271,6 +277,8 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
                 f'reach ~0 (tolerance {zero_tol:g})')
   for rec in per_eps or ():
     msgs.extend(m for m in rec.get('health_warnings', []) if m not in msgs)
+    if rec.get('randomness') and RANDOMNESS_MSG not in msgs:
+      msgs.append(RANDOMNESS_MSG)
     msgs.extend(black_box_check(rec, masking_tol))
   return msgs
 
