@@ -70,12 +70,22 @@ def resolve_loss(name: str, num_classes: int) -> tuple[str, str | None]:
   return name, None
 
 
-def _switch_loss(index, logits, y, target):
-  """``loss_value`` of LOSSES[index], with ``index`` traced: one compiled program
-  serves every loss (each branch valid for the number of classes)."""
-  branches = [functools.partial(loss_value, resolve_loss(name, logits.shape[-1])[0])
-              for name in LOSSES]
-  return jax.lax.switch(index, branches, logits, y, target)
+def _loss_and_logit_grad(index, logits, y, target):
+  """(``loss_value`` of LOSSES[index] (n,), its gradient in the logits (n, C)), with
+  ``index`` traced so that one compiled program serves every loss; each branch
+  uses the loss valid for C classes (:func:`resolve_loss`). Only the selected
+  loss runs, and the switch itself is never differentiated: differentiating a
+  switch over the losses compiles slower, and a select over all five runs all
+  five each step (and lets an unselected loss's nan backward leak in)."""
+  def branch(name):
+    used = resolve_loss(name, logits.shape[-1])[0]
+    def value_and_grad(z, y, t):
+      # Each example's loss depends on its own logits only: the gradient of
+      # the sum is the per-example gradient.
+      l, vjp = jax.vjp(lambda z: loss_value(used, z, y, t), z)
+      return l, vjp(jnp.ones_like(l))[0]
+    return value_and_grad
+  return jax.lax.switch(index, [branch(name) for name in LOSSES], logits, y, target)
 
 
 def checkpoints(n_iter: int) -> tuple[list[int], list[int]]:
@@ -107,13 +117,14 @@ def _random_start(keys, x, eps, norm):
 MODEL_DRAWS = 0x5EED  # folded into an example's key for a randomised model's draws
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'n_iter', 'rho', 'eot_iter', 'randomized'))
-def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, *, norm, n_iter, rho,
-          eot_iter=1, randomized=False):
+@functools.partial(jax.jit, static_argnames=('norm', 'n_iter', 'rho', 'randomized'))
+def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, eot_iter=1, *, norm,
+          n_iter, rho, randomized=False):
   """APGD on one batch. ``logits_fn(x)`` or, ``randomized``, ``logits_fn(x, keys (n,))``;
   ``key`` and ``index`` (n,) give each example its key (:func:`common.example_keys`).
-  ``loss`` (the position in LOSSES of the loss to run) and ``restarts`` are
-  traced: APGD-CE, APGD-DLR and APGD-T with any restarts share one program."""
+  ``loss`` (the position in LOSSES of the loss to run), ``restarts`` and
+  ``eot_iter`` are traced: APGD-CE, APGD-DLR and APGD-T with any restarts
+  and draws share one program."""
   keys = common.example_keys(key, index)
   fold = lambda ks, i: jax.vmap(jax.random.fold_in, in_axes=(0, None))(ks, i)
   # A randomised model's draws: per example, restart, step (0 = the start) and draw.
@@ -127,11 +138,10 @@ def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, *, n
       jnp.array(windows, jnp.float32))
 
   def loss_and_grad(xa, dkeys):
-    def f(xa):
-      logits = logits_fn(xa, dkeys) if randomized else logits_fn(xa)
-      return _switch_loss(loss, logits, y, target), logits
-    l, vjp, logits = jax.vjp(f, xa, has_aux=True)
-    return l, vjp(jnp.ones_like(l))[0], logits
+    f = (lambda xa: logits_fn(xa, dkeys)) if randomized else logits_fn
+    logits, vjp = jax.vjp(f, xa)
+    l, g_logits = _loss_and_logit_grad(loss, logits, y, target)
+    return l, vjp(g_logits)[0], logits
 
   def evaluate(xa, step_keys):
     """(loss, gradient with nan / inf set to 0, not adversarial, raw gradient, logits).
@@ -142,13 +152,13 @@ def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, *, n
     if not randomized:
       l, g, logits = loss_and_grad(xa, None)
     else:
-      def draw(carry, j):
+      def draw(j, carry):
         l, g, logits = loss_and_grad(xa, fold(step_keys, j))
-        return (carry[0] + g, l, logits), None
+        return carry[0] + g, l, logits
       shapes = jax.eval_shape(loss_and_grad, xa, step_keys)
       init = (jnp.zeros_like(xa), jnp.zeros(shapes[0].shape, shapes[0].dtype),
               jnp.zeros(shapes[2].shape, shapes[2].dtype))
-      (g, l, logits), _ = jax.lax.scan(draw, init, jnp.arange(eot_iter))
+      g, l, logits = jax.lax.fori_loop(0, eot_iter, draw, init)
       g = g / eot_iter
     # Misclassified only with finite logits (the iterates themselves stay
     # finite: x is, and non-finite gradient entries are zeroed).
@@ -244,8 +254,8 @@ def apgd_with_health(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce',
     target = yi
   index = np.arange(x.shape[0]) if index is None else checks.batch(x, index, name_y='index')
   run = lambda xs, ys, ts, ids, es: _apgd(
-      logits_fn, xs, ys, ts, es, key, ids, bounds, LOSSES.index(used), restarts, norm=norm,
-      n_iter=n_iter, rho=float(rho), eot_iter=eot_iter, randomized=randomized)
+      logits_fn, xs, ys, ts, es, key, ids, bounds, LOSSES.index(used), restarts, eot_iter,
+      norm=norm, n_iter=n_iter, rho=float(rho), randomized=randomized)
   x_adv, robust, h = common.run_chunked(
       run, [x, yi, target, index, common.per_point(eps, x.shape[0], x.dtype)], batch_size)
   return jnp.asarray(x_adv), jnp.asarray(robust), used, note, h

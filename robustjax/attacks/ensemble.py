@@ -46,9 +46,10 @@ by each point's position in ``x`` (``common.example_keys``), so a point's
 result does not depend on its chunk: chunked and unchunked runs agree point by
 point. Each member compiles at most one program for all its chunks, target
 ranks (the rank and the targets are arguments, not constants) and later
-calls with the same shapes; the clean pass is one more. APGD-CE, APGD-DLR and APGD-T share one program (the loss and the
-restarts are arguments too). The default 'standard' thus compiles 4 programs
-on its first call (clean pass, APGD, FAB-T, Square) and none on a second call with new
+calls with the same shapes; the clean pass is one more. APGD-CE, APGD-DLR
+and APGD-T share one program (the loss, the restarts and the EOT draws are
+arguments too). The default 'standard' thus compiles 4 programs on its first
+call (clean pass, APGD, FAB-T, Square) and none on a second call with new
 data of the same shape (``tests/test_ensemble.py`` counts them). Between
 programs only host numpy runs (indices, padding, targets, bookkeeping).
 
@@ -129,11 +130,10 @@ class Program(NamedTuple):
   """What a member's compiled program depends on (static); the rest is traced.
 
   APGD-CE, APGD-DLR and APGD-T with the same iterations share one program (the
-  loss and restarts are arguments), as do all target ranks of a member."""
+  loss, restarts and EOT draws are arguments), as do all target ranks of a member."""
   kind: str                 # 'apgd', 'fab', 'fab-t', 'fmn' or 'square'
   norm: str
   n_iter: int = 0           # APGD iterations / FAB, FMN steps
-  eot_iter: int = 1         # APGD draws per step (randomised models)
   randomized: bool = False
   restarts: int = 1         # FAB (untargeted) restarts
   queries: int = 0          # Square
@@ -161,8 +161,7 @@ class Member(NamedTuple):
   @property
   def program(self) -> Program:
     if self.name.startswith('apgd'):
-      return Program('apgd', self.norm, n_iter=self.n_iter, eot_iter=self.eot_iter,
-                     randomized=self.randomized)
+      return Program('apgd', self.norm, n_iter=self.n_iter, randomized=self.randomized)
     if self.name in ('fab', 'fab-t'):
       return Program(self.name, self.norm, n_iter=self.steps, restarts=self.restarts)
     if self.name == 'fmn':
@@ -174,7 +173,7 @@ class Member(NamedTuple):
     """The budget in the reference's terms, for the result's record."""
     if self.name.startswith('apgd'):
       b = dict(n_iter=self.n_iter, restarts=self.restarts, loss=self.loss, rho=0.75)
-      if self.eot_iter > 1:
+      if self.randomized:
         b['eot_iter'] = self.eot_iter
     elif self.name in ('fab', 'fab-t'):
       b = dict(n_iter=self.steps, restarts=self.restarts, alpha_max=0.1, eta=1.05, beta=0.9)
@@ -204,8 +203,8 @@ def _valid(logits_fn, x, y, x_adv, eps, norm, bounds, keys):
 
 
 @functools.partial(jax.jit, static_argnames=('p',))
-def _attack_chunk(logits_fn, x, y, index, target, key, tag, rank, loss, restarts, eps, bounds, *,
-                  p: Program):
+def _attack_chunk(logits_fn, x, y, index, target, key, tag, rank, loss, restarts, eot_iter, eps,
+                  bounds, *, p: Program):
   """One member on one chunk, attack and re-check in one program:
   (x_adv, valid adversarial (n,), zero gradient at the start (n,), non-finite gradients (n,)).
 
@@ -215,9 +214,8 @@ def _attack_chunk(logits_fn, x, y, index, target, key, tag, rank, loss, restarts
   no = jnp.zeros(x.shape[:1], bool)
   zero, bad = no, no
   if p.kind == 'apgd':
-    x_adv, _, h = _apgd(logits_fn, x, y, target, eps, k, index, bounds, loss, restarts,
-                        norm=p.norm, n_iter=p.n_iter, rho=0.75, eot_iter=p.eot_iter,
-                        randomized=p.randomized)
+    x_adv, _, h = _apgd(logits_fn, x, y, target, eps, k, index, bounds, loss, restarts, eot_iter,
+                        norm=p.norm, n_iter=p.n_iter, rho=0.75, randomized=p.randomized)
     zero, bad = h['zero_grad'], h['nonfinite']
   elif p.kind in ('fab', 'fab-t'):
     x_adv, _, _ = fab_mod._fab(
@@ -478,7 +476,7 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
         take = common.padded(rows, size)
         runs.append((rows, _attack_chunk(
             logits_fn, x[take], yi[take], take, target[take], key, m.tag, rank, loss, m.restarts,
-            float(eps), bounds, p=m.program)))
+            m.eot_iter, float(eps), bounds, p=m.program)))
       for c, (rows, (xa, ok, zero, bad)) in enumerate(runs):
         ok = np.asarray(ok)[:rows.size]
         for flag, v in (('zero_grad', zero), ('nonfinite', bad)):
