@@ -71,6 +71,8 @@ def main():
                   help='--peers: HopSkipJump on the first this many points (0 = all)')
   ap.add_argument('--train-steps', type=int, default=300,
                   help='--peers: full-batch Adam steps training the MLP (>= 1)')
+  ap.add_argument('--torch-threads', type=int, default=0,
+                  help="--peers: torch's intra-op threads (0 = torch's default, one per core)")
   ap.add_argument('--rows', default='pgd,apgd,ensemble,fmn,hsj',
                   help='--peers: comma-separated families among pgd, apgd, ensemble, fmn, hsj')
   args = ap.parse_args()
@@ -84,6 +86,7 @@ def main():
                               ('--pgd-tile', args.pgd_tile, 1, None),
                               ('--hsj-points', args.hsj_points, 0, peers.TEST_POINTS),
                               ('--train-steps', args.train_steps, 1, None),
+                              ('--torch-threads', args.torch_threads, 0, None),
                               ('--batch', args.batch, 1, None)):
     if value < lo or (hi is not None and value > hi):
       allowed = f'>= {lo}' if hi is None else f'in [{lo}, {hi}]'

@@ -397,6 +397,8 @@ def setup(args) -> Bench:
   if peers is None:
     return c
   torch, ta, fb = peers
+  if args.torch_threads:
+    torch.set_num_threads(args.torch_threads)
   c.peers, c.net = peers, torch_mlp(torch, params)
   c.xt = torch.from_numpy(np.asarray(x).transpose(0, 3, 1, 2).copy())
   c.yt = torch.from_numpy(np.asarray(y).astype(np.int64))
