@@ -22,3 +22,17 @@ def launch(*args, timeout=600):
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
+
+
+def count_compiles(fn, *args, **kwargs):
+  """(fn(*args, **kwargs), names of the XLA programs compiled during the call).
+
+  Counts jax's backend-compile events (``robustjax.timing.compiled_programs``):
+  one per program jax could not find in its in-memory caches, whether XLA
+  builds it or reads it from the persistent compilation cache. Eager
+  jax.numpy operations count too (one small program per new op and shape).
+  """
+  from robustjax import timing
+  with timing.compiled_programs() as names:
+    out = fn(*args, **kwargs)
+  return out, list(names)

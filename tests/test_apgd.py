@@ -11,7 +11,8 @@ import pytest
 from hypothesis import given, settings
 
 from robustjax.attacks import evaluate_robust_accuracy
-from robustjax.attacks.apgd import apgd, checkpoints, loss_value, resolve_loss
+from robustjax.attacks.apgd import (LOSSES, _loss_and_logit_grad, apgd, checkpoints, loss_value,
+                                    resolve_loss)
 from robustjax.attacks.exact import affine_min_distance
 from robustjax.attacks.square import p_selection, square
 from robustjax.metrics import robustness
@@ -60,6 +61,33 @@ def test_dlr_invariant_to_logit_shift_and_scale(seed, scale, shift):
   for name in ('dlr', 'dlr-t'):
     chex.assert_trees_all_close(loss_value(name, z, y, t), loss_value(name, scale * z + shift, y, t),
                                 rtol=1e-3, atol=1e-4)
+
+
+@pytest.mark.parametrize('c', [3, 10])
+def test_traced_loss_index_equals_loss_value_and_its_gradient(c):
+  # The program APGD-CE, -DLR and -T share selects the loss by a traced index:
+  # each index must give loss_value of the loss valid for c classes (3: the
+  # targeted margin for DLR-T) and its exact logit gradient, also on rows with
+  # inf / huge / tied logits (where an unselected loss's nan backward must not
+  # leak in).
+  z = jax.random.normal(jax.random.PRNGKey(c), (6, c))
+  z = z.at[0, 1].set(jnp.inf).at[1, 0].set(1e30).at[2].set(0.0)
+  y = jnp.arange(6) % c
+  t = (y + 1) % c
+
+  @jax.jit
+  def selected_and_reference(indices):       # one compile: indices traced
+    out = []
+    for i, name in enumerate(LOSSES):
+      used = resolve_loss(name, c)[0]
+      ref = jax.vjp(lambda z: loss_value(used, z, y, t), z)
+      out.append((_loss_and_logit_grad(indices[i], z, y, t),
+                  (ref[0], ref[1](jnp.ones(6))[0])))
+    return out
+
+  for got, want in selected_and_reference(jnp.arange(len(LOSSES))):
+    chex.assert_trees_all_equal(got[0], want[0])
+    chex.assert_trees_all_close(got[1], want[1])
 
 
 def test_dlr_replaced_by_margin_with_few_classes():

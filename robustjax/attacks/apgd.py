@@ -28,6 +28,7 @@ import math
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from robustjax import checks
@@ -69,6 +70,24 @@ def resolve_loss(name: str, num_classes: int) -> tuple[str, str | None]:
   return name, None
 
 
+def _loss_and_logit_grad(index, logits, y, target):
+  """(``loss_value`` of LOSSES[index] (n,), its gradient in the logits (n, C)), with
+  ``index`` traced so that one compiled program serves every loss; each branch
+  uses the loss valid for C classes (:func:`resolve_loss`). Only the selected
+  loss runs, and the switch itself is never differentiated: differentiating a
+  switch over the losses compiles slower, and a select over all five runs all
+  five each step (and lets an unselected loss's nan backward leak in)."""
+  def branch(name):
+    used = resolve_loss(name, logits.shape[-1])[0]
+    def value_and_grad(z, y, t):
+      # Each example's loss depends on its own logits only: the gradient of
+      # the sum is the per-example gradient.
+      l, vjp = jax.vjp(lambda z: loss_value(used, z, y, t), z)
+      return l, vjp(jnp.ones_like(l))[0]
+    return value_and_grad
+  return jax.lax.switch(index, [branch(name) for name in LOSSES], logits, y, target)
+
+
 def checkpoints(n_iter: int) -> tuple[list[int], list[int]]:
   """Iterations at which the step-size test runs, and each test's window length."""
   p = [0.0, 0.22]
@@ -95,8 +114,22 @@ def _random_start(keys, x, eps, norm):
   return eps * g / common.bview(jnp.maximum(common.norm(g, 'l2'), 1e-12), x)
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'loss', 'n_iter', 'restarts', 'rho'))
-def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, restarts, rho):
+MODEL_DRAWS = 0x5EED  # folded into an example's key for a randomised model's draws
+
+
+@functools.partial(jax.jit, static_argnames=('norm', 'n_iter', 'rho', 'randomized'))
+def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, eot_iter=1, *, norm,
+          n_iter, rho, randomized=False):
+  """APGD on one batch. ``logits_fn(x)`` or, ``randomized``, ``logits_fn(x, keys (n,))``;
+  ``key`` and ``index`` (n,) give each example its key (:func:`common.example_keys`).
+  ``loss`` (the position in LOSSES of the loss to run), ``restarts`` and
+  ``eot_iter`` are traced: APGD-CE, APGD-DLR and APGD-T with any restarts
+  and draws share one program."""
+  keys = common.example_keys(key, index)
+  fold = lambda ks, i: jax.vmap(jax.random.fold_in, in_axes=(0, None))(ks, i)
+  # A randomised model's draws: per example, restart, step (0 = the start) and draw.
+  draw_keys = fold(keys, MODEL_DRAWS) if randomized else None
+  draw_at = lambda ks, s: fold(ks, s) if randomized else None
   eps_vec = jnp.broadcast_to(jnp.asarray(eps, x.dtype), x.shape[:1])
   eps = common.bview(eps_vec, x)
   ws, windows = checkpoints(n_iter)
@@ -104,14 +137,29 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
   window = jnp.zeros((n_iter + 1,), jnp.float32).at[jnp.array(ws)].set(
       jnp.array(windows, jnp.float32))
 
-  def evaluate(xa):
-    """(loss, gradient with nan / inf set to 0, not adversarial, (gradient zero,
-    gradient had nan / inf), logits)."""
-    def f(xa):
-      logits = logits_fn(xa)
-      return loss_value(loss, logits, y, target), logits
-    l, vjp, logits = jax.vjp(f, xa, has_aux=True)
-    g = vjp(jnp.ones_like(l))[0]
+  def loss_and_grad(xa, dkeys):
+    f = (lambda xa: logits_fn(xa, dkeys)) if randomized else logits_fn
+    logits, vjp = jax.vjp(f, xa)
+    l, g_logits = _loss_and_logit_grad(loss, logits, y, target)
+    return l, vjp(g_logits)[0], logits
+
+  def evaluate(xa, step_keys):
+    """(loss, gradient with nan / inf set to 0, not adversarial, raw gradient, logits).
+
+    A randomised model: the gradient is the mean over ``eot_iter`` draws (EOT,
+    Athalye et al. 2018, as AutoAttack's ``eot_iter``); the loss and logits
+    are the last draw's, as the reference's."""
+    if not randomized:
+      l, g, logits = loss_and_grad(xa, None)
+    else:
+      def draw(j, carry):
+        l, g, logits = loss_and_grad(xa, fold(step_keys, j))
+        return carry[0] + g, l, logits
+      shapes = jax.eval_shape(loss_and_grad, xa, step_keys)
+      init = (jnp.zeros_like(xa), jnp.zeros(shapes[0].shape, shapes[0].dtype),
+              jnp.zeros(shapes[2].shape, shapes[2].dtype))
+      g, l, logits = jax.lax.fori_loop(0, eot_iter, draw, init)
+      g = g / eot_iter
     # Misclassified only with finite logits (the iterates themselves stay
     # finite: x is, and non-finite gradient entries are zeroed).
     adv = (common.margin(logits, y) <= 0) & health.rows_finite(logits)
@@ -122,9 +170,10 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
 
   def one_restart(r, out):
     adv_x, robust, zero, prob, bad = out
-    rkeys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r)
+    rkeys = fold(keys, r)
+    dkeys = draw_at(draw_keys, r)
     x0 = _project(x, x + _random_start(rkeys, x, eps, norm), eps, norm, bounds)
-    l0, g0, ok0, raw0, logits0 = evaluate(x0)
+    l0, g0, ok0, raw0, logits0 = evaluate(x0, draw_at(dkeys, 0))
     zero0, bad0 = health.grad_flags(raw0)
     # The first start point's gradient and outputs, where AutoAttack checks them.
     zero = jnp.where(r == 0, zero0, zero)
@@ -144,7 +193,7 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
       z = _project(x, s['x_adv'] + step * ascent_direction(s['grad'], norm), eps, norm, bounds)
       x_new = s['x_adv'] + a * (z - s['x_adv']) + (1 - a) * (s['x_adv'] - s['x_old'])
       x_new = _project(x, x_new, eps, norm, bounds)
-      l, g, ok, raw, _ = evaluate(x_new)
+      l, g, ok, raw, _ = evaluate(x_new, draw_at(dkeys, i + 1))
       bad = ~health.rows_finite(raw)
       adv_x = sel(s['robust'] & ~ok, x_new, s['adv_x'])
       better = (l > s['l_best']) & jnp.isfinite(l)
@@ -176,39 +225,53 @@ def _apgd(logits_fn, x, y, target, eps, keys, bounds, *, norm, loss, n_iter, res
 
 def apgd_with_health(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce',
                      n_iter: int = 100, restarts: int = 1, target=None, bounds=None, index=None,
-                     rho: float = 0.75):
+                     rho: float = 0.75, eot_iter: int = 1, randomized: bool = False,
+                     batch_size: int | None = None):
   """:func:`apgd` without warnings: (x_adv, robust, loss used, note, health record)."""
   checks.norm(norm)
   checks.choice(loss, LOSSES, 'loss')
   n_iter = checks.budget(n_iter, 'n_iter')
   restarts = checks.budget(restarts, 'restarts')
+  eot_iter = checks.budget(eot_iter, 'eot_iter')
+  batch_size = checks.optional_budget(batch_size, 'batch_size')
   checks.number(rho, 'rho', low=0, high=1, low_open=True)
-  logits_fn, yi, num_classes, _ = common.checked_lift(predict_fn, x, y, bounds)
+  if not isinstance(randomized, bool):
+    raise TypeError(f'randomized: must be True or False, got {randomized!r}')
+  if eot_iter > 1 and not randomized:
+    raise ValueError(f'eot_iter: {eot_iter} draws need a randomised model (randomized=True, '
+                     'predict_fn(x, key)); a deterministic model gives the same gradient each draw')
+  logits_fn, yi, num_classes, _ = common.checked_lift(predict_fn, x, y, bounds, randomized)
   checks.radius(eps, x.shape[0], 'eps')
   used, note = resolve_loss(loss, num_classes)
   if used.endswith('-t') and target is None:
     raise ValueError(f'target: loss {loss!r} needs target classes (n,)')
   if target is not None:
-    target = checks.batch(x, jnp.asarray(target), name_y='target')
+    target = checks.batch(x, target if hasattr(target, 'shape') else np.asarray(target),
+                          name_y='target')
     checks.labels(target, binary=False, num_classes=num_classes, name='target')
-    target = target.astype(jnp.int32)
+    target = np.asarray(target, np.int32) if checks.concrete(target) else target.astype(jnp.int32)
   else:
     target = yi
-  index = jnp.arange(x.shape[0]) if index is None else checks.batch(x, jnp.asarray(index),
-                                                                     name_y='index')
-  keys = common.example_keys(key, index)
-  x_adv, robust, h = _apgd(logits_fn, x, yi, target, eps, keys, bounds, norm=norm, loss=used,
-                           n_iter=n_iter, restarts=restarts, rho=float(rho))
-  return x_adv, robust, used, note, h
+  index = np.arange(x.shape[0]) if index is None else checks.batch(x, index, name_y='index')
+  run = lambda xs, ys, ts, ids, es: _apgd(
+      logits_fn, xs, ys, ts, es, key, ids, bounds, LOSSES.index(used), restarts, eot_iter,
+      norm=norm, n_iter=n_iter, rho=float(rho), randomized=randomized)
+  x_adv, robust, h = common.run_chunked(
+      run, [x, yi, target, index, common.per_point(eps, x.shape[0], x.dtype)], batch_size)
+  return jnp.asarray(x_adv), jnp.asarray(robust), used, note, h
 
 
 def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int = 100,
-         restarts: int = 1, target=None, bounds=None, index=None, rho: float = 0.75):
+         restarts: int = 1, target=None, bounds=None, index=None, rho: float = 0.75,
+         eot_iter: int = 1, randomized: bool = False, batch_size: int | None = None):
   """Runs APGD; returns (x_adv, robust (n,) bool, loss actually used, note).
 
   Args:
     predict_fn: batch -> logits (n, C) with y integers in [0, C), or scalar
-      logits (n,) with y in {-1, +1} (the library's binary convention).
+      logits (n,) with y in {-1, +1} (the library's binary convention). With
+      ``randomized``, a randomised model ``predict_fn(x, key)`` (e.g. noise on
+      the input), called on one example at a time (vmapped) with that
+      example's own key per draw.
     x, y: clean batch (n, ...), floating, and labels (n,).
     eps: radius >= 0, scalar or (n,). norm: 'l2' or 'linf'.
     key: PRNG key; example i draws from fold_in(key, index[i]).
@@ -219,10 +282,20 @@ def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int
     bounds: None or (lo, hi) input domain; x must lie inside it.
     index: (n,) positions of the examples in the full data set (default arange).
     rho: the step-size test's threshold, in (0, 1].
+    eot_iter: draws of a randomised model per step (>= 1; > 1 needs
+      ``randomized``): Expectation over Transformation (Athalye et al. 2018),
+      the step follows the mean gradient over the draws (AutoAttack's
+      ``eot_iter``; its 'rand' version uses 20); the loss and the
+      misclassification test use the last draw, as the reference's.
+    batch_size: None runs all n points in one program; an integer runs them
+      in chunks of that many (the last padded), one compiled program for all
+      chunks; memory grows with batch_size, not with n. Per point the same
+      result either way (keys by index).
 
   ``robust[i]`` is False iff some iterate (start included) was misclassified
   with a finite point and finite logits; ``x_adv[i]`` is then that
-  misclassified point, inside the eps-ball.
+  misclassified point, inside the eps-ball. Source: Croce & Hein, ICML 2020;
+  fra31/auto-attack, autoattack/autopgd_base.py.
 
   Raises ValueError / TypeError (one line naming the argument) on a bad norm,
   loss, budget, radius, bounds, dtype, label or target (see
@@ -232,7 +305,8 @@ def apgd(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce', n_iter: int
   """
   x_adv, robust, used, note, h = apgd_with_health(
       predict_fn, x, y, eps=eps, norm=norm, key=key, loss=loss, n_iter=n_iter,
-      restarts=restarts, target=target, bounds=bounds, index=index, rho=rho)
+      restarts=restarts, target=target, bounds=bounds, index=index, rho=rho, eot_iter=eot_iter,
+      randomized=randomized, batch_size=batch_size)
   health.warn(health.messages(f'apgd ({used})', h))
   return x_adv, robust, used, note
 

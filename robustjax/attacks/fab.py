@@ -253,6 +253,33 @@ def _fab(logits_fn, x, y, target, keys, eps, bounds, alpha_max, eta, beta, *, no
   return jnp.where(common.bview(ok, x), x_adv, x), jnp.where(ok, dist, jnp.inf), {}
 
 
+def rank_keys(keys, rank):
+  """Per-example keys for the runner-up of ``rank`` (0 = the runner-up): one
+  stream per (rank, example), the same in :func:`fab` and the ensemble."""
+  return jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, rank)
+
+
+@functools.partial(jax.jit, static_argnames=('norm', 'steps', 'restarts', 'targets',
+                                             'num_classes', 'final_search_steps',
+                                             'refine_steps'))
+def _fab_batch(logits_fn, x, y, key, index, eps, bounds, alpha_max, eta, beta, *, norm, steps,
+               restarts, targets, num_classes, final_search_steps, refine_steps):
+  """:func:`fab` on one batch, in one program: (x_adv, distances)."""
+  n = x.shape[0]
+  keys = common.example_keys(key, index)
+  if targets is not None:
+    # One key stream per (runner-up rank, example), in _over_targets' rank-major order.
+    k = max(1, min(int(targets), num_classes - 1))
+    keys = jax.vmap(lambda r: rank_keys(keys, r))(jnp.arange(k)).reshape(
+        (k * n,) + keys.shape[1:])
+  run = lambda xs, ys, ts: _fab(
+      logits_fn, xs, ys, ts, keys, eps, bounds, alpha_max, eta, beta, norm=norm, steps=steps,
+      restarts=restarts, targeted=targets is not None, final_search_steps=final_search_steps,
+      refine_steps=refine_steps)
+  x_adv, dist, _ = _over_targets(run, logits_fn, x, y, num_classes, targets)
+  return x_adv, dist
+
+
 def _check(x, key, *, eps, steps, restarts, targets, alpha_max, eta, beta,
            final_search_steps, refine_steps, index):
   """FAB's own arguments (x, y and bounds go through ``common.checked_lift``)."""
@@ -276,7 +303,8 @@ def _check(x, key, *, eps, steps, restarts, targets, alpha_max, eta, beta,
 def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = None,
         steps: int = 100, restarts: int = 1, targets: int | None = None,
         alpha_max: float = 0.1, eta: float = 1.05, beta: float = 0.9,
-        final_search_steps: int = 3, refine_steps: int = 12, bounds=None, index=None):
+        final_search_steps: int = 3, refine_steps: int = 12, bounds=None, index=None,
+        batch_size: int | None = None):
   """FAB attack; returns (x_adv (n, ...), distances (n,), inf where none was found).
 
   Args:
@@ -303,6 +331,10 @@ def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = N
       afterwards (relative precision 2^-refine_steps, as ``fmn``).
     bounds: None or (lo, hi), the input domain; the iterates and x_adv stay in it.
     index: (n,) positions of the examples in the full data set (default arange).
+    batch_size: None runs all points in one program; an integer runs them in
+      chunks of that many (the last padded), one compiled program for all;
+      memory grows with batch_size (times the targets), not with n; per
+      point the same result (keys by index).
 
   ``distances[i]`` is the norm of x_adv[i] - x[i]; finite entries are
   misclassified points; points misclassified already report 0 and x itself.
@@ -314,18 +346,14 @@ def fab(predict_fn, x, y, *, norm: str = 'linf', key=None, eps: float | None = N
       x, key, eps=eps, steps=steps, restarts=restarts, targets=targets, alpha_max=alpha_max,
       eta=eta, beta=beta, final_search_steps=final_search_steps, refine_steps=refine_steps,
       index=index)
+  batch_size = checks.optional_budget(batch_size, 'batch_size')
   n = x.shape[0]
-  index = jnp.arange(n) if index is None else jnp.asarray(index)
-  keys = common.example_keys(jax.random.PRNGKey(0) if key is None else key, index)
-  if targets is not None:
-    # One key stream per (runner-up rank, example), in _over_targets' rank-major order.
-    k = max(1, min(int(targets), num_classes - 1))
-    keys = jax.vmap(lambda r: jax.vmap(jax.random.fold_in, in_axes=(0, None))(keys, r))(
-        jnp.arange(k)).reshape((k * n,) + keys.shape[1:])
-  eps_v = jnp.asarray(np.inf if eps is None else float(eps), x.dtype)
-  run = lambda xs, ys, ts: _fab(
-      logits_fn, xs, ys, ts, keys, eps_v, bounds, float(alpha_max), float(eta), float(beta),
-      norm=norm, steps=steps, restarts=restarts, targeted=targets is not None,
+  index = np.arange(n) if index is None else index
+  key = np.zeros(2, np.uint32) if key is None else key   # jax.random.PRNGKey(0), unused
+  eps_v = np.asarray(np.inf if eps is None else float(eps), x.dtype)
+  run = lambda xs, ys, ids: _fab_batch(
+      logits_fn, xs, ys, key, ids, eps_v, bounds, float(alpha_max), float(eta), float(beta),
+      norm=norm, steps=steps, restarts=restarts, targets=targets, num_classes=num_classes,
       final_search_steps=final_search_steps, refine_steps=refine_steps)
-  x_adv, dist, _ = _over_targets(run, logits_fn, x, yi, num_classes, targets)
-  return x_adv, dist
+  x_adv, dist = common.run_chunked(run, [x, yi, index], batch_size)
+  return jnp.asarray(x_adv), jnp.asarray(dist)

@@ -164,30 +164,44 @@ def _over_targets(run, logits_fn, x, y, num_classes, targets):
   return x_adv, dist[best, jnp.arange(n)], h
 
 
+@functools.partial(jax.jit, static_argnames=('norm', 'steps', 'refine_steps', 'targets',
+                                             'num_classes'))
+def _fmn_batch(logits_fn, x, y, bounds, alpha_init, alpha_final, gamma_init, gamma_final, *,
+               norm, steps, refine_steps, targets, num_classes):
+  """:func:`fmn` on one batch, in one program: (x_adv, distances, health)."""
+  run = lambda xs, ys, ts: _fmn(logits_fn, xs, ys, ts, bounds, alpha_init, alpha_final,
+                                gamma_init, gamma_final, norm=norm, steps=steps,
+                                refine_steps=refine_steps)
+  return _over_targets(run, logits_fn, x, y, num_classes, targets)
+
+
 def fmn_with_health(predict_fn, x, y, *, norm: str = 'l2', steps: int = 100,
                     targets: int | None = 9, alpha_init: float = 1.0, alpha_final: float = 0.01,
                     gamma_init: float = 0.05, gamma_final: float = 0.001, refine_steps: int = 12,
-                    bounds=None, key=None):
+                    bounds=None, key=None, batch_size: int | None = None):
   """:func:`fmn` without warnings: (x_adv, distances, health record)."""
   del key
   checks.norm(norm)
   steps = checks.budget(steps, 'steps')
   targets = checks.optional_budget(targets, 'targets')
   refine_steps = checks.budget(refine_steps, 'refine_steps', minimum=0)
+  batch_size = checks.optional_budget(batch_size, 'batch_size')
   for name, v in (('alpha_init', alpha_init), ('alpha_final', alpha_final)):
     checks.positive(v, name)
   for name, v in (('gamma_init', gamma_init), ('gamma_final', gamma_final)):
     checks.number(v, name, low=0, high=1, low_open=True, high_open=True)
   logits_fn, yi, num_classes, _ = common.checked_lift(predict_fn, x, y, bounds)
-  run = lambda xs, ys, ts: _fmn(logits_fn, xs, ys, ts, bounds, alpha_init, alpha_final,
-                                gamma_init, gamma_final, norm=norm, steps=steps,
-                                refine_steps=refine_steps)
-  return _over_targets(run, logits_fn, x, yi, num_classes, targets)
+  run = lambda xs, ys: _fmn_batch(logits_fn, xs, ys, bounds, alpha_init, alpha_final, gamma_init,
+                                  gamma_final, norm=norm, steps=steps, refine_steps=refine_steps,
+                                  targets=targets, num_classes=num_classes)
+  x_adv, dist, h = common.run_chunked(run, [x, yi], batch_size)
+  return jnp.asarray(x_adv), jnp.asarray(dist), h
 
 
 def fmn(predict_fn, x, y, *, norm: str = 'l2', steps: int = 100, targets: int | None = 9,
         alpha_init: float = 1.0, alpha_final: float = 0.01, gamma_init: float = 0.05,
-        gamma_final: float = 0.001, refine_steps: int = 12, bounds=None, key=None):
+        gamma_final: float = 0.001, refine_steps: int = 12, bounds=None, key=None,
+        batch_size: int | None = None):
   """Fast Minimum-Norm attack; returns (x_adv, distances (n,), inf if not found).
 
   ``predict_fn`` returns logits (n, C) with y integers in [0, C), or scalar
@@ -199,7 +213,9 @@ def fmn(predict_fn, x, y, *, norm: str = 'l2', steps: int = 100, targets: int | 
   distance estimate; ``gamma_*`` in (0, 1) the relative eps updates;
   ``refine_steps`` >= 0 bisection steps along the final ray. x must be
   floating, finite and inside ``bounds``. FMN is deterministic; ``key`` is
-  accepted (and unused) for a uniform interface.
+  accepted (and unused) for a uniform interface. ``batch_size``: None runs
+  all points in one program, an integer in chunks of that many (one compiled
+  program; memory set by batch_size times the targets, not by n).
 
   Raises ValueError / TypeError (one line naming the argument) on bad input
   (``robustjax.checks``). Warns (RuntimeWarning) when the outputs look like
@@ -208,7 +224,7 @@ def fmn(predict_fn, x, y, *, norm: str = 'l2', steps: int = 100, targets: int | 
   x_adv, dist, h = fmn_with_health(
       predict_fn, x, y, norm=norm, steps=steps, targets=targets, alpha_init=alpha_init,
       alpha_final=alpha_final, gamma_init=gamma_init, gamma_final=gamma_final,
-      refine_steps=refine_steps, bounds=bounds)
+      refine_steps=refine_steps, bounds=bounds, batch_size=batch_size)
   health.warn(health.messages('fmn', h))
   return x_adv, dist
 
@@ -284,9 +300,20 @@ def bisection(predict_fn, x, y, *, norm: str = 'l2', key, search_steps: int = 12
   restarts = checks.budget(restarts, 'restarts')
   targets = checks.optional_budget(targets, 'targets')
   logits_fn, yi, num_classes, _ = common.checked_lift(predict_fn, x, y, bounds)
+  x_adv, dist, h = _bisection_batch(
+      logits_fn, x, yi, key, bounds, norm=norm, search_steps=search_steps,
+      expand_steps=expand_steps, pgd_steps=pgd_steps, restarts=restarts, targets=targets,
+      num_classes=num_classes)
+  health.warn(health.messages('bisection', h))
+  return x_adv, dist
+
+
+@functools.partial(jax.jit, static_argnames=('norm', 'search_steps', 'expand_steps', 'pgd_steps',
+                                             'restarts', 'targets', 'num_classes'))
+def _bisection_batch(logits_fn, x, y, key, bounds, *, norm, search_steps, expand_steps, pgd_steps,
+                     restarts, targets, num_classes):
+  """:func:`bisection` in one program."""
   run = lambda xs, ys, ts: _bisection(
       logits_fn, xs, ys, ts, key, bounds, norm=norm, search_steps=search_steps,
       expand_steps=expand_steps, pgd_steps=pgd_steps, restarts=restarts)
-  x_adv, dist, h = _over_targets(run, logits_fn, x, yi, num_classes, targets)
-  health.warn(health.messages('bisection', h))
-  return x_adv, dist
+  return _over_targets(run, logits_fn, x, y, num_classes, targets)

@@ -210,7 +210,11 @@ def _l2_proposal(key, d, e, p, sums):
 
 
 @functools.partial(jax.jit, static_argnames=('norm', 'n_queries', 'l2_update'))
-def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries, l2_update):
+def _square(logits_fn, x, y, eps, key, index, bounds, p_init, *, norm, n_queries, l2_update):
+  """Square on one batch: (x_adv, robust (n,), queries (n,), outputs look like
+  probabilities ()). A point whose returned point or logits are not finite
+  counts as robust. ``key`` and ``index`` give each example its key."""
+  keys = common.example_keys(key, index)
   shape = x.shape
   xi = _as_image(x)
   n, h, w, c = xi.shape
@@ -268,12 +272,14 @@ def _square(logits_fn, x, y, eps, keys, bounds, p_init, *, norm, n_queries, l2_u
 
   delta, m, queries = jax.lax.fori_loop(0, n_queries - 1, body, (delta, m, queries))
   x_adv = common.clip_to_bounds(x + delta.reshape(shape), bounds)
-  return x_adv, m > 0, queries
+  finite = health.rows_finite(x_adv, logits_fn(x_adv))
+  prob = health.looks_like_probabilities(logits_fn(x))
+  return x_adv, (m > 0) | ~finite, queries, prob
 
 
 def square(predict_fn, x, y, *, eps, norm: str, key, n_queries: int = 5000,
            p_init: float = 0.8, bounds=None, index=None, l2_update: str = 'published',
-           warn: bool = True):
+           warn: bool = True, batch_size: int | None = None):
   """Runs the Square attack; returns (x_adv, robust (n,) bool, queries (n,)).
 
   ``predict_fn`` returns logits (n, C) with y integers in [0, C), or scalar
@@ -283,7 +289,9 @@ def square(predict_fn, x, y, *, eps, norm: str, key, n_queries: int = 5000,
   draws (default arange). x must be floating, finite and inside ``bounds``.
   ``l2_update`` (l2 only): 'published' (the paper's and AutoAttack's, see
   the module docstring) or 'simple' (robustjax's earlier update, see
-  ``L2_UPDATES``).
+  ``L2_UPDATES``). ``batch_size``: None runs all points in one program, an
+  integer in chunks of that many (one compiled program; same per-point
+  results, keys by index; memory set by batch_size).
 
   A point is reported broken only if its returned point and logits are
   finite. Raises ValueError / TypeError (one line naming the argument) on bad
@@ -293,16 +301,15 @@ def square(predict_fn, x, y, *, eps, norm: str, key, n_queries: int = 5000,
   checks.norm(norm)
   checks.choice(l2_update, tuple(L2_UPDATES), 'l2_update')
   n_queries = checks.budget(n_queries, 'n_queries')
+  batch_size = checks.optional_budget(batch_size, 'batch_size')
   checks.number(p_init, 'p_init', low=0, high=1, low_open=True)
   logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
   checks.radius(eps, x.shape[0], 'eps')
-  index = jnp.arange(x.shape[0]) if index is None else checks.batch(x, jnp.asarray(index),
-                                                                     name_y='index')
-  keys = common.example_keys(key, index)
-  x_adv, robust, queries = _square(logits_fn, x, yi, eps, keys, bounds, p_init, norm=norm,
-                                   n_queries=n_queries, l2_update=l2_update)
-  _, prob = health.outputs(logits_fn, x)
-  finite = health.rows_finite(np.asarray(x_adv), np.asarray(logits_fn(x_adv)))
+  index = np.arange(x.shape[0]) if index is None else checks.batch(x, index, name_y='index')
+  run = lambda xs, ys, ids, es: _square(logits_fn, xs, ys, es, key, ids, bounds, p_init,
+                                        norm=norm, n_queries=n_queries, l2_update=l2_update)
+  x_adv, robust, queries, prob = common.run_chunked(
+      run, [x, yi, index, common.per_point(eps, x.shape[0], x.dtype)], batch_size)
   if warn:
     health.warn(health.messages('square', dict(prob=prob)))
-  return x_adv, robust | jnp.asarray(~finite), queries
+  return jnp.asarray(x_adv), jnp.asarray(robust), jnp.asarray(queries)

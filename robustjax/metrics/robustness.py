@@ -8,6 +8,7 @@ labels with scalar logits, is refused with one line (``robustjax.checks``).
 """
 from __future__ import annotations
 
+import functools
 import warnings
 from typing import Callable, Sequence
 
@@ -18,7 +19,8 @@ import numpy as np
 
 from robustjax import checks, losses
 from robustjax.attacks import common, decision, health, minimal, pgd
-from robustjax.attacks.ensemble import black_box_check, evaluate_robust_accuracy
+from robustjax.attacks.ensemble import (RANDOMNESS_MSG, black_box_check,
+                                        evaluate_robust_accuracy)
 
 
 def _check_outputs(logits, y, name: str = 'logits'):
@@ -131,6 +133,10 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   Paper B's protocol: the first ``max_points`` correctly classified points of
   ``x`` (all when None), attacked one batch of ``batch_size`` (default: all)
   at a time; a short last batch is padded so every batch shares one compile.
+  The clean pass runs in the same batches, so device memory grows with
+  ``batch_size``, not with the number of points (the host holds x); the
+  clean pass, the attack and the re-check each compile one program, and a
+  later call with the same batch size compiles nothing.
   Hard-label attacks pick their start points inside the batch, so larger
   batches give them better starts.
 
@@ -160,10 +166,12 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   checks.choice(method, DISTANCE_METHODS, 'method')
   max_points = checks.optional_budget(max_points, 'max_points')
   batch_size = checks.optional_budget(batch_size, 'batch_size')
-  x = jnp.asarray(x)
-  y = jnp.asarray(y)
   logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
-  clean_logits, prob = health.outputs(logits_fn, x)
+  x = np.asarray(x)   # host: batches are gathered here, each then one device transfer
+  yi = np.asarray(yi)
+  y = np.asarray(y)
+  clean_logits = common.logits_of(logits_fn, x, batch_size)
+  prob = bool(health.looks_like_probabilities(clean_logits))
   if method in ('fmn', 'ddn', 'bisection'):
     health.warn(health.messages('adversarial_distance', dict(prob=prob)), stacklevel=3)
   correct = np.asarray(common.margin(clean_logits, yi) > 0)
@@ -180,19 +188,17 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
       # Pad the last batch with copies of its first point: one compile serves
       # all batches. (Copies share their label, so hard-label attacks never
       # start from them.)
-      idx = np.concatenate([idx, np.full(bs - m, idx[0])])
+      idx = common.padded(idx, bs)
     xb, yb = x[idx], y[idx]
+    # FMN draws nothing; the others get a key per batch.
+    kb = key if method in ('fmn', 'ddn') else jax.random.fold_in(key, b)
     with warnings.catch_warnings():
       # Said once above, not once per batch.
       warnings.filterwarnings('ignore', message='.*look like probabilities')
-      x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb,
-                                            jax.random.fold_in(key, b), bounds, method_kwargs)
+      x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb, kb, bounds, method_kwargs)
     # Count only points that re-check as misclassified (finite point and
     # logits), at their true distance.
-    z = logits_fn(x_adv)
-    wrong = (np.asarray(jnp.argmax(z, -1) != yi[idx])
-             & health.rows_finite(np.asarray(x_adv), np.asarray(z)))[:m]
-    true_d = np.asarray(common.norm(x_adv - xb, norm))[:m]
+    wrong, true_d = (np.asarray(a)[:m] for a in _recheck(logits_fn, xb, yi[idx], x_adv, norm=norm))
     dists.append(np.where(wrong & np.isfinite(np.asarray(dist)[:m]), true_d, np.inf))
     advs.append(np.asarray(x_adv)[:m])
     if q is not None:
@@ -203,6 +209,14 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
               x_adv=np.concatenate(advs) if advs else np.zeros((0,) + x.shape[1:]),
               method='fmn' if method == 'ddn' else method,
               summary=distance_summary(distances))
+
+
+@functools.partial(jax.jit, static_argnames=('norm',))
+def _recheck(logits_fn, x, y, x_adv, *, norm):
+  """(misclassified with a finite point and logits (n,), ||x_adv - x|| (n,)) in one program."""
+  z = logits_fn(x_adv)
+  wrong = (jnp.argmax(z, -1) != y) & health.rows_finite(x_adv, z)
+  return wrong, common.norm(x_adv - x, norm)
 
 
 def compare_distances(white_box, hard_label, *, tol: float = 0.0, max_share: float = 0.05,
@@ -247,7 +261,8 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
   - black-box attacks must not break more than ``masking_tol`` of the points
     the white-box ones left robust (from each eps's ensemble record), whose
     'health_warnings' (probability-like outputs, zero or non-finite gradients
-    of the white-box attacks) are passed on too.
+    of the white-box attacks) are passed on too, as is its randomness check
+    (outputs that change between calls with the same input).
   """
   msgs = []
   eps = np.asarray(eps, np.float64)
@@ -262,6 +277,8 @@ def gradient_masking_checks(eps, accuracy, *, large_eps_accuracy=None, monotone_
                 f'reach ~0 (tolerance {zero_tol:g})')
   for rec in per_eps or ():
     msgs.extend(m for m in rec.get('health_warnings', []) if m not in msgs)
+    if rec.get('randomness') and RANDOMNESS_MSG not in msgs:
+      msgs.append(RANDOMNESS_MSG)
     msgs.extend(black_box_check(rec, masking_tol))
   return msgs
 
