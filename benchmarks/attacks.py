@@ -1,4 +1,5 @@
-"""Throughput of each attack on Paper B's MNIST MLP (784-2000-10, GELU).
+"""Throughput of each attack on Paper B's MNIST MLP (784-2000-10, GELU), and with
+``--peers`` our attacks beside torchattacks' and Foolbox's (``benchmarks/peers.py``).
 
 Prints one row per attack: compile+first-run seconds, steady-state seconds,
 points per second, and for the query-based attacks the mean queries per point
@@ -9,10 +10,16 @@ so every point starts correctly classified, and inputs are uniform in [0, 1]
 
   python benchmarks/attacks.py                       # Paper B size: batch 1024
   python benchmarks/attacks.py --batch 64 --small    # a few minutes on 2 CPU cores
+  python benchmarks/attacks.py --peers               # digits MLP, ours vs torchattacks / Foolbox
+  python benchmarks/attacks.py --peers --small --points 16   # seconds: a smoke run
+
+The peers' columns need the ``bench`` extra (``pip install -e '.[bench]'``);
+without it ``--peers`` prints our figures and says how to get theirs.
 """
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 import jax
@@ -22,6 +29,8 @@ import numpy as np
 from robustjax.attacks import bisection, decision_attack, fmn
 from robustjax.attacks.apgd import apgd, target_classes
 from robustjax.attacks.square import square
+
+import peers  # benchmarks/peers.py, beside this script
 
 
 def mlp(params, x):
@@ -50,7 +59,42 @@ def main():
                   help='reduced budgets (APGD 20 iters, Square 200 queries, FMN 50 steps, '
                        'hard-label 5 iterations at 40 probes)')
   ap.add_argument('--seed', type=int, default=0)
+  ap.add_argument('--peers', action='store_true',
+                  help='digits MLP: ours beside torchattacks / Foolbox on the same weights '
+                       '(benchmarks/peers.py)')
+  ap.add_argument('--no-peers', action='store_true',
+                  help='with --peers: our columns only, even when the bench extra is installed')
+  ap.add_argument('--points', type=int, default=397, help='--peers: test points (1..397)')
+  ap.add_argument('--pgd-tile', type=int, default=8,
+                  help='--peers: PGD runs on the test points tiled this many times (>= 1)')
+  ap.add_argument('--hsj-points', type=int, default=0,
+                  help='--peers: HopSkipJump on the first this many points (0 = all)')
+  ap.add_argument('--train-steps', type=int, default=300,
+                  help='--peers: full-batch Adam steps training the MLP (>= 1)')
+  ap.add_argument('--torch-threads', type=int, default=0,
+                  help="--peers: torch's intra-op threads (0 = torch's default, one per core)")
+  ap.add_argument('--rows', default='pgd,apgd,ensemble,fmn,hsj',
+                  help='--peers: comma-separated families among pgd, apgd, ensemble, fmn, hsj')
   args = ap.parse_args()
+  args.rows = [r.strip() for r in args.rows.split(',') if r.strip()]
+  families = tuple(peers.ROWS)
+  if not args.rows or any(r not in families for r in args.rows):
+    print(f'--rows: comma-separated names among {", ".join(families)}, '
+          f'got {",".join(args.rows) or "nothing"}', file=sys.stderr)
+    raise SystemExit(2)
+  for name, value, lo, hi in (('--points', args.points, 1, peers.TEST_POINTS),
+                              ('--pgd-tile', args.pgd_tile, 1, None),
+                              ('--hsj-points', args.hsj_points, 0, peers.TEST_POINTS),
+                              ('--train-steps', args.train_steps, 1, None),
+                              ('--torch-threads', args.torch_threads, 0, None),
+                              ('--batch', args.batch, 1, None)):
+    if value < lo or (hi is not None and value > hi):
+      allowed = f'>= {lo}' if hi is None else f'in [{lo}, {hi}]'
+      print(f'{name}: must be an integer {allowed}, got {value}', file=sys.stderr)
+      raise SystemExit(2)
+  if args.peers:
+    peers.run(args)
+    return
   key = jax.random.PRNGKey(args.seed)
   params = init(key)
   f = jax.tree_util.Partial(mlp, params)
