@@ -1,6 +1,7 @@
 """Paper A's scaling sweep (robustjax.stages.scaling): grid, pieces with known answers,
 config checks, and a tiny sweep end to end."""
 import json
+import math
 
 import chex
 import jax
@@ -231,26 +232,64 @@ def test_launch_refuses_a_bad_field_before_any_work(tmp_path):
   assert not (tmp_path / 'w').exists()
 
 
-def test_tiny_sweep_end_to_end(tmp_path, capsys):
+def _synthetic_records(cfg, rng):
+  """Records of every point of cfg's grid: distances following the predicted laws."""
+  T, C, n = cfg.downstream.num_tasks, len(cfg.scaling.eps_factors), 16
+  recs = []
+  for prog in scaling.grid(cfg.scaling):
+    for k, c in prog.points:
+      for s in range(cfg.num_seeds):
+        law = 0.7 * math.sqrt(k / prog.D) if c == 0 else 0.9
+        fmn = law * np.exp(0.1 * rng.standard_normal((T, n)))
+        recs.append(dict(D=prog.D, m=prog.width, k=k, c=c, seed=s,
+                         purity=rng.uniform(0.2, 1.0, prog.width),
+                         head_converged=np.ones((T,), bool),
+                         margin=np.where(rng.random((T, n)) < 0.9, 1.0, -1.0), fmn=fmn,
+                         pgd_broken=np.zeros((T, C, n), bool), certified=0.1 * fmn,
+                         zero_grad=np.zeros((T, n), bool)))
+  return recs
+
+
+def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
+  # Everything after training, fast: summaries, gaps, fits, claims, plots, the table.
   cfg = tiny_config()
-  scaling.validate(cfg)
-  out = scaling.main(cfg, str(tmp_path))
-  res = json.loads((tmp_path / 'results.json').read_text())
-  # 2 shapes per D x 2 Ds; 2 ks x (clean + 2 eps factors) at width 2 D, x (clean + fit c) at D.
-  assert res['programs']['pretraining'] == 4 and res['programs']['sweep_programs'] == 12
-  assert len(res['points']) == 2 * (2 * 3 + 2 * 2)
-  for r in res['points']:
-    assert 0.0 <= r['clean_acc'] <= 1.0 and 0.0 < r['purity_median'] <= 1.0
-    assert len(r['distance_median_per_seed']) == 2 and len(r['robust_acc']) == 2
-    # certified <= FMN's distance, point by point, so also in the median
-    if r['distance_median'] is not None and r['certified_median'] is not None:
-      assert r['certified_median'] <= r['distance_median'] + 1e-6
-  assert len(res['inheritance_gaps']) == 2 * (2 * 2 + 2 * 1)
-  assert set(res['fits']) == {'clean_vs_k_over_D', 'adversarial_vs_k'}
-  assert [c['name'] for c in res['claims']] == [c.name for c in out['claims']]
-  assert len(res['claims']) == 2
-  for name in ('distance_vs_k.png', 'purity_vs_width.png', 'inheritance_gap.png'):
+  cfg.scaling.Ds, cfg.scaling.ks = (8, 16), (1, 2, 4)
+  out = scaling.report_sweep(cfg, str(tmp_path), _synthetic_records(cfg, np.random.default_rng(0)),
+                             {'pretraining': 4, 'heads': 4, 'evaluation': 4, 'sweep_programs': 12,
+                              'jax_backend_compiles': 0, 'jax_compiles_over_1s': 0})
+  assert [c.holds for c in out['claims']] == [True, True]
+  assert len(out['points']) == 2 * (3 * 3 + 3 * 2)
+  assert all(r['certified_above_fmn'] == 0 for r in out['points'])
+  for name in scaling.PLOTS:
     assert (tmp_path / name).stat().st_size > 1000
+  json.dumps(out['payload'])  # JSON-ready
   text = capsys.readouterr().out
   assert 'fitted exponents' in text and 'claims this run tests' in text
   assert 'compiled: 12 sweep programs' in text
+
+
+@pytest.mark.slow  # three compiles (pre-training, heads, evaluation): ~100 s on the loaded 2 cores
+def test_tiny_sweep_end_to_end(tmp_path, capsys):
+  cfg = tiny_config()
+  cfg.scaling.Ds, cfg.scaling.width_factors = (4,), (2,)
+  cfg.scaling.full_width_factors = (2,)
+  scaling.validate(cfg)
+  out = scaling.main(cfg, str(tmp_path))
+  res = json.loads((tmp_path / 'results.json').read_text())
+  # One shape, one program of 2 ks x (clean + 2 eps factors), 2 seeds.
+  assert res['programs']['pretraining'] == 1 and res['programs']['sweep_programs'] == 3
+  assert [tuple(p) for p in res['grid'][0]['points']] == [
+      (1, 0.0), (2, 0.0), (1, 0.5), (2, 0.5), (1, 1.0), (2, 1.0)]
+  assert len(res['points']) == 6
+  for r in res['points']:
+    assert 0.0 <= r['clean_acc'] <= 1.0 and 0.0 < r['purity_median'] <= 1.0
+    assert len(r['distance_median_per_seed']) == 2 and len(r['robust_acc']) == 2
+    assert r['certified_above_fmn'] == 0  # certified <= true <= FMN, point by point
+  assert len(res['inheritance_gaps']) == 4
+  assert set(res['fits']) == {'clean_vs_k_over_D', 'adversarial_vs_k'}
+  assert [c['name'] for c in res['claims']] == [c.name for c in out['claims']]
+  assert res['timings']['total']['wall'] > 0 and 'pretrain_D4_m8' in res['timings']
+  for name in scaling.PLOTS:
+    assert (tmp_path / name).stat().st_size > 1000
+  text = capsys.readouterr().out
+  assert 'compiled: 3 sweep programs' in text and 'claims this run tests' in text

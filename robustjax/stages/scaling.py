@@ -530,9 +530,10 @@ def fits_text(fit: dict) -> str:
 
 
 def plot_distances(rows: list[dict], fit: dict, scfg, path: str) -> None:
-  """Median FMN distance against k (log-log), one line per D, clean (left) and
-  adversarial (right) encoders at the fit width; dashed: the predicted slope
-  through the data's centre; the fitted exponent and interval in the title."""
+  """Median FMN distance against k (log-log), one line per D (error bars: the
+  seeds' range), clean (left) and adversarial (right) encoders at the fit
+  width; dashed: the predicted slope, dotted: the fitted one, both through the
+  points' log-centre; the fitted exponent and its 95% interval in the title."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   fig, axes = plt.subplots(1, 2, figsize=(11, 4))
   for ax, key, c in ((axes[0], 'clean_vs_k_over_D', 0.0),
@@ -549,17 +550,20 @@ def plot_distances(rows: list[dict], fit: dict, scfg, path: str) -> None:
       line = ax.errorbar(k, mid, yerr=[mid - np.nanmin(per_seed, 1), np.nanmax(per_seed, 1) - mid],
                          marker='o', capsize=3, label=f'D = {D}')
       ok = np.isfinite(mid) & (mid > 0)
-      if ok.sum() >= 1:  # the predicted slope through these points' log-centre
+      if ok.sum() >= 1:  # predicted (dashed) and fitted (dotted) slopes through the log-centre
         lk, lm = np.log(k[ok]), np.log(mid[ok])
-        ax.plot(k, np.exp(lm.mean() + f['predicted'] * (np.log(k) - lk.mean())), '--',
-                color=line[0].get_color(), alpha=0.6)
+        for slope, style in ((f['predicted'], '--'),
+                             (f['interval']['exponent'] if f['interval'] else None, ':')):
+          if slope is not None:
+            ax.plot(k, np.exp(lm.mean() + slope * (np.log(k) - lk.mean())), style,
+                    color=line[0].get_color(), alpha=0.6)
     iv = f['interval']
     fitted = (f"fitted {iv['exponent']:.2f} [{iv['lo']:.2f}, {iv['hi']:.2f}]" if iv
               else 'not fitted')
     kind = 'clean encoders' if c == 0 else f'adversarial encoders, eps = {c:g}/sqrt(k)'
     law = 'sqrt(k / D)' if c == 0 else 'flat'
-    ax.set_title(f"{kind}\npredicted {law} (dashed, exponent {f['predicted']:g}); {fitted}",
-                 fontsize=9)
+    ax.set_title(f"{kind}\npredicted {law} (dashed, exponent {f['predicted']:g}); {fitted} "
+                 '(dotted)', fontsize=9)
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')
     ax.set_xlabel('k (active features)')
@@ -632,42 +636,48 @@ class _CompileCounter:
 _COUNTER = _CompileCounter()
 
 
-def main(cfg, workdir: str) -> dict:
-  """Runs the sweep; prints the table, the fits, the claims and the files; writes
-  results.json and the plots."""
-  os.makedirs(workdir, exist_ok=True)
+def sweep(cfg, workdir: str, timings: dict) -> tuple[list[dict], dict]:
+  """Runs every program of ``grid``; returns (records, compile counts)."""
   programs = grid(cfg.scaling)
   keys = _keys(cfg.seed, cfg.num_seeds)
-  timings, records = {}, []
+  records = []
   if not _COUNTER.registered:  # one listener for the process, registered on first use
     jax.monitoring.register_event_duration_secs_listener(_COUNTER)
     _COUNTER.registered = True
   _COUNTER.count = _COUNTER.long = 0
   _COUNTER.active = True
   try:
-    with timing.stage(timings, 'total'):
-      with progress.tracked('scaling sweep: shapes (D, m)', len(programs), cfg.progress) as bar:
-        for prog in programs:
-          records += run_shape(cfg, prog, keys, workdir, timings)
-          bar.update()
-      rows = summarize(records, cfg.scaling.eps_factors)
-      gaps = inheritance_gaps(rows, cfg.scaling.eps_factors)
-      fit = fits(rows, cfg.scaling)
-      checks = claims(fit)
-      plot_distances(rows, fit, cfg.scaling, os.path.join(workdir, 'distance_vs_k.png'))
-      plot_purity(rows, cfg.scaling, os.path.join(workdir, 'purity_vs_width.png'))
-      plot_gaps(gaps, cfg.scaling, os.path.join(workdir, 'inheritance_gap.png'))
+    with progress.tracked('scaling sweep: shapes (D, m)', len(programs), cfg.progress) as bar:
+      for prog in programs:
+        records += run_shape(cfg, prog, keys, workdir, timings)
+        bar.update()
   finally:
     _COUNTER.active = False
-  plots = ['distance_vs_k.png', 'purity_vs_width.png', 'inheritance_gap.png']
-  compiled = {'pretraining': len(programs), 'heads': len(programs),
-              'evaluation': len(programs), 'sweep_programs': 3 * len(programs),
-              'jax_backend_compiles': _COUNTER.count, 'jax_compiles_over_1s': _COUNTER.long}
-  report.write_json(os.path.join(workdir, 'results.json'), {
+  return records, {'pretraining': len(programs), 'heads': len(programs),
+                   'evaluation': len(programs), 'sweep_programs': 3 * len(programs),
+                   'jax_backend_compiles': _COUNTER.count,
+                   'jax_compiles_over_1s': _COUNTER.long}
+
+
+PLOTS = ('distance_vs_k.png', 'purity_vs_width.png', 'inheritance_gap.png')
+
+
+def report_sweep(cfg, workdir: str, records: list[dict], compiled: dict) -> dict:
+  """Summaries, fits, claims and plots of a finished sweep's records; prints the
+  table, the fits, the compile counts and the claims; returns them with
+  ``payload``, the content of results.json but its timings."""
+  rows = summarize(records, cfg.scaling.eps_factors)
+  gaps = inheritance_gaps(rows, cfg.scaling.eps_factors)
+  fit = fits(rows, cfg.scaling)
+  checks = claims(fit)
+  plot_distances(rows, fit, cfg.scaling, os.path.join(workdir, PLOTS[0]))
+  plot_purity(rows, cfg.scaling, os.path.join(workdir, PLOTS[1]))
+  plot_gaps(gaps, cfg.scaling, os.path.join(workdir, PLOTS[2]))
+  payload = {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds],
-      'grid': [dataclasses.asdict(p) for p in programs], 'programs': compiled,
-      'timings': timings, 'points': rows, 'inheritance_gaps': gaps, 'fits': fit,
-      'claims': report.claims_json(checks), 'plots': plots})
+      'grid': [dataclasses.asdict(p) for p in grid(cfg.scaling)], 'programs': compiled,
+      'points': rows, 'inheritance_gaps': gaps, 'fits': fit,
+      'claims': report.claims_json(checks), 'plots': list(PLOTS)}
   print(table(rows, cfg.scaling.eps_factors))
   print(fits_text(fit))
   print(f"compiled: {compiled['sweep_programs']} sweep programs ({compiled['pretraining']} "
@@ -675,5 +685,17 @@ def main(cfg, workdir: str) -> dict:
         f"backend compiles in all {compiled['jax_backend_compiles']} "
         f"({compiled['jax_compiles_over_1s']} over 1 s)")
   print(report.claims_text(checks))
-  print(report.files_text(workdir, ['results.json'] + plots, timings))
-  return {'points': rows, 'fits': fit, 'claims': checks}
+  return {'points': rows, 'gaps': gaps, 'fits': fit, 'claims': checks, 'payload': payload}
+
+
+def main(cfg, workdir: str) -> dict:
+  """Runs the sweep (``sweep``), reports it (``report_sweep``) and writes
+  results.json (with per-stage and total timings) and the plots."""
+  os.makedirs(workdir, exist_ok=True)
+  timings = {}
+  with timing.stage(timings, 'total'):
+    records, compiled = sweep(cfg, workdir, timings)
+    out = report_sweep(cfg, workdir, records, compiled)
+  report.write_json(os.path.join(workdir, 'results.json'), dict(out['payload'], timings=timings))
+  print(report.files_text(workdir, ['results.json'] + list(PLOTS), timings))
+  return out
