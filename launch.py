@@ -56,7 +56,7 @@ _CACHE_DIR = flags.DEFINE_string(
     'compilation_cache_dir', None,
     'the compilation cache directory (default: $JAX_COMPILATION_CACHE_DIR, else '
     '$XDG_CACHE_HOME/robustjax/jax, else ~/.cache/robustjax/jax)')
-EXPERIMENTS = ('sparse_coding', 'spectral', 'images')
+EXPERIMENTS = ('sparse_coding', 'spectral', 'images', 'scaling')
 # jax caches only programs that took at least this long to compile (its default
 # is 1 s). Most of a run's programs compile in well under 1 s and on a CPU they
 # add up: caching all of them took a warm tiny pipeline's compile time from

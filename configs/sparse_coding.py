@@ -23,7 +23,7 @@ Why these numbers (d = D = 64, k = 4, sigma = 0.1, eps = 0.4):
 import ml_collections
 
 
-VARIANTS = ('pipeline', 'supervised', 'contrastive', 'pretrain', 'downstream', 'widths')
+VARIANTS = ('pipeline', 'supervised', 'contrastive', 'pretrain', 'downstream', 'widths', 'scaling')
 
 
 def get_config(variant: str = 'pipeline'):
@@ -36,6 +36,8 @@ def get_config(variant: str = 'pipeline'):
   pretrain     pre-training only (both kinds); saves encoders for `downstream`
   downstream   heads on saved encoders: set --config.downstream.encoder_dir
   widths       purity of contrastive encoders against the width m
+  scaling      Paper A's scaling laws over k, D, width and eps
+               (configs/sparse_coding_scaling.py)
   """
   if variant not in VARIANTS:
     raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
@@ -136,4 +138,7 @@ def get_config(variant: str = 'pipeline'):
   # same command with the same --workdir resumes there.
   c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
   c.checkpoint_every = 500
+  if variant == 'scaling':
+    from configs import sparse_coding_scaling  # pylint: disable=import-outside-toplevel
+    return sparse_coding_scaling.from_base(c)
   return c

@@ -94,7 +94,7 @@ def offline_configs():
     for variant in getattr(mod, 'VARIANTS', (None,)):
       cfg = mod.get_config() if variant is None else mod.get_config(variant)
       names = {cfg[b].get('name', '') for b in ('data', 'probe_data') if b in cfg} - {''}
-      if cfg.experiment == 'sparse_coding' or (names and names <= set(
+      if cfg.experiment in ('sparse_coding', 'scaling') or (names and names <= set(
           OFFLINE_IMAGES + OFFLINE_SYNTHETIC)):
         out.append((f'{os.path.basename(path)}:{variant or ""}', cfg))
   return out
@@ -105,7 +105,8 @@ def test_offline_configs_need_only_install_requires():
   names = {n for _, c in configs for b in ('data', 'probe_data') if b in c
            for n in [c[b].get('name', '')]}
   # Every experiment and both offline kinds of data are covered.
-  assert {c.experiment for _, c in configs} == {'sparse_coding', 'spectral', 'images'}, configs
+  assert {c.experiment for _, c in configs} == {'sparse_coding', 'scaling', 'spectral',
+                                                'images'}, configs
   assert {'digits', 'xor'} <= names, names
   probe_args = json.dumps([sorted({c.experiment for _, c in configs}),
                            sorted(names & set(OFFLINE_IMAGES)), 'xor' in names])

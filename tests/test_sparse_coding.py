@@ -88,3 +88,24 @@ def test_pure_function_of_key_and_jittable():
                               sc.sample_task(jax.random.PRNGKey(1), 16, world, spec), atol=1e-6)
   worlds = jax.vmap(lambda k: sc.make_world(k, spec))(jax.random.split(jax.random.PRNGKey(2), 3))
   chex.assert_shape(worlds.dictionary, (3, 8, 8))
+
+
+def test_traced_k_gives_the_static_samplers_features():
+  # sample_features(k=...) with spec.k as the bound: one program for every k <= spec.k,
+  # and for each k exactly the features the static sampler with that k draws.
+  key = jax.random.PRNGKey(11)
+  bound = sc.SparseCodingSpec(d=16, D=16, k=8)
+  per_k = jax.jit(jax.vmap(lambda k: sc.sample_features(key, 256, bound, k)))(
+      jnp.array([1, 3, 8], jnp.int32))
+  for x, k in zip(per_k, (1, 3, 8)):
+    static = sc.sample_features(key, 256, sc.SparseCodingSpec(d=16, D=16, k=k))
+    np.testing.assert_array_equal(x, static)
+    np.testing.assert_array_equal(np.sum(x != 0, axis=1), k)
+
+
+@pytest.mark.parametrize('k,error,match', [(0, ValueError, r'k must lie in \[1, spec.k = 8\]'),
+                                           (9, ValueError, r'k must lie in \[1, spec.k = 8\]'),
+                                           (2.0, TypeError, 'k must be a scalar integer')])
+def test_traced_k_out_of_range_is_refused(k, error, match):
+  with pytest.raises(error, match=match):
+    sc.sample_features(jax.random.PRNGKey(0), 4, sc.SparseCodingSpec(d=16, D=16, k=8), k)

@@ -68,16 +68,36 @@ def new_task(key: chex.PRNGKey, spec: SparseCodingSpec) -> jax.Array:
   return jax.random.normal(key, (spec.D,))
 
 
-def sample_features(key: chex.PRNGKey, n: int, spec: SparseCodingSpec) -> jax.Array:
-  """Sparse latent features X, (n, D)."""
+def sample_features(key: chex.PRNGKey, n: int, spec: SparseCodingSpec,
+                    k: jax.Array | None = None) -> jax.Array:
+  """Sparse latent features X, (n, D).
+
+  ``k``: None uses ``spec.k``; a scalar integer in [1, spec.k] (may be
+  traced; checked when concrete: TypeError / ValueError) overrides it, with
+  ``spec.k`` then the largest k any run uses, so runs that differ only in k
+  share one compiled program (vmap over k). Either way the same key gives
+  the same X for the same number of active features.
+  """
+  if k is not None:
+    if jnp.ndim(k) or not jnp.issubdtype(jnp.result_type(k), jnp.integer):
+      raise TypeError(f'k must be a scalar integer (or None), got {k!r}')
+    if not isinstance(k, jax.core.Tracer) and not 1 <= int(k) <= spec.k:
+      raise ValueError(f'k must lie in [1, spec.k = {spec.k}], got {int(k)}')
   k_sup, k_sign, k_mag = jax.random.split(key, 3)
   if spec.exact_k:
     # The k largest of D iid uniforms pick a uniformly random k-subset
     # (top_k, not a full sort: this runs inside every training step).
-    _, idx = jax.lax.top_k(jax.random.uniform(k_sup, (n, spec.D)), spec.k)
-    support = jnp.sum(jax.nn.one_hot(idx, spec.D, dtype=jnp.int32), axis=1) > 0
+    u = jax.random.uniform(k_sup, (n, spec.D))
+    if k is None:
+      _, idx = jax.lax.top_k(u, spec.k)
+      support = jnp.sum(jax.nn.one_hot(idx, spec.D, dtype=jnp.int32), axis=1) > 0
+    else:  # the same subset, as u >= the k-th largest (top_k to spec.k: a sort is ~3x slower)
+      top, _ = jax.lax.top_k(u, spec.k)
+      kth = jnp.take(top, jnp.asarray(k, jnp.int32) - 1, axis=-1)
+      support = u >= kth[:, None]
   else:
-    support = jax.random.bernoulli(k_sup, spec.k / spec.D, (n, spec.D))
+    rate = spec.k / spec.D if k is None else jnp.asarray(k, jnp.float32) / spec.D
+    support = jax.random.bernoulli(k_sup, rate, (n, spec.D))
   signs = jax.random.rademacher(k_sign, (n, spec.D), dtype=jnp.float32)
   if spec.magnitude_low < 1.0:
     signs = signs * jax.random.uniform(k_mag, (n, spec.D), minval=spec.magnitude_low)
@@ -97,11 +117,13 @@ def labels(x: jax.Array, theta: jax.Array) -> jax.Array:
 
 
 def sample_task(key: chex.PRNGKey, n: int, world: SparseCodingWorld,
-                spec: SparseCodingSpec, theta: jax.Array | None = None):
-  """(Z, y, X) for the task theta (default: the supervised task theta0)."""
+                spec: SparseCodingSpec, theta: jax.Array | None = None,
+                k: jax.Array | None = None):
+  """(Z, y, X) for the task theta (default: the supervised task theta0);
+  ``k`` overrides ``spec.k`` as in :func:`sample_features`."""
   theta = world.theta0 if theta is None else theta
   k_x, k_noise = jax.random.split(key)
-  x = sample_features(k_x, n, spec)
+  x = sample_features(k_x, n, spec, k)
   return observe(k_noise, x, world, spec), labels(x, theta), x
 
 

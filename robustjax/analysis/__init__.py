@@ -1,0 +1,1 @@
+"""Statistics over finished runs: fits and intervals."""
