@@ -100,34 +100,33 @@ def validate(cfg) -> None:
                          cfg.mesh.to_dict()) from None
 
 
-# The set-up below is small array work, jitted so that it compiles a few
-# programs instead of one per primitive and shape (as it would op by op).
+# Set-up array shuffling runs in numpy on the host: the arrays are small, and
+# jax would compile a program per primitive and shape for it.
 
-@functools.partial(jax.jit, static_argnums=1)
 def _repeat(tree, times: int):
   """(S, ...) -> (S * times, ...): seed s's leaves for each of its tasks."""
-  return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), tree)
+  return jax.tree.map(lambda a: np.repeat(np.asarray(a), times, axis=0), tree)
 
 
-@jax.jit
 def _concat(trees):
   """A list of trees -> one tree, leaves concatenated along the leading axis."""
-  return jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
+  return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *trees)
 
 
-@functools.partial(jax.jit, static_argnums=1)
-def _split(tree, sizes: tuple[int, ...]):
-  """(sum(sizes), ...) -> trees of (sizes[i], ...), in order."""
-  cuts = np.cumsum((0,) + sizes)
-  return [jax.tree.map(lambda a: a[lo:hi], tree) for lo, hi in zip(cuts[:-1], cuts[1:])]
+def _split(tree, n: int):
+  """(n * S, ...) -> n trees of (S, ...)."""
+  return [jax.tree.map(lambda a: np.asarray(a).reshape((n, -1) + a.shape[1:])[i], tree)
+          for i in range(n)]
 
 
-@functools.partial(jax.jit, static_argnums=(1, 2, 3))
 def _first_tasks(tree, S: int, T: int, R: int):
   """(S * T, ...) -> (S * R, ...): the first R tasks of each seed."""
-  return jax.tree.map(
-      lambda a: a.reshape((S, T) + a.shape[1:])[:, :R].reshape((S * R,) + a.shape[1:]), tree)
+  return jax.tree.map(lambda a: np.asarray(a).reshape((S, T) + a.shape[1:])[:, :R].reshape(
+      (S * R,) + a.shape[1:]), tree)
 
+
+# The random draws of the set-up, jitted: a few programs instead of one per
+# primitive and shape (as they would compile op by op).
 
 @functools.partial(jax.jit, static_argnums=(0, 1))
 def _keys(seed: int, num_seeds: int):
@@ -143,17 +142,19 @@ def _worlds(keys, spec: sc.SparseCodingSpec):
   return jax.vmap(lambda k: sc.make_world(k, spec))(keys)
 
 
+_fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
 @functools.partial(jax.jit, static_argnums=(1, 2))
 def _tasks(keys, spec: sc.SparseCodingSpec, T: int):
-  """The downstream tasks: thetas (S * T, D), per-task training and evaluation
-  keys (S * T, 2), and the pre-training test keys (S, 2)."""
+  """The downstream tasks: thetas (S * T, D) and per-task training and
+  evaluation keys (S * T, 2)."""
   S = keys['tasks'].shape[0]
   thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
       jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
   per_task = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name]).reshape(
       S * T, -1)
-  test_keys = jax.vmap(lambda k: jax.random.fold_in(k, T))(keys['eval'])
-  return thetas, per_task('downstream'), per_task('eval'), test_keys
+  return thetas, per_task('downstream'), per_task('eval')
 
 
 def eval_eps(cfg) -> list[float]:
@@ -201,13 +202,16 @@ def _evaluate_runs(params, worlds, thetas, keys, *, logit_fn, model, spec, num_e
     if not radii:
       return jnp.full((len(eps),), clean)
 
-    # One PGD program for all radii (vmapped), not one per radius.
-    def at(e, i):
+    # One PGD program looped over the radii (not one per radius, and not
+    # vmapped: a batch of all radii at once outgrows the caches).
+    def at(args):
+      e, i = args
       return robustness.robust_accuracy(
           f, x, y, eps=e, norm=norm, steps=steps, step_size=rel_step_size, restarts=restarts,
           key=jax.random.fold_in(k_attack, i))
 
-    robust = jax.vmap(at)(jnp.asarray([eps[i] for i in radii], x.dtype), jnp.asarray(radii))
+    robust = jax.lax.map(at, (jnp.asarray([eps[i] for i in radii], x.dtype),
+                              jnp.asarray(radii)))
     return jnp.full((len(eps),), clean).at[jnp.asarray(radii)].set(robust)
 
   return jax.vmap(one)(params, worlds, thetas, keys)
@@ -233,44 +237,23 @@ def load_encoders(path: str):
   return jax.tree.map(jnp.asarray, tree['params']), jax.tree.map(jnp.asarray, world)
 
 
-def pretraining_jobs(cfg, worlds, keys, references=()):
-  """[(job, row names, runs per row, thunk)], one per compiled training program.
+def pretraining_jobs(cfg, worlds, keys):
+  """(row names, thunk) per compiled pre-training program.
 
-  A thunk returns params with a leading axis of sum(runs per row), row-major.
-  The adversarial contrastive modes differ only in which pairs are attacked,
-  so they share one vmapped program. ``references``: (name, worlds, thetas,
-  keys) of the end-to-end references; each trains in the same vmapped program
-  as the supervised pre-training it mirrors (the same net, optimizer, steps
-  and attack, on its own task), one compile for both.
+  A thunk returns params with a leading axis of len(names) * seeds; the
+  adversarial contrastive modes differ only in which pairs are attacked, so
+  they share one vmapped program.
   """
-  mirrors = {'end_to_end_clean': 'clean', 'end_to_end_adversarial': 'adversarial'}
-  refs = {mirrors[r[0]]: r for r in references}
-  jobs = []
-  for mode in list(cfg.pretrain.modes) + [m for m in refs if m not in cfg.pretrain.modes]:
-    names, parts = [], []
-    if mode in cfg.pretrain.modes:
-      names.append(mode)
-      parts.append((worlds, worlds.theta0, keys))
-    if mode in refs:
-      names.append(refs[mode][0])
-      parts.append(refs[mode][1:])
-    ws, ts, ks = (_concat(list(p)) if len(parts) > 1 else p[0] for p in zip(*parts))
-    jobs.append((f'pretrain_{mode}' if mode in cfg.pretrain.modes else names[0], tuple(names),
-                 tuple(int(k.shape[0]) for _, _, k in parts),
-                 functools.partial(supervised.train, cfg, ws, ts, ks,
-                                   adversarial=mode == 'adversarial',
-                                   desc=' + '.join(f'pre-train {n}' if n == mode else n
-                                                   for n in names))))
+  jobs = [((mode,), functools.partial(supervised.train, cfg, worlds, worlds.theta0, keys,
+                                      adversarial=mode == 'adversarial',
+                                      desc=f'pre-train {mode}'))
+          for mode in cfg.pretrain.modes]
   clean = [m for m in cfg.contrastive.modes if contrastive.MODES[m] is None]
   adv = [m for m in cfg.contrastive.modes if contrastive.MODES[m] is not None]
-  for group, job, desc in ((clean, 'pretrain_contrastive_clean', 'contrastive clean'),
-                           (adv, 'pretrain_contrastive_adversarial_modes',
-                            'contrastive adversarial')):
+  for group, desc in ((clean, 'contrastive clean'), (adv, 'contrastive adversarial')):
     if group:
-      jobs.append((job, tuple(f'contrastive_{m}' for m in group),
-                   (int(keys.shape[0]),) * len(group),
-                   functools.partial(contrastive.train, cfg, worlds, keys, modes=tuple(group),
-                                     desc=desc)))
+      jobs.append((tuple(f'contrastive_{m}' for m in group), functools.partial(
+          contrastive.train, cfg, worlds, keys, modes=tuple(group), desc=desc)))
   return jobs
 
 
@@ -337,8 +320,8 @@ def run(cfg, workdir: str) -> dict:
   i_eps = eps_list.index(float(cfg.attack.eps))
   model = supervised.model_from_config(cfg)
 
-  encoders, references = {}, {}
   if cfg.stage == 'downstream':
+    encoders = {}
     for name in sorted(os.listdir(cfg.downstream.encoder_dir)):
       if name.startswith('encoder_'):
         encoders[name[len('encoder_'):]], worlds = load_encoders(
@@ -347,27 +330,15 @@ def run(cfg, workdir: str) -> dict:
     keys = _keys(cfg.seed, S)
   else:
     worlds = _worlds(keys['world'], spec)
-  thetas, train_keys, eval_keys, test_keys = _tasks(keys, spec, T)
-  worlds_st = _repeat(worlds, T)
-  # References train whole nets, so they run on the first reference_tasks
-  # tasks of each seed only (the same tasks, test sets and keys as the heads).
-  R = min(cfg.downstream.reference_tasks, T)
-  pick = functools.partial(_first_tasks, S=S, T=T, R=R)
-  ref_data = ({name: (pick(worlds_st), pick(thetas), pick(train_keys), pick(eval_keys))
-               for name in cfg.downstream.references}
-              if cfg.stage == 'pipeline' else {})
-
-  if cfg.stage != 'downstream':
-    for job, names, sizes, train in pretraining_jobs(
-        cfg, worlds, keys['pretrain'], [(n, *d[:3]) for n, d in ref_data.items()]):
-      params, _ = _timed(timings, job, train, checkpoint_dir=os.path.join(
-          workdir, 'train_checkpoints', job))
-      for name, p in zip(names, _split(params, sizes)):
-        if name in REFERENCES:
-          references[name] = p
-        else:
-          encoders[name] = p
-          save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), p, worlds)
+    test_keys = _fold_in(keys['eval'], T)
+    encoders = {}
+    for names, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
+      job = names[0] if len(names) == 1 else names[0].split('_')[0] + '_adversarial_modes'
+      params, _ = _timed(timings, f'pretrain_{job}', train, checkpoint_dir=os.path.join(
+          workdir, 'train_checkpoints', f'pretrain_{job}'))
+      for name, p in zip(names, _split(params, len(names))):
+        encoders[name] = p
+        save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), p, worlds)
     with timing.stage(timings, 'eval_pretrain'), progress.tracked(
         'evaluate pre-training', len(encoders), cfg.progress) as bar:
       for name, p in encoders.items():
@@ -386,6 +357,8 @@ def run(cfg, workdir: str) -> dict:
       sweeps['width'] = _timed(timings, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
   if cfg.stage != 'pretrain' and encoders:
+    thetas, train_keys, eval_keys = _tasks(keys, spec, T)
+    worlds_st = _repeat(worlds, T)
     # Every encoder's heads train in one vmapped program: (encoders x seeds x tasks).
     names = list(encoders)
     enc = _concat([_repeat({'w': encoders[n]['w'], 'b': encoders[n]['b']}, T) for n in names])
@@ -397,21 +370,30 @@ def run(cfg, workdir: str) -> dict:
     # One encoder's heads at a time (one compile for all: equal shapes), for progress.
     with timing.stage(timings, 'eval_downstream'), progress.tracked(
         'evaluate downstream heads', len(names), cfg.progress) as bar:
-      sizes = (S * T,) * len(names)
-      for name, e, h in zip(names, _split(enc, sizes), _split(heads, sizes)):
+      for name, e, h in zip(names, _split(enc, len(names)), _split(heads, len(names))):
         rows.setdefault(name, {})['downstream_acc'] = evaluate(
             cfg, downstream.head_logits, model, {'encoder': e, 'head': h}, worlds_st, thetas,
             eval_keys)
         units.setdefault(name, unit_stats(encoders[name], worlds))
         bar.update()
-    for ref, params in references.items():
-      ref_worlds, ref_thetas, _, ref_eval_keys = ref_data[ref]
-      with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
-        acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
-                     ref_worlds, ref_thetas, ref_eval_keys)
-        bar.update()
-      rows[ref] = {'downstream_acc': acc}
-      units[ref] = unit_stats(params, ref_worlds)
+    if cfg.stage == 'pipeline':
+      # References train whole nets, so they run on the first reference_tasks
+      # tasks of each seed only (the same tasks, test sets and keys as the heads).
+      # With reference_tasks = 1 they have the pre-training's shapes, and
+      # supervised.train's loss compares by value: they reuse its compiled programs.
+      pick = functools.partial(_first_tasks, S=S, T=T, R=min(cfg.downstream.reference_tasks, T))
+      ref_worlds, ref_thetas = pick(worlds_st), pick(thetas)
+      for ref in cfg.downstream.references:
+        params, _ = _timed(timings, ref, supervised.train, cfg, ref_worlds, ref_thetas,
+                           pick(train_keys), adversarial=ref == 'end_to_end_adversarial',
+                           desc=ref,
+                           checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))
+        with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
+          acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
+                       ref_worlds, ref_thetas, pick(eval_keys))
+          bar.update()
+        rows[ref] = {'downstream_acc': acc}
+        units[ref] = unit_stats(params, ref_worlds)
 
   return {'eps': eps_list, 'train_eps': float(cfg.attack.eps), 'i_eps': i_eps,
           'rows': rows, 'units': units, 'timings': timings, 'sweeps': sweeps,
