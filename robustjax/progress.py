@@ -7,11 +7,6 @@ and what it kept, so launch.py can say so in one line. ``deferred_interrupts``
 holds Ctrl-C back while a checkpoint is written, so it lands between library
 calls and leaves a complete checkpoint (orbax logs a traceback when Ctrl-C
 lands in its wait for a save).
-
-Ctrl-C reaches only the main thread; phases that run on another thread
-(``robustjax.lanes``) stop when ``request_stop`` was called: ``fit`` checks
-``check_stop`` after every chunk and ``tracked`` bars at every update, and
-raise ``Interrupted`` there as after Ctrl-C.
 """
 from __future__ import annotations
 
@@ -34,24 +29,6 @@ class Interrupted(KeyboardInterrupt):
     self.where, self.kept = where, kept
 
 
-_stop = threading.Event()
-
-
-def request_stop() -> None:
-  """Asks every phase of the run, on any thread, to stop at its next check."""
-  _stop.set()
-
-
-def clear_stop() -> None:
-  _stop.clear()
-
-
-def check_stop() -> None:
-  """Raises KeyboardInterrupt when ``request_stop`` was called (and not cleared)."""
-  if _stop.is_set():
-    raise KeyboardInterrupt
-
-
 class _Bar:
   """A tqdm bar's ``update`` / ``set_postfix_str`` that also counts when the bar is hidden."""
 
@@ -61,7 +38,6 @@ class _Bar:
   def update(self, n: int = 1) -> None:
     self.n += n
     self._bar.update(n)
-    check_stop()
 
   def set_postfix_str(self, s: str) -> None:
     self._bar.set_postfix_str(s)

@@ -6,10 +6,6 @@ lowering it to MLIR, and the XLA compile, which includes reading the
 executable back from the persistent compilation cache on a hit. The three
 never overlap (tracing is reported only for a top-level trace), so their sum
 is the time a stage spent compiling; the rest of its wall time is running.
-jax compiles in the thread that calls the program, so a block counts the
-compiles of its own thread (stages that run side by side on two threads,
-``robustjax.lanes``, each count theirs), or of every thread with
-``all_threads=True`` (a run's total).
 """
 from __future__ import annotations
 
@@ -24,37 +20,33 @@ COMPILE_EVENTS = ('/jax/core/compile/jaxpr_trace_duration',
                   '/jax/core/compile/backend_compile_duration')
 
 _lock = threading.Lock()
-# One (accumulator, thread id or None for all threads) per open block.
-_open: list[tuple[list[float], int | None]] = []
+_open: list[list[float]] = []  # one accumulator per open ``compile_seconds`` block
 _listening = False
 
 
 def _on_duration(event: str, duration: float, **_) -> None:
   if event in COMPILE_EVENTS:
-    me = threading.get_ident()
     with _lock:
-      for acc, thread in _open:
-        if thread is None or thread == me:
-          acc[0] += duration
+      for acc in _open:
+        acc[0] += duration
 
 
 @contextlib.contextmanager
-def compile_seconds(all_threads: bool = False):
+def compile_seconds():
   """Yields a one-element list that holds, once the block ends, the seconds jax
-  spent compiling inside it: in this thread, or in every thread with
-  ``all_threads`` (nested blocks each count their own)."""
+  spent compiling inside it (all threads; nested blocks each count their own)."""
   global _listening
-  entry = ([0.0], None if all_threads else threading.get_ident())
+  acc = [0.0]
   with _lock:
     if not _listening:  # one listener for the process, registered on first use
       jax.monitoring.register_event_duration_secs_listener(_on_duration)
       _listening = True
-    _open.append(entry)
+    _open.append(acc)
   try:
-    yield entry[0]
+    yield acc
   finally:
     with _lock:
-      _open.remove(entry)
+      _open.remove(acc)
 
 
 def record(wall: float, compile_s: float) -> dict:
@@ -64,12 +56,11 @@ def record(wall: float, compile_s: float) -> dict:
 
 
 @contextlib.contextmanager
-def stage(timings: dict, name: str, all_threads: bool = False):
-  """Times the block into ``timings[name]`` (``record``), counting the compiles
-  of this thread (of every thread with ``all_threads``). jax dispatches
+def stage(timings: dict, name: str):
+  """Times the block into ``timings[name]`` (``record``). jax dispatches
   asynchronously: block on the block's results inside it
   (``jax.block_until_ready``) or their run time lands in a later stage."""
   t0 = time.perf_counter()
-  with compile_seconds(all_threads) as c:
+  with compile_seconds() as c:
     yield
   timings[name] = record(time.perf_counter() - t0, c[0])

@@ -24,7 +24,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 
 from robustjax import config_validation as cv
-from robustjax import lanes, progress, report, timing
+from robustjax import progress, report, timing
 from robustjax.attacks.pgd import NORMS, PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
@@ -310,13 +310,7 @@ def _timed(timings, name, fn, *args, **kwargs):
 
 
 def run(cfg, workdir: str) -> dict:
-  """Runs ``cfg.stage``; returns rows, per-unit metrics, sweeps and timings for ``main``.
-
-  On a multi-core CPU the adversarial contrastive pre-training (the longest
-  program) trains on a second thread while the other pre-trainings, the
-  references and the purification sweep run here (``robustjax.lanes``); the
-  results are those of running them one after the other.
-  """
+  """Runs ``cfg.stage``; returns rows, per-unit metrics, sweeps and timings for ``main``."""
   timings, rows, units, sweeps = {}, {}, {}, {}
   keys = _keys(cfg.seed, cfg.num_seeds)
   spec = sc.SparseCodingSpec.from_config(cfg.data)
@@ -326,8 +320,8 @@ def run(cfg, workdir: str) -> dict:
   i_eps = eps_list.index(float(cfg.attack.eps))
   model = supervised.model_from_config(cfg)
 
-  encoders, references = {}, {}
   if cfg.stage == 'downstream':
+    encoders = {}
     for name in sorted(os.listdir(cfg.downstream.encoder_dir)):
       if name.startswith('encoder_'):
         encoders[name[len('encoder_'):]], worlds = load_encoders(
@@ -337,51 +331,12 @@ def run(cfg, workdir: str) -> dict:
   else:
     worlds = _worlds(keys['world'], spec)
     test_keys = _fold_in(keys['eval'], T)
-  thetas, train_keys, eval_keys = _tasks(keys, spec, T)
-  worlds_st = _repeat(worlds, T)
-  # References train whole nets, so they run on the first reference_tasks tasks
-  # of each seed only (the same tasks, test sets and keys as the heads). With
-  # reference_tasks = 1 they have the pre-training's shapes, and supervised.train's
-  # loss compares by value: they reuse its compiled programs.
-  pick = functools.partial(_first_tasks, S=S, T=T, R=min(cfg.downstream.reference_tasks, T))
-  ref_worlds, ref_thetas = pick(worlds_st), pick(thetas)
-  run_refs = cfg.stage == 'pipeline' and bool(cfg.pretrain.modes or cfg.contrastive.modes)
-
-  if cfg.stage != 'downstream':
-    jobs = pretraining_jobs(cfg, worlds, keys['pretrain'])
-    # The adversarial contrastive modes (the longest program) train beside the rest.
-    side_jobs = [j for j in jobs if j[0][0].startswith('contrastive_') and
-                 contrastive.MODES[j[0][0][len('contrastive_'):]] is not None]
-    lane_timings, params_of = ({}, {}), {}
-
-    def train(js, t):
-      for names, fn in js:
-        job = _job_name(names)
-        params_of[names] = _timed(t, f'pretrain_{job}', fn, checkpoint_dir=os.path.join(
-            workdir, 'train_checkpoints', f'pretrain_{job}'))[0]
-
-    def main_lane():
-      t = lane_timings[0]
-      train([j for j in jobs if j not in side_jobs], t)
-      if run_refs:
-        for ref in cfg.downstream.references:
-          references[ref] = _timed(
-              t, ref, supervised.train, cfg, ref_worlds, ref_thetas, pick(train_keys),
-              adversarial=ref == 'end_to_end_adversarial', desc=ref,
-              checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))[0]
-      if cfg.stage == 'pipeline' and cfg.contrastive.modes and cfg.contrastive.sweep_alphas:
-        sweeps['purification'] = _timed(t, 'purification_sweep', purification_sweep, cfg,
-                                        worlds, keys['eval'])
-      if cfg.contrastive.width_sweep:
-        sweeps['width'] = _timed(t, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
-
-    lanes.side_by_side(main_lane, functools.partial(train, side_jobs, lane_timings[1]),
-                       parallel=bool(side_jobs) and jax.default_backend() == 'cpu')
-    order = [f'pretrain_{_job_name(names)}' for names, _ in jobs]
-    both = {**lane_timings[0], **lane_timings[1]}
-    timings.update({k: both[k] for k in order + [k for k in both if k not in order]})
-    for names, _ in jobs:
-      for name, p in zip(names, _split(params_of[names], len(names))):
+    encoders = {}
+    for names, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
+      job = names[0] if len(names) == 1 else names[0].split('_')[0] + '_adversarial_modes'
+      params, _ = _timed(timings, f'pretrain_{job}', train, checkpoint_dir=os.path.join(
+          workdir, 'train_checkpoints', f'pretrain_{job}'))
+      for name, p in zip(names, _split(params, len(names))):
         encoders[name] = p
         save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), p, worlds)
     with timing.stage(timings, 'eval_pretrain'), progress.tracked(
@@ -395,8 +350,15 @@ def run(cfg, workdir: str) -> dict:
         rows[name] = {'pretrain_acc': acc}
         units[name] = unit_stats(p, worlds)
         bar.update()
+    if cfg.stage == 'pipeline' and cfg.contrastive.modes and cfg.contrastive.sweep_alphas:
+      sweeps['purification'] = _timed(timings, 'purification_sweep', purification_sweep, cfg,
+                                      worlds, keys['eval'])
+    if cfg.contrastive.width_sweep:
+      sweeps['width'] = _timed(timings, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
   if cfg.stage != 'pretrain' and encoders:
+    thetas, train_keys, eval_keys = _tasks(keys, spec, T)
+    worlds_st = _repeat(worlds, T)
     # Every encoder's heads train in one vmapped program: (encoders x seeds x tasks).
     names = list(encoders)
     enc = _concat([_repeat({'w': encoders[n]['w'], 'b': encoders[n]['b']}, T) for n in names])
@@ -414,23 +376,29 @@ def run(cfg, workdir: str) -> dict:
             eval_keys)
         units.setdefault(name, unit_stats(encoders[name], worlds))
         bar.update()
-    for ref, params in references.items():
-      with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
-        acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
-                     ref_worlds, ref_thetas, pick(eval_keys))
-        bar.update()
-      rows[ref] = {'downstream_acc': acc}
-      units[ref] = unit_stats(params, ref_worlds)
+    if cfg.stage == 'pipeline':
+      # References train whole nets, so they run on the first reference_tasks
+      # tasks of each seed only (the same tasks, test sets and keys as the heads).
+      # With reference_tasks = 1 they have the pre-training's shapes, and
+      # supervised.train's loss compares by value: they reuse its compiled programs.
+      pick = functools.partial(_first_tasks, S=S, T=T, R=min(cfg.downstream.reference_tasks, T))
+      ref_worlds, ref_thetas = pick(worlds_st), pick(thetas)
+      for ref in cfg.downstream.references:
+        params, _ = _timed(timings, ref, supervised.train, cfg, ref_worlds, ref_thetas,
+                           pick(train_keys), adversarial=ref == 'end_to_end_adversarial',
+                           desc=ref,
+                           checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))
+        with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
+          acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
+                       ref_worlds, ref_thetas, pick(eval_keys))
+          bar.update()
+        rows[ref] = {'downstream_acc': acc}
+        units[ref] = unit_stats(params, ref_worlds)
 
   return {'eps': eps_list, 'train_eps': float(cfg.attack.eps), 'i_eps': i_eps,
           'rows': rows, 'units': units, 'timings': timings, 'sweeps': sweeps,
           'dictionary_seed0': np.asarray(worlds.dictionary)[0],
           'encoders_seed0': {m: np.asarray(p['w'])[0] for m, p in encoders.items()}}
-
-
-def _job_name(names: tuple[str, ...]) -> str:
-  """A pre-training program's name: its row, or e.g. contrastive_adversarial_modes."""
-  return names[0] if len(names) == 1 else names[0].split('_')[0] + '_adversarial_modes'
 
 
 # --- Paper A's claims ----------------------------------------------------------

@@ -11,7 +11,7 @@ import numpy as np
 from flax.training import train_state
 from tqdm.auto import tqdm
 
-from robustjax.progress import Interrupted, check_stop, deferred_interrupts
+from robustjax.progress import Interrupted, deferred_interrupts
 from robustjax.train import checkpoint, sharding
 from robustjax.train.steps import FINITE, LossFn, train_steps
 
@@ -132,8 +132,7 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   when None) and at the end; a rerun with the same directory and key resumes
   from the newest complete checkpoint, and a finished one returns at once.
   Step t always uses fold_in(key, t), so a resumed run replays exactly the
-  steps an uninterrupted one would have taken. Ctrl-C (or, on another
-  thread, ``progress.request_stop``, checked after every chunk) raises
+  steps an uninterrupted one would have taken. Ctrl-C raises
   ``progress.Interrupted`` naming ``desc``, the steps done and the checkpoint
   kept. A chunk with a non-finite value
   is never saved: the last good checkpoint stays where the error says.
@@ -181,8 +180,6 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         bar.update(end - first)
         bar.set_postfix(loss=f"{np.mean(metrics['loss']):.4f}")
         first = end
-        if first < steps:
-          check_stop()  # another lane of the run failed or was interrupted
   except Interrupted:
     raise
   except KeyboardInterrupt:  # Ctrl-C: say where, and what a rerun resumes from
