@@ -1,7 +1,10 @@
-"""Test helpers: run launch.py in a subprocess; a tiny sparse-coding config."""
+"""Test helpers: run launch.py in a subprocess; a tiny sparse-coding config; count compiles."""
+import contextlib
 import os
 import subprocess
 import sys
+
+import jax
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -22,3 +25,20 @@ def launch(*args, timeout=600):
                         env=env, capture_output=True, text=True, timeout=timeout)
 
 
+@contextlib.contextmanager
+def count_compiles():
+  """Yields a one-element list: the number of XLA programs compiled inside the
+  block (jax's ``/jax/core/compile/backend_compile_duration`` events, one per
+  program compiled or read back from the persistent cache; jax 0.10.2)."""
+  n = [0]
+
+  def on_duration(event, duration, **_):
+    del duration
+    if event == '/jax/core/compile/backend_compile_duration':
+      n[0] += 1
+
+  jax.monitoring.register_event_duration_secs_listener(on_duration)
+  try:
+    yield n
+  finally:
+    jax.monitoring.unregister_event_duration_listener(on_duration)
