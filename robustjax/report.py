@@ -121,12 +121,14 @@ def claims_json(claims: Sequence[Claim]) -> list[dict]:
 
 
 def files_text(workdir: str, names: Sequence[str], timings: dict | None = None) -> str:
-  """The files a run wrote (paths under ``workdir``), and its total wall and compile time."""
+  """The files a run wrote (paths under ``workdir``), and its total wall, compile and
+  CPU time (``timing.record``)."""
   lines = ['files written:'] + [f'  {os.path.join(workdir, n)}' for n in names]
   t = (timings or {}).get('total')
   if t:
+    cpu = f"; {t['cpu']:.1f} s CPU" if 'cpu' in t else ''
     lines.append(f"total {t['wall']:.1f} s ({t['compile']:.1f} s compiling, "
-                 f"{t['run']:.1f} s running)")
+                 f"{t['run']:.1f} s running{cpu})")
   return '\n'.join(lines)
 
 

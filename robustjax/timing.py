@@ -8,6 +8,10 @@ never overlap (tracing is reported only for a top-level trace), so their sum
 is the time a stage spent compiling; the rest of its wall time is running.
 The XLA compile events also name their program: ``compiled_programs`` lists
 them (the compile counter of tests and benchmarks).
+Each stage also records the process's CPU seconds (all threads): on a machine
+shared with other work the wall time stretches while the CPU time stays near
+what the stage costs, and on idle cores the stage takes between cpu / cores
+and cpu seconds.
 """
 from __future__ import annotations
 
@@ -83,21 +87,22 @@ def compiled_programs():
       _programs[:] = [n for n in _programs if n is not names]
 
 
-def record(wall: float, compile_s: float) -> dict:
-  """{'wall', 'compile', 'run'} in seconds, rounded to 10 ms; run = wall - compile."""
-  return {'wall': round(wall, 2), 'compile': round(compile_s, 2),
-          'run': round(max(wall - compile_s, 0.0), 2)}
+def record(wall: float, compile_s: float, cpu: float | None = None) -> dict:
+  """{'wall', 'compile', 'run'} in seconds, rounded to 10 ms; run = wall - compile;
+  with ``cpu`` also {'cpu'}: process CPU seconds over the same interval."""
+  out = {'wall': round(wall, 2), 'compile': round(compile_s, 2),
+         'run': round(max(wall - compile_s, 0.0), 2)}
+  if cpu is not None:
+    out['cpu'] = round(cpu, 2)
+  return out
 
 
 @contextlib.contextmanager
 def stage(timings: dict, name: str):
-  """Times the block into ``timings[name]``: ``record`` plus 'cpu', the process's
-  CPU seconds (all threads), which bound the wall time on a quiet machine when
-  the run's machine was shared (wall >= cpu / cores). jax dispatches
+  """Times the block into ``timings[name]`` (``record``, CPU seconds included). jax dispatches
   asynchronously: block on the block's results inside it
   (``jax.block_until_ready``) or their run time lands in a later stage."""
-  t0, c0 = time.perf_counter(), time.process_time()
+  t0, cpu0 = time.perf_counter(), time.process_time()
   with compile_seconds() as c:
     yield
-  timings[name] = dict(record(time.perf_counter() - t0, c[0]),
-                       cpu=round(time.process_time() - c0, 2))
+  timings[name] = record(time.perf_counter() - t0, c[0], time.process_time() - cpu0)

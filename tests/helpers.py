@@ -1,4 +1,4 @@
-"""Test helpers: run launch.py in a subprocess; a tiny sparse-coding config."""
+"""Test helpers: run launch.py in a subprocess; a tiny sparse-coding config; count compiles."""
 import os
 import subprocess
 import sys

@@ -34,6 +34,9 @@ def test_files_text_names_paths_and_the_time_split():
   assert report.files_text('runs/x', ['results.json', 'purity.png'], t).splitlines() == [
       'files written:', '  runs/x/results.json', '  runs/x/purity.png',
       'total 10.0 s (4.0 s compiling, 6.0 s running)']
+  t['total']['cpu'] = 15.0
+  assert report.files_text('runs/x', [], t).splitlines()[-1] == (
+      'total 10.0 s (4.0 s compiling, 6.0 s running; 15.0 s CPU)')
 
 
 def _row(purity, robust=None, clean_acc=0.95, runs=None):

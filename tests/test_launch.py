@@ -10,6 +10,7 @@ import numpy as np
 import optax
 import pytest
 
+from robustjax import timing
 from robustjax.stages import sparse_coding
 from robustjax.train import loop, state as state_lib
 from tests.helpers import TINY, launch
@@ -97,6 +98,10 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, c
     assert s['purity_median'] == pytest.approx(pre[name]['purity_median'], rel=1e-6)
     assert 0.0 <= s['downstream_robust_acc'] <= s['downstream_clean_acc']
   assert not os.path.exists(tmp_path / 'down' / 'checkpoints')
+  # The same stage again in this process compiles nothing: every program is reused.
+  with timing.compiled_programs() as again:
+    assert sparse_coding.main(cfg, str(tmp_path / 'down_again')) == down
+  assert agailen(n) == 0
 
 
 @pytest.mark.slow  # the tiny pipeline above runs both halves in the default suite

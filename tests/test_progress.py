@@ -69,7 +69,10 @@ def test_compile_seconds_count_compiles_not_cached_calls():
   t = timings['outer']
   assert t['compile'] == pytest.approx(first[0], abs=0.01)  # nested blocks both count
   assert t['run'] == pytest.approx(t['wall'] - t['compile'], abs=0.011)
+  assert t['cpu'] > 0  # compiling took CPU time
   assert timing.record(1.0, 0.25) == {'wall': 1.0, 'compile': 0.25, 'run': 0.75}
+  assert timing.record(1.0, 0.25, 1.504) == {'wall': 1.0, 'compile': 0.25, 'run': 0.75,
+                                             'cpu': 1.5}
   np.testing.assert_equal(timing.record(0.1, 0.2)['run'], 0.0)  # clock noise: never negative
 
 

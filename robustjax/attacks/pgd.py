@@ -95,7 +95,13 @@ def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, rand
   def per_ex_loss_and_grad(xa):
     # One forward and one backward pass: the VJP with ones is grad(sum(loss)).
     loss, vjp = jax.vjp(loss_fn, xa)
-    return loss, vjp(jnp.ones_like(loss))[0]
+    # The ones pass through an optimization barrier tied to this step's loss,
+    # so XLA cannot hoist what they feed out of the step loop: for a loss
+    # linear in a scalar-output net (the negative margin) the output
+    # cotangent times the readout weights is loop-invariant, and XLA:CPU
+    # would precompute it as an (n, width) array and read it at every step.
+    ones, _ = jax.lax.optimization_barrier((jnp.ones_like(loss), loss))
+    return loss, vjp(ones)[0]
 
   def keep_best(best, delta, loss):
     best_delta, best_loss = best

@@ -12,10 +12,10 @@ the ablations cost the same compiled program.
 """
 from __future__ import annotations
 
-import functools
-
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 
 from robustjax import losses
 from robustjax.attacks import PGDSpec, pgd
@@ -23,7 +23,7 @@ from robustjax.data import sparse_coding as sc
 from robustjax.train import sharding
 from robustjax.models.apply import bind
 from robustjax.models.two_layer import TwoLayer, purified_units
-from robustjax.stages.supervised import model_from_config, train_two_layer
+from robustjax.stages.supervised import StaticLoss, model_from_config, train_two_layer
 
 # Pre-training mode -> which pairs the attack perturbs (None: clean training).
 MODES = {'clean': None, 'adversarial': 'both', 'adv_negatives_only': 'negatives',
@@ -86,15 +86,16 @@ def train(cfg, worlds: sc.SparseCodingWorld, keys: jax.Array, *, modes, desc: st
   if any((MODES[m] is not None) != adversarial for m in modes):
     raise ValueError(f'modes must be all clean or all adversarial, got {modes}')
   n = len(modes)
-  targets = jnp.repeat(jnp.asarray([TARGETS[MODES[m]] if adversarial else (0.0, 0.0)
-                                    for m in modes]), keys.shape[0], axis=0)
-  aux = (jax.tree.map(lambda a: jnp.concatenate([a] * n), worlds), targets)
-  loss_fn = functools.partial(
+  # Tiled on the host (numpy): the copies are small and compile nothing.
+  targets = np.repeat(np.asarray([TARGETS[MODES[m]] if adversarial else (0.0, 0.0)
+                                  for m in modes], np.float32), keys.shape[0], axis=0)
+  aux = (jax.tree.map(lambda a: np.concatenate([np.asarray(a)] * n), worlds), targets)
+  loss_fn = StaticLoss.of(
       contrastive_loss, model=model_from_config(cfg),
-      spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=ccfg,
+      spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=ml_collections.FrozenConfigDict(ccfg),
       attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
-  return train_two_layer(cfg, aux, jnp.concatenate([keys] * n), loss_fn, opt_cfg=ccfg,
-                         desc=desc, checkpoint_dir=checkpoint_dir)
+  return train_two_layer(cfg, aux, np.concatenate([np.asarray(keys)] * n), loss_fn,
+                         opt_cfg=ccfg, desc=desc, checkpoint_dir=checkpoint_dir)
 
 
 def pair_logits(model_and_scale, params, pairs):

@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from robustjax import losses
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
-from robustjax.stages.supervised import model_from_config
+from robustjax.stages.supervised import StaticLoss, model_from_config, optimizer
 from robustjax.train import loop, sharding, state as state_lib
 
 
@@ -40,14 +40,19 @@ def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
   dcfg = cfg.downstream
   spec = sc.SparseCodingSpec.from_config(cfg.data)
   model = model_from_config(cfg)
-  tx = state_lib.make_optimizer(dcfg.optimizer, dcfg.learning_rate,
-                                weight_decay=dcfg.weight_decay)
-  head = {'a': jnp.zeros((cfg.model.width,)), 'c': jnp.zeros(())}
-  states = jax.vmap(lambda _: state_lib.create(head, tx))(keys)
-  loss_fn = functools.partial(head_loss, model=model, spec=spec, batch_size=dcfg.batch_size)
+  tx = optimizer(dcfg.optimizer, float(dcfg.learning_rate), float(dcfg.weight_decay))
+  states = _zero_heads(keys.shape[0], width=cfg.model.width, tx=tx)
+  loss_fn = StaticLoss.of(head_loss, model=model, spec=spec, batch_size=dcfg.batch_size)
   states, metrics = loop.fit(states, (worlds, thetas, encoders), keys, loss_fn,
                              steps=dcfg.steps, chunk_size=cfg.chunk_size, batched=True,
                              desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_every=cfg.get('checkpoint_every'))
   return states.params, metrics
+
+
+@functools.partial(jax.jit, static_argnums=0, static_argnames=('width', 'tx'))
+def _zero_heads(num: int, *, width: int, tx):
+  """``num`` train states of zero heads {'a': (width,), 'c': ()}, one program."""
+  head = {'a': jnp.zeros((width,)), 'c': jnp.zeros(())}
+  return jax.vmap(lambda _: state_lib.create(head, tx))(jnp.arange(num))

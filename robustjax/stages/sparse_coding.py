@@ -19,6 +19,7 @@ import os
 
 import jax
 import jax.numpy as jnp
+import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
@@ -99,17 +100,61 @@ def validate(cfg) -> None:
                          cfg.mesh.to_dict()) from None
 
 
+# Set-up array shuffling runs in numpy on the host: the arrays are small, and
+# jax would compile a program per primitive and shape for it.
+
 def _repeat(tree, times: int):
   """(S, ...) -> (S * times, ...): seed s's leaves for each of its tasks."""
-  return jax.tree.map(lambda a: jnp.repeat(a, times, axis=0), tree)
+  return jax.tree.map(lambda a: np.repeat(np.asarray(a), times, axis=0), tree)
 
 
+def _concat(trees):
+  """A list of trees -> one tree, leaves concatenated along the leading axis."""
+  return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *trees)
+
+
+def _split(tree, n: int):
+  """(n * S, ...) -> n trees of (S, ...)."""
+  return [jax.tree.map(lambda a: np.asarray(a).reshape((n, -1) + a.shape[1:])[i], tree)
+          for i in range(n)]
+
+
+def _first_tasks(tree, S: int, T: int, R: int):
+  """(S * T, ...) -> (S * R, ...): the first R tasks of each seed."""
+  return jax.tree.map(lambda a: np.asarray(a).reshape((S, T) + a.shape[1:])[:, :R].reshape(
+      (S * R,) + a.shape[1:]), tree)
+
+
+# The random draws of the set-up, jitted: a few programs instead of one per
+# primitive and shape (as they would compile op by op).
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _keys(seed: int, num_seeds: int):
   """Per-seed keys for the world, the downstream tasks, training and evaluation."""
   seeds = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
   k = jax.vmap(lambda s: jax.random.split(s, 5))(seeds)
   return {'world': k[:, 0], 'tasks': k[:, 1], 'pretrain': k[:, 2], 'downstream': k[:, 3],
           'eval': k[:, 4]}
+
+
+@functools.partial(jax.jit, static_argnums=1)
+def _worlds(keys, spec: sc.SparseCodingSpec):
+  return jax.vmap(lambda k: sc.make_world(k, spec))(keys)
+
+
+_fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+
+
+@functools.partial(jax.jit, static_argnums=(1, 2))
+def _tasks(keys, spec: sc.SparseCodingSpec, T: int):
+  """The downstream tasks: thetas (S * T, D) and per-task training and
+  evaluation keys (S * T, 2)."""
+  S = keys['tasks'].shape[0]
+  thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
+      jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
+  per_task = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name]).reshape(
+      S * T, -1)
+  return thetas, per_task('downstream'), per_task('eval')
 
 
 def eval_eps(cfg) -> list[float]:
@@ -123,7 +168,9 @@ def evaluate(cfg, logit_fn, model, params, worlds, thetas, keys, pairs: bool = F
 
   Each run gets its own fresh test set of ``eval.num_examples`` points of its
   task (or, with ``pairs``, contrastive pairs scored by sign(s)), and the
-  white-box PGD of ``cfg.eval`` on the composed model.
+  white-box PGD of ``cfg.eval`` on the composed model: radius i of
+  ``eval_eps`` attacks with the key ``fold_in(k_attack, i)``. eps = 0 is the
+  clean accuracy (PGD in a ball of radius 0 cannot move).
   """
   e = cfg.eval
   return np.asarray(_evaluate_runs(
@@ -141,6 +188,8 @@ def evaluate(cfg, logit_fn, model, params, worlds, thetas, keys, pairs: bool = F
     'restarts', 'negative_fraction'))
 def _evaluate_runs(params, worlds, thetas, keys, *, logit_fn, model, spec, num_examples, eps,
                    norm, steps, rel_step_size, restarts, negative_fraction):
+  radii = [i for i, e in enumerate(eps) if e > 0]
+
   def one(params, world, theta, key):
     k_data, k_attack = jax.random.split(key)
     if negative_fraction is None:
@@ -148,17 +197,32 @@ def _evaluate_runs(params, worlds, thetas, keys, *, logit_fn, model, spec, num_e
     else:
       x, y = sc.sample_pairs(k_data, num_examples, world, spec,
                              negative_fraction=negative_fraction)
-    return robustness.robust_accuracy(
-        bind(logit_fn, model, params), x, y, eps=eps, norm=norm, steps=steps,
-        step_size=rel_step_size, restarts=restarts, key=k_attack)
+    f = bind(logit_fn, model, params)
+    clean = robustness.accuracy(f(x), y)
+    if not radii:
+      return jnp.full((len(eps),), clean)
+
+    # One PGD program looped over the radii (not one per radius, and not
+    # vmapped: a batch of all radii at once outgrows the caches).
+    def at(args):
+      e, i = args
+      return robustness.robust_accuracy(
+          f, x, y, eps=e, norm=norm, steps=steps, step_size=rel_step_size, restarts=restarts,
+          key=jax.random.fold_in(k_attack, i))
+
+    robust = jax.lax.map(at, (jnp.asarray([eps[i] for i in radii], x.dtype),
+                              jnp.asarray(radii)))
+    return jnp.full((len(eps),), clean).at[jnp.asarray(radii)].set(robust)
 
   return jax.vmap(one)(params, worlds, thetas, keys)
 
 
+_unit_reports = jax.jit(jax.vmap(purification.unit_report))
+
+
 def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
   """Per-unit purity / participation ratio / loading norm, (seeds, width)."""
-  return jax.tree.map(np.asarray, jax.vmap(purification.unit_report)(
-      encoders['w'], worlds.dictionary))
+  return jax.tree.map(np.asarray, _unit_reports(encoders['w'], worlds.dictionary))
 
 
 def save_encoders(path: str, encoders, worlds) -> None:
@@ -193,9 +257,10 @@ def pretraining_jobs(cfg, worlds, keys):
   return jobs
 
 
-def _split(tree, n: int):
-  """(n * S, ...) -> n trees of (S, ...)."""
-  return [jax.tree.map(lambda a: a.reshape((n, -1) + a.shape[1:])[i], tree) for i in range(n)]
+@functools.partial(jax.jit, static_argnames=('model', 'spec', 'ccfg', 'attack', 'num_examples'))
+def _sweep_over_seeds(keys, worlds, alpha, **statics):
+  return jax.vmap(functools.partial(contrastive.controlled_purification, **statics),
+                  in_axes=(0, 0, None))(keys, worlds, alpha)
 
 
 def purification_sweep(cfg, worlds, keys) -> dict:
@@ -204,17 +269,17 @@ def purification_sweep(cfg, worlds, keys) -> dict:
   One compiled program over the seeds, called once per alpha (alpha is traced).
   """
   alphas = [float(a) for a in cfg.contrastive.sweep_alphas]
-  run = functools.partial(
-      contrastive.controlled_purification, model=supervised.model_from_config(cfg),
-      spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=cfg.contrastive,
+  statics = dict(
+      model=supervised.model_from_config(cfg), spec=sc.SparseCodingSpec.from_config(cfg.data),
+      ccfg=ml_collections.FrozenConfigDict(cfg.contrastive),
       attack=PGDSpec(eps=cfg.attack.eps, norm=cfg.attack.norm, steps=cfg.eval.attack_steps,
                      rel_step_size=cfg.eval.rel_step_size, restarts=cfg.eval.restarts),
       num_examples=cfg.eval.num_examples)
-  over_seeds = jax.jit(jax.vmap(run, in_axes=(0, 0, None)))
   per_alpha = []
   with progress.tracked('controlled purification sweep', len(alphas), cfg.progress) as bar:
     for a in alphas:
-      per_alpha.append(jax.tree.map(np.asarray, over_seeds(keys, worlds, jnp.float32(a))))
+      per_alpha.append(jax.tree.map(np.asarray, _sweep_over_seeds(keys, worlds, np.float32(a),
+                                                                  **statics)))
       bar.update()
   out = {k: np.stack([o[k] for o in per_alpha], axis=1) for k in per_alpha[0]}  # (S, A)
   return {'alpha': alphas, **{k: v.mean(0).tolist() for k, v in out.items()},
@@ -264,8 +329,8 @@ def run(cfg, workdir: str) -> dict:
     S = worlds.theta0.shape[0]  # the checkpoint's seeds, whatever num_seeds says
     keys = _keys(cfg.seed, S)
   else:
-    worlds = jax.vmap(lambda k: sc.make_world(k, spec))(keys['world'])
-    test_keys = jax.vmap(lambda k: jax.random.fold_in(k, T))(keys['eval'])
+    worlds = _worlds(keys['world'], spec)
+    test_keys = _fold_in(keys['eval'], T)
     encoders = {}
     for names, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
       job = names[0] if len(names) == 1 else names[0].split('_')[0] + '_adversarial_modes'
@@ -292,19 +357,14 @@ def run(cfg, workdir: str) -> dict:
       sweeps['width'] = _timed(timings, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
   if cfg.stage != 'pretrain' and encoders:
-    thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
-        jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
+    thetas, train_keys, eval_keys = _tasks(keys, spec, T)
     worlds_st = _repeat(worlds, T)
-    task_keys = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name]).reshape(
-        S * T, -1)
-    eval_keys = task_keys('eval')
     # Every encoder's heads train in one vmapped program: (encoders x seeds x tasks).
     names = list(encoders)
-    cat = lambda trees: jax.tree.map(lambda *a: jnp.concatenate(a), *trees)
-    enc = cat([_repeat({'w': encoders[n]['w'], 'b': encoders[n]['b']}, T) for n in names])
-    worlds_all, thetas_all = cat([worlds_st] * len(names)), jnp.concatenate([thetas] * len(names))
+    enc = _concat([_repeat({'w': encoders[n]['w'], 'b': encoders[n]['b']}, T) for n in names])
+    worlds_all, thetas_all = _concat([worlds_st] * len(names)), _concat([thetas] * len(names))
     heads, _ = _timed(timings, 'downstream_heads', downstream.train_heads, cfg, enc, worlds_all,
-                      thetas_all, jnp.concatenate([task_keys('downstream')] * len(names)),
+                      thetas_all, _concat([train_keys] * len(names)),
                       desc=f'downstream heads on {len(names)} encoders',
                       checkpoint_dir=os.path.join(workdir, 'train_checkpoints', 'downstream'))
     # One encoder's heads at a time (one compile for all: equal shapes), for progress.
@@ -319,14 +379,14 @@ def run(cfg, workdir: str) -> dict:
     if cfg.stage == 'pipeline':
       # References train whole nets, so they run on the first reference_tasks
       # tasks of each seed only (the same tasks, test sets and keys as the heads).
-      R = min(cfg.downstream.reference_tasks, T)
-      pick = lambda tree: jax.tree.map(
-          lambda a: a.reshape((S, T) + a.shape[1:])[:, :R].reshape((S * R,) + a.shape[1:]), tree)
+      # With reference_tasks = 1 they have the pre-training's shapes, and
+      # supervised.train's loss compares by value: they reuse its compiled programs.
+      pick = functools.partial(_first_tasks, S=S, T=T, R=min(cfg.downstream.reference_tasks, T))
       ref_worlds, ref_thetas = pick(worlds_st), pick(thetas)
       for ref in cfg.downstream.references:
         params, _ = _timed(timings, ref, supervised.train, cfg, ref_worlds, ref_thetas,
-                           pick(task_keys('downstream')),
-                           adversarial=ref == 'end_to_end_adversarial', desc=ref,
+                           pick(train_keys), adversarial=ref == 'end_to_end_adversarial',
+                           desc=ref,
                            checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))
         with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
           acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
@@ -337,8 +397,8 @@ def run(cfg, workdir: str) -> dict:
 
   return {'eps': eps_list, 'train_eps': float(cfg.attack.eps), 'i_eps': i_eps,
           'rows': rows, 'units': units, 'timings': timings, 'sweeps': sweeps,
-          'dictionary_seed0': np.asarray(worlds.dictionary[0]),
-          'encoders_seed0': {m: np.asarray(p['w'][0]) for m, p in encoders.items()}}
+          'dictionary_seed0': np.asarray(worlds.dictionary)[0],
+          'encoders_seed0': {m: np.asarray(p['w'])[0] for m, p in encoders.items()}}
 
 
 # --- Paper A's claims ----------------------------------------------------------

@@ -6,7 +6,9 @@ at every step (online learning), inside the compiled step.
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
+from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
@@ -17,6 +19,36 @@ from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.models.two_layer import TwoLayer
 from robustjax.train import loop, sharding, state as state_lib
+
+
+@dataclasses.dataclass(frozen=True)
+class StaticLoss:
+  """``fn(params, key, aux, **statics)`` as a loss that compares by value.
+
+  ``loop.fit`` reuses a compiled training chunk for an equal loss function,
+  so two fits with equal statics (a pre-training mode and the reference that
+  mirrors it, or the same stage run twice in one process) compile once. The
+  statics must be hashable (flax modules, frozen dataclasses, numbers,
+  ``ml_collections.FrozenConfigDict``).
+  """
+  fn: Callable
+  statics: tuple  # ((name, value), ...), sorted by name
+
+  @classmethod
+  def of(cls, fn: Callable, **statics: Any) -> 'StaticLoss':
+    return cls(fn, tuple(sorted(statics.items())))
+
+  def __call__(self, params, key, aux):
+    return self.fn(params, key, aux, **dict(self.statics))
+
+
+@functools.lru_cache(maxsize=None)
+def optimizer(name: str, learning_rate: float, weight_decay: float, trainable: tuple | None = None):
+  """``state.make_optimizer``, one object per value (a train state carries its
+  optimizer in its tree structure, so equal optimizers let fits share compiles).
+  ``trainable``: None or ((param name, bool), ...)."""
+  return state_lib.make_optimizer(name, learning_rate, weight_decay=weight_decay,
+                                  trainable=None if trainable is None else dict(trainable))
 
 
 def model_from_config(cfg) -> TwoLayer:
@@ -58,7 +90,7 @@ def train(cfg, worlds: sc.SparseCodingWorld, thetas: jax.Array, keys: jax.Array,
   All runs share one compile (vmap). ``opt_cfg`` defaults to ``cfg.pretrain``.
   """
   opt_cfg = cfg.pretrain if opt_cfg is None else opt_cfg
-  loss_fn = functools.partial(
+  loss_fn = StaticLoss.of(
       supervised_loss, model=model_from_config(cfg),
       spec=sc.SparseCodingSpec.from_config(cfg.data), batch_size=opt_cfg.batch_size,
       attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
@@ -74,21 +106,26 @@ def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str,
   contrastive): init from the first half of each key, data and attacks from
   the second.
   """
-  model = model_from_config(cfg)
-  trainable = {'w': True, 'b': bool(cfg.model.train_bias), 'a': True}
-  tx = state_lib.make_optimizer(opt_cfg.optimizer, opt_cfg.learning_rate,
-                                weight_decay=opt_cfg.weight_decay, trainable=trainable)
-
-  def init(key):
-    k_init, _ = jax.random.split(key)
-    params = model.init(k_init, jnp.zeros((1, cfg.data.d)))['params']
-    return state_lib.create(params, tx)
-
-  states = jax.vmap(init)(keys)
-  train_keys = jax.vmap(lambda k: jax.random.split(k)[1])(keys)
+  trainable = (('a', True), ('b', bool(cfg.model.train_bias)), ('w', True))
+  tx = optimizer(opt_cfg.optimizer, float(opt_cfg.learning_rate), float(opt_cfg.weight_decay),
+                 trainable)
+  states, train_keys = _init(keys, model=model_from_config(cfg), tx=tx, d=cfg.data.d)
   states, metrics = loop.fit(states, aux, train_keys, loss_fn,
                              steps=opt_cfg.steps, chunk_size=cfg.chunk_size, batched=True,
                              desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_every=cfg.get('checkpoint_every'))
   return states.params, metrics
+
+
+@functools.partial(jax.jit, static_argnames=('model', 'tx', 'd'))
+def _init(keys, *, model: TwoLayer, tx, d: int):
+  """(train states, training keys), one per key: params from the key's first
+  half, the training key its second half. One compiled program (not one per
+  primitive, as the same vmap outside jit would be)."""
+  def init(key):
+    k_init, k_train = jax.random.split(key)
+    params = model.init(k_init, jnp.zeros((1, d)))['params']
+    return state_lib.create(params, tx), k_train
+
+  return jax.vmap(init)(keys)

@@ -61,9 +61,21 @@ def _chunk(state, key, aux, first_step, num_steps, *, loss_fn, batched, shared_a
 
 
 def _own_copy(state):
-  """Fresh device buffers (Python scalars become arrays): they get donated."""
-  return jax.tree.map(lambda x: jnp.array(x if isinstance(x, jax.Array) else np.asarray(x)),
-                      state)
+  """Fresh device buffers (Python scalars become arrays): they get donated.
+  ``device_put`` copies without compiling a program per leaf shape."""
+  return jax.tree.map(lambda x: jax.device_put(x if isinstance(x, jax.Array) else np.asarray(x),
+                                               may_alias=False), state)
+
+
+@functools.lru_cache(maxsize=32)
+def _single_device_chunks(loss_fn: LossFn, batched: bool, shared_aux: bool):
+  """The jitted chunk for one device, one per (loss_fn, batched, shared_aux):
+  fits with equal (value-hashable) loss functions share its compiles, a
+  second run in the same process included. Bounded, so closures that hash
+  by identity do not pile up."""
+  chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched, shared_aux=shared_aux,
+                            batch_sharding=None)
+  return jax.jit(chunk, static_argnums=4, donate_argnums=0)
 
 
 def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None,
@@ -71,16 +83,16 @@ def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None
   """(run, state, aux, key): ``run(state, key, aux, first_step, n)``
   is the jit-compiled scan of n steps; the inputs come back placed for it.
 
-  Without a mesh it is the plain single-device program. With one, state,
+  Without a mesh it is the plain single-device program, shared by every
+  call with an equal ``loss_fn`` (a frozen dataclass compares by value, e.g.
+  ``robustjax.stages.supervised.StaticLoss``; a closure or a
+  ``functools.partial`` by identity). With one, state,
   per-run inputs and outputs carry the ``sharding.Layout`` shardings as
   jit in/out shardings. The state's buffers are donated either way: each
   chunk updates them in place.
   """
   if mesh is None:
-    chunk = functools.partial(_chunk, loss_fn=loss_fn, batched=batched, shared_aux=shared_aux,
-                              batch_sharding=None)
-    return (jax.jit(chunk, static_argnums=4, donate_argnums=0), _own_copy(state),
-            aux, key)
+    return _single_device_chunks(loss_fn, batched, shared_aux), _own_copy(state), aux, key
   lay = sharding.layout(mesh, key.shape[0] if batched else None)
   state_sh = lay.state(state, batched)
   aux_sh, key_sh = lay.runs(aux, batched and not shared_aux), lay.runs(key, batched)
