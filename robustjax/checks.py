@@ -169,6 +169,8 @@ def inputs(x, name: str = 'x', min_ndim: int = 2):
   if x.ndim < min_ndim:
     raise ValueError(f'{name}: must be a batch of shape (n, ...) with ndim >= {min_ndim}, '
                      f'got shape {x.shape}')
+  if x.shape[0] == 0:
+    raise ValueError(f'{name}: must hold at least one point, got shape {x.shape}')
   if concrete(x):
     bad = ~np.all(np.isfinite(np.asarray(x).reshape(x.shape[0], -1)), axis=-1)
     if bad.any():

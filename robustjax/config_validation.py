@@ -5,6 +5,7 @@ prints that line and exits with status 2 before touching the workdir.
 """
 from __future__ import annotations
 
+import math
 import os
 from typing import Any, Iterable
 
@@ -51,6 +52,9 @@ def number(cfg, field: str, *, low: float | None = None, high: float | None = No
   v = _get(cfg, field)
   if isinstance(v, bool) or not isinstance(v, (int, float)):
     raise ConfigError(field, 'a number', v)
+  if not math.isfinite(v):  # nan passes every comparison below
+    raise ConfigError(field, 'a finite number' + (f" {'>' if strict_low else '>='} {low}"
+                                                  if low is not None else ''), v)
   if low is not None and (v < low or (strict_low and v == low)):
     raise ConfigError(field, f"{'>' if strict_low else '>='} {low}"
                       + (f' and <= {high}' if high is not None else ''), v)
@@ -60,8 +64,9 @@ def number(cfg, field: str, *, low: float | None = None, high: float | None = No
 
 def nonnegative_list(cfg, field: str):
   v = _get(cfg, field)
-  if isinstance(v, str) or not all(isinstance(e, (int, float)) and e >= 0 for e in v):
-    raise ConfigError(field, 'a list of numbers >= 0', v)
+  if isinstance(v, str) or not all(isinstance(e, (int, float)) and math.isfinite(e) and e >= 0
+                                   for e in v):
+    raise ConfigError(field, 'a list of finite numbers >= 0', v)
 
 
 def workdir(path: str):

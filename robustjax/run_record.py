@@ -33,7 +33,8 @@ RECORD = 'config.json'
 UNRECORDED = ('eval', 'probe', 'probe_data', 'progress', 'resume', 'checkpoint_every', 'stage',
               'regularizer.kinds', 'sweep.lams', 'pretrain.kinds')
 RESUME = ('check', 'overwrite')
-_MADE = ('checkpoints', 'results.json', RECORD)  # what a run writes that overwrite clears
+CHECKPOINTS = ('checkpoints', 'train_checkpoints')  # the experiments' checkpoint folders
+_MADE = CHECKPOINTS + ('results.json', RECORD)  # what a run writes that overwrite clears
 
 
 def fingerprint(config: dict) -> dict:
@@ -80,7 +81,7 @@ def check(workdir: str, config: dict) -> None:
   no record; returns silently for a new or matching workdir. Reads only."""
   path = os.path.join(workdir, RECORD)
   if not os.path.exists(path):
-    if os.path.isdir(os.path.join(workdir, 'checkpoints')):
+    if any(os.path.isdir(os.path.join(workdir, c)) for c in CHECKPOINTS):
       raise ResumeError(f'config.resume: {workdir} holds checkpoints but no {RECORD} saying '
                         f'which config made them; {_way_out(workdir)}')
     return

@@ -25,6 +25,11 @@ BAD = [
     ('data.k', 65, 'data.k'),
     ('data.k', 0, 'data.k'),
     ('data.noise_std', -0.1, 'data.noise_std'),
+    ('data.noise_std', float('nan'), 'data.noise_std'),   # nan passed every comparison
+    ('attack.eps', float('nan'), 'attack.eps'),
+    ('attack.eps', float('inf'), 'attack.eps'),
+    ('pretrain.learning_rate', float('nan'), 'pretrain.learning_rate'),
+    ('eval.eps', (0.1, float('nan')), 'eval.eps'),
     ('data.magnitude_low', 0.0, 'data.magnitude_low'),
     ('data.magnitude_low', 1.5, 'data.magnitude_low'),
     ('data.dictionary', 'random', 'data.dictionary'),

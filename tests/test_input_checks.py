@@ -250,3 +250,34 @@ def test_radius_accepts_exactly_the_non_negative_numbers(v):
       checks.radius(v)
     with pytest.raises(ValueError, match=f'^eps: .*\\(1 of {N} examples\\)'):
       checks.radius(np.r_[np.zeros(N - 1), v], N)
+
+
+# --- Found by a new user's review ----------------------------------------------
+
+def test_review_findings_are_refused_or_warned():
+  from robustjax.attacks import pgd
+  from robustjax.attacks.ensemble import evaluate_robust_accuracy
+  from robustjax.metrics.robustness import adversarial_distance
+  w = jnp.array([[1.0, -1.0, 0.0], [0.5, 0.5, -1.0]])
+  f = lambda x: x @ w
+  x = jnp.full((4, 2), 0.5)
+  y = jnp.array([0, 1, 0, 1])
+  k = jax.random.PRNGKey(0)
+  # A loss summed over the batch (or logits) is not a per-example loss.
+  with pytest.raises(ValueError, match=r'loss_fn: must return per-example losses of shape \(4,\)'):
+    pgd(lambda z: f(z).sum(), x, eps=0.1, norm='l2', steps=2, step_size=0.05, key=k)
+  with pytest.raises(ValueError, match=r'got shape \(4, 3\)'):
+    pgd(f, x, eps=0.1, norm='l2', steps=2, step_size=0.05, key=k)
+  # One attack name as a string was iterated letter by letter.
+  with pytest.raises(TypeError, match=r"attacks: a list of names .*pass \('apgd-ce',\)"):
+    evaluate_robust_accuracy(f, x, y, eps=0.1, norm='l2', key=k, attacks='apgd-ce')
+  with pytest.raises(ValueError, match='attacks: needs at least one of'):
+    evaluate_robust_accuracy(f, x, y, eps=0.1, norm='l2', key=k, attacks=())
+  # No points: one line naming x, not numpy's reshape error.
+  with pytest.raises(ValueError, match=r'x: must hold at least one point, got shape \(0, 2\)'):
+    evaluate_robust_accuracy(f, x[:0], y[:0], eps=0.1, norm='l2', key=k)
+  # No correctly classified point: the nan summary comes with the reason.
+  wrong = (jnp.argmax(f(x), -1) + 1) % 3
+  with pytest.warns(RuntimeWarning, match='none of the 4 points is classified correctly'):
+    r = adversarial_distance(f, x, wrong, method='fmn', key=k, steps=2)
+  assert r['summary']['num_points'] == 0

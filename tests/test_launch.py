@@ -101,7 +101,7 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, c
   # The same stage again in this process compiles nothing: every program is reused.
   with timing.compiled_programs() as again:
     assert sparse_coding.main(cfg, str(tmp_path / 'down_again')) == down
-  assert agailen(n) == 0
+  assert len(again) == 0
 
 
 @pytest.mark.slow  # the tiny pipeline above runs both halves in the default suite

@@ -83,3 +83,13 @@ def test_launch_refuses_a_bad_resume_value_before_any_work(tmp_path):
   assert proc.returncode == 2 and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
   assert "config.resume: must be one of 'check', 'overwrite', got 'always'" in proc.stderr
   assert (tmp_path / 'config.json').read_text() == before
+
+
+def test_overwrite_clears_the_training_checkpoints_too(tmp_path):
+  # Found by review: sparse_coding's train_checkpoints/ survived an overwrite,
+  # so the "fresh" run resumed encoders trained under the old config.
+  (tmp_path / 'train_checkpoints' / 'pretrain_adversarial').mkdir(parents=True)
+  with pytest.raises(run_record.ResumeError, match='holds checkpoints but no config.json'):
+    run_record.check(str(tmp_path), _config())
+  run_record.clear(str(tmp_path))
+  assert not (tmp_path / 'train_checkpoints').exists()

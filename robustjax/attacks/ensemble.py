@@ -398,6 +398,9 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
   if attacks is not None and version != 'custom':
     raise ValueError(f"attacks: the {version!r} version fixes its attacks "
                      f"{VERSION_ATTACKS[version]}; pass version='custom' to choose them")
+  if isinstance(attacks, str):
+    raise TypeError(f'attacks: a list of names from {ATTACKS}, got the string {attacks!r} '
+                    f'(pass ({attacks!r},))')
   attacks = tuple(VERSION_ATTACKS[version] if attacks is None else attacks)
   if not attacks:
     raise ValueError(f'attacks: needs at least one of {ATTACKS}')

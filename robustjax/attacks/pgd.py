@@ -174,6 +174,12 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: s
   checks.inside(x, bounds)
   if not isinstance(loss_fn, jax.tree_util.Partial):
     loss_fn = jax.tree_util.Partial(loss_fn)
+  # Per-example losses: the best iterate is kept per example, so a summed
+  # (scalar) loss or logits would silently change what PGD returns.
+  out = jax.eval_shape(loss_fn, x)
+  if out.shape != x.shape[:1]:
+    raise ValueError(f'loss_fn: must return per-example losses of shape ({x.shape[0]},), '
+                     f'got shape {out.shape}')
   x_adv, h = _pgd(loss_fn, x, eps, step_size, key, bounds, norm=norm, steps=steps,
                   restarts=restarts, random_start=bool(random_start))
   health.warn(health.messages('pgd', h))  # (none inside jit: nothing can be read there)

@@ -178,6 +178,9 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   indices = np.nonzero(correct)[0]
   if max_points is not None:
     indices = indices[:max_points]
+  if indices.size == 0:  # the summary's statistics are then nan: say why
+    warnings.warn(f'adversarial_distance: none of the {len(yi)} points is classified correctly '
+                  '(margin > 0): no distance to measure', RuntimeWarning, stacklevel=2)
   norm = checks.norm(method_kwargs.get('norm', 'l2'))
   bs = max(len(indices), 1) if batch_size is None else batch_size
   dists, queries, advs = [], [], []
