@@ -11,7 +11,7 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from robustjax import losses
+from robustjax import losses, run_record
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
 from robustjax.stages.supervised import StaticLoss, model_from_config, optimizer
@@ -47,7 +47,8 @@ def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
                              steps=dcfg.steps, chunk_size=cfg.chunk_size, batched=True,
                              desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
                              checkpoint_dir=checkpoint_dir,
-                             checkpoint_every=cfg.get('checkpoint_every'))
+                             checkpoint_every=cfg.get('checkpoint_every'),
+                             fingerprint=run_record.fingerprint(cfg.to_dict()))
   return states.params, metrics
 
 

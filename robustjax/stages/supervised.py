@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from robustjax import losses
+from robustjax import losses, run_record
 from robustjax.attacks import PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
@@ -114,7 +114,8 @@ def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str,
                              steps=opt_cfg.steps, chunk_size=cfg.chunk_size, batched=True,
                              desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
                              checkpoint_dir=checkpoint_dir,
-                             checkpoint_every=cfg.get('checkpoint_every'))
+                             checkpoint_every=cfg.get('checkpoint_every'),
+                             fingerprint=run_record.fingerprint(cfg.to_dict()))
   return states.params, metrics
 
 
