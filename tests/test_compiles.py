@@ -34,7 +34,7 @@ def test_count_compiles_sees_a_new_program_only_once():
   assert len(n) == 0
 
 
-@pytest.mark.slow  # the whole tiny pipeline in-process, twice (~1 min on 2 cores)
+@pytest.mark.slow  # the whole tiny pipeline in-process, twice (156 s on the loaded 2 cores)
 def test_tiny_pipeline_compiles_each_program_once(tmp_path, tiny_sparse_coding_config):
   cfg = tiny_sparse_coding_config
   with timing.compiled_programs() as first:

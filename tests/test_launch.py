@@ -41,6 +41,7 @@ def test_launch_tiny_pipeline(tmp_path):
   for name in ('total', 'pretrain_adversarial', 'eval_pretrain', 'eval_downstream'):
     t = res['timings'][name]  # seconds: compile + run = wall
     assert t['wall'] > 0 and abs(t['compile'] + t['run'] - t['wall']) < 0.02, (name, t)
+    assert t['cpu'] > 0, (name, t)  # the process's CPU seconds over the stage
   assert res['timings']['total']['compile'] > 0
   # Paper A's claims, tested and recorded in one format, then the files written.
   assert [c['name'].split(',')[0] for c in res['claims']] == [
