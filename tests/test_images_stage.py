@@ -152,6 +152,7 @@ def test_every_kind_end_to_end(tmp_path, config):
   assert all(set(c) == {'name', 'holds', 'rule', 'numbers'} for c in res['claims'])
 
 
+@pytest.mark.slow  # two SimCLR pre-trainings: ~50 s on the loaded 2-core machine
 def test_seeds_at_once_equals_all_seeds_at_once(tmp_path):
   """SimCLR trained one seed at a time gives every seed the
   parameters and metrics it gets when all seeds train together; each group is

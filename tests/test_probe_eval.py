@@ -71,6 +71,7 @@ def run_probe(cfg, model, variables, data, keys):
   return probes, acc, ev
 
 
+@pytest.mark.slow  # the probe evaluation twice: ~95 s on the loaded 2-core machine
 def test_batched_evaluation_equals_unbatched():
   cfg, model, variables, data, keys = tiny_setup()
   whole = probe.features_per_seed(model, variables, data['x_train'], 1000)

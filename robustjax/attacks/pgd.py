@@ -89,6 +89,13 @@ def _pgd(loss_fn, x, eps, step_size, key, bounds, *, norm, steps, restarts, rand
   """(x_adv, health): (n,) bool 'zero_grad' (the gradient at the first start
   point is zero, as AutoAttack checks it) and 'nonfinite' (some gradient had
   nan / inf entries). Unused outputs cost nothing inside a caller's jit."""
+  # Per-example losses: the best iterate is kept per example, so a summed
+  # (scalar) loss or logits would silently change what PGD returns. Checked
+  # while tracing: once per compiled shape, nothing at run time.
+  out = jax.eval_shape(loss_fn, x)
+  if out.shape != x.shape[:1]:
+    raise ValueError(f'loss_fn: must return per-example losses of shape ({x.shape[0]},), '
+                     f'got shape {out.shape}')
   eps = _per_example(eps, x)
   step_size = _per_example(step_size, x)
 
@@ -174,12 +181,6 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: s
   checks.inside(x, bounds)
   if not isinstance(loss_fn, jax.tree_util.Partial):
     loss_fn = jax.tree_util.Partial(loss_fn)
-  # Per-example losses: the best iterate is kept per example, so a summed
-  # (scalar) loss or logits would silently change what PGD returns.
-  out = jax.eval_shape(loss_fn, x)
-  if out.shape != x.shape[:1]:
-    raise ValueError(f'loss_fn: must return per-example losses of shape ({x.shape[0]},), '
-                     f'got shape {out.shape}')
   x_adv, h = _pgd(loss_fn, x, eps, step_size, key, bounds, norm=norm, steps=steps,
                   restarts=restarts, random_start=bool(random_start))
   health.warn(health.messages('pgd', h))  # (none inside jit: nothing can be read there)
