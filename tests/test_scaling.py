@@ -25,7 +25,8 @@ TINY = dict(num_seeds=2, chunk_size=10, progress=False,
             downstream=dict(num_tasks=2, num_examples=64, max_iter=50),
             eval=dict(num_examples=32, attack_steps=2, fmn_steps=10),
             scaling=dict(ks=(1, 2), Ds=(4, 8), width_factors=(1, 2), eps_factors=(0.5, 1.0),
-                         fit_width_factor=2, fit_eps_factor=1.0, full_width_factors=(2,)))
+                         fit_width_factor=2, fit_eps_factor=1.0, full_Ds=(4,),
+                         full_width_factors=(2,)))
 
 
 def tiny_config():
@@ -42,7 +43,8 @@ def tiny_config():
 def test_grid_has_one_program_per_shape_with_its_points():
   s = ml_collections.ConfigDict(dict(
       ks=(2, 4, 8, 16), Ds=(32, 64, 128), width_factors=(0.5, 1, 4),
-      eps_factors=(0.4, 0.8, 1.2), fit_eps_factor=0.8, full_width_factors=(0.5, 1, 4)))
+      eps_factors=(0.4, 0.8, 1.2), fit_eps_factor=0.8, full_Ds=(32, 64, 128),
+      full_width_factors=(0.5, 1, 4)))
   programs = scaling.grid(s)
   assert [(p.D, p.width) for p in programs] == [
       (32, 16), (32, 32), (32, 128), (64, 32), (64, 64), (64, 256),
@@ -51,16 +53,16 @@ def test_grid_has_one_program_per_shape_with_its_points():
     # Clean (c = 0) and every eps factor, for every k: 4 x 4 points, k fastest.
     assert p.points == tuple((k, c) for c in (0.0, 0.4, 0.8, 1.2) for k in (2, 4, 8, 16))
   assert len({p.name for p in programs}) == 9
-  # Trimmed: widths outside full_width_factors run clean and the fit's c only.
-  s.full_width_factors = (4,)
+  # Trimmed: shapes outside full_Ds x full_width_factors run clean and the fit's c only.
+  s.full_Ds, s.full_width_factors = (64,), (4,)
   for p in scaling.grid(s):
-    cs = (0.0, 0.4, 0.8, 1.2) if p.width == 4 * p.D else (0.0, 0.8)
+    cs = (0.0, 0.4, 0.8, 1.2) if (p.D, p.width) == (64, 256) else (0.0, 0.8)
     assert p.points == tuple((k, c) for c in cs for k in (2, 4, 8, 16))
 
 
 def test_grid_refuses_a_width_that_is_not_an_integer():
   s = ml_collections.ConfigDict(dict(ks=(1,), Ds=(5,), width_factors=(0.5,), eps_factors=(1.0,),
-                                     fit_eps_factor=1.0, full_width_factors=(0.5,)))
+                                     fit_eps_factor=1.0, full_Ds=(), full_width_factors=()))
   with pytest.raises(ValueError, match=r'width factor 0.5 x D = 5'):
     scaling.grid(s)
 
@@ -204,7 +206,8 @@ def test_default_scaling_config_is_valid():
     ('scaling.eps_factors', (0.0, 0.8)),
     ('scaling.fit_width_factor', 2),
     ('scaling.fit_eps_factor', 0.5),
-    ('scaling.full_width_factors', (1,)),   # leaves out fit_width_factor 4
+    ('scaling.full_width_factors', (2,)),   # not a width factor
+    ('scaling.full_Ds', (48,)),
     ('attack.norm', 'linf'),
     ('pretrain.steps', 0),
     ('downstream.num_examples', 0),
@@ -253,12 +256,12 @@ def _synthetic_records(cfg, rng):
 def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
   # Everything after training, fast: summaries, gaps, fits, claims, plots, the table.
   cfg = tiny_config()
-  cfg.scaling.Ds, cfg.scaling.ks = (8, 16), (1, 2, 4)
+  cfg.scaling.Ds, cfg.scaling.ks, cfg.scaling.full_Ds = (8, 16), (1, 2, 4), (8,)
   out = scaling.report_sweep(cfg, str(tmp_path), _synthetic_records(cfg, np.random.default_rng(0)),
                              {'pretraining': 4, 'heads': 4, 'evaluation': 4, 'sweep_programs': 12,
                               'jax_backend_compiles': 0, 'jax_compiles_over_1s': 0})
   assert [c.holds for c in out['claims']] == [True, True]
-  assert len(out['points']) == 2 * (3 * 3 + 3 * 2)
+  assert len(out['points']) == 3 * 3 + 3 * 2 * 3  # D 8: full sweep at width 16
   assert all(r['certified_above_fmn'] == 0 for r in out['points'])
   for name in scaling.PLOTS:
     assert (tmp_path / name).stat().st_size > 1000
@@ -272,7 +275,6 @@ def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
   cfg = tiny_config()
   cfg.scaling.Ds, cfg.scaling.width_factors = (4,), (2,)
-  cfg.scaling.full_width_factors = (2,)
   scaling.validate(cfg)
   out = scaling.main(cfg, str(tmp_path))
   res = json.loads((tmp_path / 'results.json').read_text())

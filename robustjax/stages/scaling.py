@@ -49,6 +49,7 @@ import dataclasses
 import functools
 import math
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -102,16 +103,17 @@ def grid(scfg) -> list[Program]:
   """The sweep as compiled pre-training programs, in run order.
 
   For each D in ``scfg.Ds`` and factor in ``scfg.width_factors`` (m = factor
-  * D), one program over ks x c: c in (0,) + ``scfg.eps_factors`` at the
-  factors in ``scfg.full_width_factors``, c in (0, ``scfg.fit_eps_factor``)
-  at the others (what purity against width needs; the trim that keeps the
-  sweep within its time budget). Raises ValueError for a factor that gives
-  no integer width.
+  * D), one program over ks x c: c in (0,) + ``scfg.eps_factors`` where D is
+  in ``scfg.full_Ds`` and the factor in ``scfg.full_width_factors``, c in
+  (0, ``scfg.fit_eps_factor``) elsewhere (all that the fits and purity
+  against width need; the trim that keeps the sweep within its time budget).
+  Raises ValueError for a factor that gives no integer width.
   """
   every = (0.0,) + tuple(float(c) for c in scfg.eps_factors)
   trimmed = (0.0, float(scfg.fit_eps_factor))
+  full = lambda D, f: D in scfg.full_Ds and f in scfg.full_width_factors
   return [Program(D, width(D, f), tuple(
-      (k, c) for c in (every if f in scfg.full_width_factors else trimmed) for k in scfg.ks))
+      (k, c) for c in (every if full(D, f) else trimmed) for k in scfg.ks))
           for D in scfg.Ds for f in scfg.width_factors]
 
 
@@ -158,10 +160,12 @@ def validate(cfg) -> None:
     raise cv.ConfigError('scaling.fit_width_factor', f'one of scaling.width_factors {factors}',
                          cfg.scaling.fit_width_factor)
   full = cv._get(cfg, 'scaling.full_width_factors')  # pylint: disable=protected-access
-  if isinstance(full, str) or not set(full) <= set(factors) or (
-      cfg.scaling.fit_width_factor not in full):
-    raise cv.ConfigError('scaling.full_width_factors', 'a list from scaling.width_factors '
-                         'holding scaling.fit_width_factor', full)
+  if isinstance(full, str) or not set(full) <= set(factors):
+    raise cv.ConfigError('scaling.full_width_factors', 'a list from scaling.width_factors',
+                         full)
+  full = cv._get(cfg, 'scaling.full_Ds')  # pylint: disable=protected-access
+  if isinstance(full, str) or not set(full) <= set(Ds):
+    raise cv.ConfigError('scaling.full_Ds', 'a list from scaling.Ds', full)
   if cfg.scaling.fit_eps_factor not in eps_factors:
     raise cv.ConfigError('scaling.fit_eps_factor', f'one of scaling.eps_factors {eps_factors}',
                          cfg.scaling.fit_eps_factor)
@@ -349,11 +353,20 @@ def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> li
   aux = (_per_task(run_worlds, T), thetas[seed_of].reshape(R * T, D), _per_task(ks, T))
   head_keys = jax.vmap(lambda k: jax.random.split(k, T))(keys['downstream'])[seed_of]
   dcfg = cfg.downstream
-  with timing.stage(timings, f'heads_D{D}_m{m}'):
+  with timing.stage(timings, f'heads_D{D}_m{m}'), warnings.catch_warnings():
+    # One line per shape below, not one per head.
+    warnings.filterwarnings('ignore', message='fit_logistic_regression: L-BFGS stopped',
+                            category=RuntimeWarning)
     heads, info = _fit_heads(_per_task(enc, T), *aux, head_keys.reshape(R * T, -1), model=model,
                              spec=spec, num_examples=dcfg.num_examples, l2=float(dcfg.l2),
                              max_iter=dcfg.max_iter, tol=float(dcfg.tol))
-    jax.block_until_ready(heads)
+    jax.block_until_ready((heads, info))
+  grad_norm = np.asarray(info['grad_norm'])
+  if not np.all(grad_norm <= dcfg.tol):
+    warnings.warn(f'heads (D {D}, m {m}): L-BFGS stopped at max_iter={dcfg.max_iter} above '
+                  f'tol={dcfg.tol:g} on {int(np.sum(~(grad_norm <= dcfg.tol)))} of '
+                  f'{grad_norm.size} heads (gradient norm up to {np.nanmax(grad_norm):.3g}; '
+                  "results.json: points' head_unconverged)", RuntimeWarning)
   eval_keys = jax.vmap(lambda k: jax.random.split(k, T))(keys['eval'])[seed_of]
   with timing.stage(timings, f'eval_D{D}_m{m}'):
     out = _evaluate_runs(
@@ -371,7 +384,7 @@ def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> li
                                                lips[r]) for t in range(T)]) for r in range(R)])
   health.warn(health.messages(f'fmn (D {D}, m {m})', {
       'zero_grad': out['zero_grad'].reshape(-1), 'nonfinite': out['nonfinite'].reshape(-1)}))
-  converged = np.asarray(info['converged']).reshape(R, T)
+  converged = (grad_norm <= dcfg.tol).reshape(R, T)
   return [dict(D=D, m=m, k=k, c=c, seed=s, purity=units['purity'][r],
                head_converged=converged[r],
                margin=out['margin'][r], fmn=out['fmn'][r], pgd_broken=out['pgd_broken'][r],
@@ -423,6 +436,7 @@ def summarize(records: list[dict], eps_factors) -> list[dict]:
                                     for r in recs)),
         fmn_failed_share=float(1 - broken.sum() / max(correct.sum(), 1)),
         zero_grad_share=float(np.mean(np.concatenate([r['zero_grad'].ravel() for r in recs]))),
+        head_unconverged=int(sum(np.sum(~r['head_converged']) for r in recs)),
         robust_acc=rob.mean(0).tolist(), robust_acc_per_seed=rob.tolist()))
   return rows
 
@@ -595,29 +609,44 @@ def plot_purity(rows: list[dict], scfg, path: str) -> None:
   report._save(fig, path)  # pylint: disable=protected-access
 
 
-def plot_gaps(gaps: list[dict], scfg, path: str) -> None:
-  """Heatmaps of the inheritance gap over (k, c), one per D, at the fit width."""
+FAILED_FLAG = 0.5  # FMN share of failed points above which a cell is flagged (near-constant heads)
+
+
+def plot_gaps(gaps: list[dict], rows: list[dict], scfg, path: str) -> None:
+  """Heatmaps of the inheritance gap over (k, c), one per D with gaps at the fit
+  width. A cell is starred where FMN found no adversarial point for more than
+  FAILED_FLAG of the adversarial encoder's correct test points (its heads are
+  near-constant: collapsed pre-training, zero gradients), so its robust
+  accuracy is not inheritance."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
   ks, cs = list(scfg.ks), [float(c) for c in scfg.eps_factors]
-  fig, axes = plt.subplots(1, len(scfg.Ds), figsize=(3.8 * len(scfg.Ds), 3.4), squeeze=False)
-  for ax, D in zip(axes[0], scfg.Ds):
+  Ds = [D for D in scfg.Ds if any(g['D'] == D and g['m'] == width(D, scfg.fit_width_factor)
+                                  for g in gaps)]
+  fig, axes = plt.subplots(1, max(len(Ds), 1), figsize=(4.2 * max(len(Ds), 1), 3.6),
+                           squeeze=False)
+  for ax, D in zip(axes[0], Ds):
     m = width(D, scfg.fit_width_factor)
     grid_ = np.full((len(ks), len(cs)), np.nan)
+    flag = np.zeros_like(grid_, bool)
     for g in gaps:
       if g['D'] == D and g['m'] == m:
-        grid_[ks.index(g['k']), cs.index(g['c'])] = g['gap']
+        i, j = ks.index(g['k']), cs.index(g['c'])
+        grid_[i, j] = g['gap']
+        flag[i, j] = _row(rows, D=D, m=m, k=g['k'], c=g['c'])['fmn_failed_share'] > FAILED_FLAG
     im = ax.imshow(grid_, vmin=-1, vmax=1, cmap='RdBu', origin='lower', aspect='auto')
     for i in range(len(ks)):
       for j in range(len(cs)):
-        ax.text(j, i, f'{grid_[i, j]:.2f}', ha='center', va='center', fontsize=8)
+        ax.text(j, i, f"{grid_[i, j]:.2f}{'*' if flag[i, j] else ''}", ha='center',
+                va='center', fontsize=8)
     ax.set_xticks(range(len(cs)), [f'{c:g}' for c in cs])
     ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-    ax.set_xlabel('c (eps = c / sqrt(k))')
+    ax.set_xlabel('c (training and test eps = c / sqrt(k))')
     ax.set_ylabel('k')
-    ax.set_title(f'D = {D}, m = {m}: robust acc adv - clean', fontsize=9)
-  fig.colorbar(im, ax=axes[0].tolist(), shrink=0.8)
-  fig.savefig(path, dpi=120)
-  plt.close(fig)
+    ax.set_title(f'D = {D}, m = {m}: robust acc, adv - clean encoder\n'
+                 f'* FMN failed on > {FAILED_FLAG:.0%} of points (near-constant heads)',
+                 fontsize=8)
+    fig.colorbar(im, ax=ax, shrink=0.8)
+  report._save(fig, path)  # pylint: disable=protected-access
 
 
 class _CompileCounter:
@@ -672,7 +701,7 @@ def report_sweep(cfg, workdir: str, records: list[dict], compiled: dict) -> dict
   checks = claims(fit)
   plot_distances(rows, fit, cfg.scaling, os.path.join(workdir, PLOTS[0]))
   plot_purity(rows, cfg.scaling, os.path.join(workdir, PLOTS[1]))
-  plot_gaps(gaps, cfg.scaling, os.path.join(workdir, PLOTS[2]))
+  plot_gaps(gaps, rows, cfg.scaling, os.path.join(workdir, PLOTS[2]))
   payload = {
       'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds],
       'grid': [dataclasses.asdict(p) for p in grid(cfg.scaling)], 'programs': compiled,
