@@ -634,10 +634,9 @@ def plot_gaps(gaps: list[dict], rows: list[dict], scfg, path: str) -> None:
         grid_[i, j] = g['gap']
         flag[i, j] = _row(rows, D=D, m=m, k=g['k'], c=g['c'])['fmn_failed_share'] > FAILED_FLAG
     im = ax.imshow(grid_, vmin=-1, vmax=1, cmap='RdBu', origin='lower', aspect='auto')
-    for i in range(len(ks)):
-      for j in range(len(cs)):
-        ax.text(j, i, f"{grid_[i, j]:.2f}{'*' if flag[i, j] else ''}", ha='center',
-                va='center', fontsize=8)
+    for i, j in zip(*np.nonzero(np.isfinite(grid_))):  # cells the grid did not run stay blank
+      ax.text(j, i, f"{grid_[i, j]:.2f}{'*' if flag[i, j] else ''}", ha='center', va='center',
+              fontsize=8)
     ax.set_xticks(range(len(cs)), [f'{c:g}' for c in cs])
     ax.set_yticks(range(len(ks)), [str(k) for k in ks])
     ax.set_xlabel('c (training and test eps = c / sqrt(k))')
