@@ -17,7 +17,7 @@ from robustjax.attacks.pgd import PGDSpec
 from robustjax.config_validation import ConfigError
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
-from robustjax.stages import scaling, supervised
+from robustjax.stages import scaling
 from tests.helpers import launch
 
 TINY = dict(num_seeds=2, chunk_size=10, progress=False,

@@ -7,7 +7,8 @@ orthonormal dictionary), width m = factor * D, k active features, training
 radius eps = c / sqrt(k) for c in ``eps_factors`` (Paper A's eps ~ 1/sqrt(k)
 regime) and clean pre-training (c = 0), ``num_seeds`` seeds. Every point:
 supervised pre-training on theta0 (clean, or under l2 PGD at its eps) ->
-frozen hidden layer -> clean linear heads on ``downstream.num_tasks`` fresh
+frozen hidden layer -> clean logistic heads (L-BFGS on the frozen features
+of ``downstream.num_examples`` points) on ``downstream.num_tasks`` fresh
 tasks -> per point:
 
 - median unit purity (``metrics.purification``) over its units, all seeds;
@@ -233,8 +234,10 @@ def pretrain_loss(params, key, aux, *, model, spec: sc.SparseCodingSpec, batch_s
 def _fit_heads(encoders, worlds, thetas, ks, keys, *, model, spec, num_examples, l2, max_iter,
                tol):
   """Per run: a clean logistic head on the frozen encoder's features of
-  ``num_examples`` fresh points of its task, fitted to the optimum by L-BFGS
-  (``models.heads.fit_logistic_regression``); returns ({'a', 'c'}, info)."""
+  ``num_examples`` fresh points of its task: the l2-penalised logistic
+  regression solved by L-BFGS (``models.heads.fit_logistic_regression``,
+  at most ``max_iter`` iterations, ``info['grad_norm']`` says how close);
+  returns ({'a', 'c'}, info)."""
   def one(encoder, world, theta, k, key):
     z, y, _ = sc.sample_task(key, num_examples, world, spec, theta, k=k)
     h = model.apply({'params': encoder}, z, features_only=True)
