@@ -303,7 +303,7 @@ def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
   assert 'compiled: 12 sweep programs' in text
 
 
-@pytest.mark.slow  # three compiles (pre-training, heads, evaluation): ~100 s on the loaded 2 cores
+@pytest.mark.slow  # three compiles (pre-training, heads, evaluation): 18 s on the quiet 2 cores
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
   cfg = tiny_config()
   cfg.scaling.Ds, cfg.scaling.width_factors = (4,), (2,)
