@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 import pytest
+from hypothesis import given, settings, strategies as st
 
 from configs import sparse_coding as sparse_coding_config
 from robustjax.attacks.exact import affine_min_distance
@@ -16,7 +17,7 @@ from robustjax.attacks.pgd import PGDSpec
 from robustjax.config_validation import ConfigError
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
-from robustjax.stages import scaling, supervised
+from robustjax.stages import scaling
 from tests.helpers import launch
 
 TINY = dict(num_seeds=2, chunk_size=10, progress=False,
@@ -102,6 +103,37 @@ def test_certified_radius_is_exact_for_an_orthonormal_linear_encoder():
   exact = affine_min_distance(jnp.asarray(w @ a, jnp.float32), c, z, y)
   chex.assert_trees_all_close(got, exact, atol=1e-5)
   assert np.all(got[y * f < 0] == 0) and np.all(got[y * f > 0] > 0)
+
+
+def test_feature_lipschitz_counts_slope_two_for_negative_thresholds():
+  # Orthonormal units: L = 1 with b >= 0; a negative threshold has slope 2 on
+  # |u| < -b (both ramps on), which ||W||_2 alone missed (certified radii
+  # above FMN's distances in the tiny sweep).
+  w = jnp.asarray(np.linalg.qr(np.random.default_rng(0).standard_normal((5, 3)))[0], jnp.float32)
+  assert float(scaling.feature_lipschitz(w, jnp.array([0.0, 0.1, 0.5]))) == pytest.approx(1.0)
+  assert float(scaling.feature_lipschitz(w, jnp.array([0.0, -0.1, 0.5]))) == pytest.approx(2.0)
+  h = lambda z: TwoLayer(width=3).apply({'params': {'w': w, 'b': jnp.array([0.0, -0.5, 0.5]),
+                                                    'a': jnp.zeros(3)}}, z, features_only=True)
+  z = 0.01 * w[:, 1]  # inside unit 1's slope-2 band
+  ratio = jnp.linalg.norm(h(z[None]) - h(jnp.zeros((1, 5)))) / jnp.linalg.norm(z)
+  assert float(ratio) == pytest.approx(2.0, rel=1e-4)
+  with pytest.raises(ValueError, match='^w and b: must be'):
+    scaling.feature_lipschitz(w, jnp.zeros(4))
+
+
+@settings(max_examples=25, deadline=None)
+@given(seed=st.integers(0, 2 ** 31 - 1))
+def test_feature_lipschitz_bounds_every_pair(seed):
+  rng = np.random.default_rng(seed)
+  d, m = 4, 6
+  params = {'w': jnp.asarray(rng.standard_normal((d, m)), jnp.float32),
+            'b': jnp.asarray(rng.uniform(-1, 1, m), jnp.float32), 'a': jnp.zeros(m)}
+  z = jnp.asarray(rng.standard_normal((64, d)), jnp.float32)
+  z2 = z + jnp.asarray(0.3 * rng.standard_normal((64, d)), jnp.float32)
+  h = lambda x: TwoLayer(width=m).apply({'params': params}, x, features_only=True)
+  lip = float(scaling.feature_lipschitz(params['w'], params['b']))
+  gain = jnp.linalg.norm(h(z) - h(z2), axis=-1) / jnp.linalg.norm(z - z2, axis=-1)
+  assert float(jnp.max(gain)) <= lip * (1 + 1e-5)
 
 
 def _record(k, c, seed, margin, fmn, broken, purity=(0.5, 1.0)):
@@ -271,7 +303,7 @@ def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
   assert 'compiled: 12 sweep programs' in text
 
 
-@pytest.mark.slow  # three compiles (pre-training, heads, evaluation): ~100 s on the loaded 2 cores
+@pytest.mark.slow  # three compiles (pre-training, heads, evaluation): 18 s on the quiet 2 cores
 def test_tiny_sweep_end_to_end(tmp_path, capsys):
   cfg = tiny_config()
   cfg.scaling.Ds, cfg.scaling.width_factors = (4,), (2,)
