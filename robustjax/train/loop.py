@@ -85,7 +85,7 @@ def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None
 
   Without a mesh it is the plain single-device program, shared by every
   call with an equal ``loss_fn`` (a frozen dataclass compares by value, e.g.
-  ``robustjax.stages.supervised.StaticLoss``; a closure or a
+  ``robustjax.recipes.supervised.StaticLoss``; a closure or a
   ``functools.partial`` by identity). With one, state,
   per-run inputs and outputs carry the ``sharding.Layout`` shardings as
   jit in/out shardings. The state's buffers are donated either way: each
