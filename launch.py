@@ -275,7 +275,7 @@ def main(argv):
   try:
     enable_compilation_cache(_CACHE.value, cache_dir(_CACHE_DIR.value, os.environ), os.environ)
     config_validation.one_of(cfg, 'experiment', EXPERIMENTS)
-    experiment = importlib.import_module(f'robustjax.stages.{cfg.experiment}')
+    experiment = importlib.import_module(f'robustjax.experiments.{cfg.experiment}')
     config_validation.workdir(workdir)
     experiment.validate(cfg)
     resume = cfg.get('resume', 'check')  # a config file of one's own may not have the field

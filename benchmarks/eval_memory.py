@@ -3,7 +3,7 @@
     python benchmarks/eval_memory.py [--width 16] [--batch_sizes 32,128]
                                      [--points 256,1024] [--fmn_steps 3]
 
-What ``robustjax.stages.probe`` runs per seed after pre-training, on a CIFAR
+What ``robustjax.recipes.probe`` runs per seed after pre-training, on a CIFAR
 ResNet-18 (circular padding, width ``--width``) at 32x32x3 with random
 weights and images and a random 10-class linear probe: the features of all
 points (``probe.features``, in batches), then the FMN adversarial distances of
@@ -26,7 +26,7 @@ import sys
 import jax, jax.numpy as jnp, numpy as np
 from robustjax.metrics import robustness
 from robustjax.models import resnet
-from robustjax.stages import probe
+from robustjax.recipes import probe
 width, bs, n, steps = (int(a) for a in sys.argv[1:5])
 model = resnet.ResNet18(num_classes=10, width=width, padding='CIRCULAR')
 params, stats = resnet.init(model, jax.random.PRNGKey(0), (32, 32, 3))

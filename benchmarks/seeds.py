@@ -29,7 +29,7 @@ sys.path.insert(0, ROOT)
 
 from configs import sparse_coding as config_lib  # noqa: E402
 from robustjax.data import sparse_coding as sc  # noqa: E402
-from robustjax.stages import supervised  # noqa: E402
+from robustjax.recipes import supervised  # noqa: E402
 
 
 def make_cfg(steps: int, mesh=None, chunk: int | None = None):

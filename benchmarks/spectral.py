@@ -25,7 +25,7 @@ import optax
 from robustjax import spectral
 from robustjax.models.mlp import MLP
 from robustjax.spectral import conv_norm, power_iteration
-from robustjax.stages.spectral import batch_loss
+from robustjax.experiments.spectral import batch_loss
 from robustjax.train import state as state_lib
 from robustjax.train.steps import train_steps
 from timing import timeit  # benchmarks/timing.py, beside this script

@@ -42,7 +42,7 @@ def get_config(variant: str = 'pipeline'):
   if variant not in VARIANTS:
     raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
   c = ml_collections.ConfigDict()
-  c.experiment = 'sparse_coding'  # robustjax.stages.<experiment> runs it
+  c.experiment = 'sparse_coding'  # robustjax.experiments.<experiment> runs it
   c.stage = {'pretrain': 'pretrain', 'downstream': 'downstream'}.get(variant, 'pipeline')
   c.seed = 0
   c.num_seeds = 3        # seeds draw the dictionary, theta0, init and data

@@ -5,7 +5,7 @@
 Built from the main job's blocks (configs/sparse_coding.py: data model,
 network, optimizers, attack settings), so the two stay in one place; the
 sweep sets d = D, D, k, the width and the training radius itself, from the
-``scaling`` block (robustjax/stages/scaling.py runs it).
+``scaling`` block (robustjax/experiments/scaling.py runs it).
 """
 import ml_collections
 

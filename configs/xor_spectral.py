@@ -29,7 +29,7 @@ import ml_collections
 
 def get_config(variant: str = 'paper'):
   c = ml_collections.ConfigDict()
-  c.experiment = 'spectral'  # robustjax.stages.spectral runs it
+  c.experiment = 'spectral'  # robustjax.experiments.spectral runs it
   c.variant = variant
   c.seed = 0
   c.num_seeds = 5            # vmapped: one compile trains all seeds

@@ -34,7 +34,7 @@ UNRECORDED = ('eval', 'probe', 'probe_data', 'progress', 'resume', 'checkpoint_e
               'regularizer.kinds', 'sweep.lams', 'pretrain.kinds')
 RESUME = ('check', 'overwrite')
 CHECKPOINTS = ('checkpoints', 'train_checkpoints')  # the experiments' checkpoint folders
-_MADE = CHECKPOINTS + ('results.json', RECORD)  # what a run writes that overwrite clears
+_MADE = CHECKPOINTS + ('results.json', 'metrics.jsonl', 'training_curves.png', RECORD)  # what overwrite clears
 
 
 def fingerprint(config: dict) -> dict:

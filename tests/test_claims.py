@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 
 from robustjax import report
-from robustjax.stages import sparse_coding
+from robustjax.experiments import sparse_coding
 
 
 def test_claim_line_and_json_share_one_format(tmp_path):

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from robustjax import timing
-from robustjax.stages import sparse_coding
+from robustjax.experiments import sparse_coding
 
 # The tiny pipeline's programs (jax_log_compiles, jax 0.10.2): 4 set-up draws
 # (keys, worlds, pre-training test keys, tasks), 2 train-state inits (2 runs:

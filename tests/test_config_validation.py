@@ -7,7 +7,7 @@ import pytest
 
 from configs import sparse_coding as sparse_coding_config
 from robustjax.config_validation import ConfigError
-from robustjax.stages import sparse_coding
+from robustjax.experiments import sparse_coding
 from tests.helpers import launch
 
 BAD = [
@@ -83,7 +83,7 @@ def test_variants_are_valid(variant):
   if variant == 'downstream':
     cfg.stage = 'pretrain'  # the encoder_dir check needs a real run; see test_launch
   # Each variant is validated by the experiment that runs it (scaling: its own stage).
-  importlib.import_module(f'robustjax.stages.{cfg.experiment}').validate(cfg)
+  importlib.import_module(f'robustjax.experiments.{cfg.experiment}').validate(cfg)
 
 
 def test_downstream_stage_needs_encoders(tmp_path):

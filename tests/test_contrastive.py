@@ -10,7 +10,7 @@ from robustjax.attacks import PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind
 from robustjax.models.two_layer import TwoLayer
-from robustjax.stages import contrastive
+from robustjax.recipes import contrastive
 
 SPEC = sc.SparseCodingSpec(d=32, D=32, k=3, noise_std=0.1)
 WORLD = sc.make_world(jax.random.PRNGKey(0), SPEC)

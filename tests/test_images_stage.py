@@ -9,7 +9,7 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10_ssl, cifar10_supervised, transfer
 from robustjax import config_validation as cv
-from robustjax.stages import images
+from robustjax.experiments import images
 from tests.helpers import launch
 
 TINY = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=5',
@@ -159,7 +159,7 @@ def test_seeds_at_once_equals_all_seeds_at_once(tmp_path):
   its own resumable fit."""
   import jax
   import chex
-  from robustjax.stages import image_pretrain
+  from robustjax.recipes import image_pretrain
   cfg = cifar10_ssl.get_config('digits')
   cfg.update(dict(num_seeds=2, progress=False, chunk_size=2))
   cfg.pretrain.update(steps=2, batch_size=16)
@@ -188,7 +188,7 @@ def _barlow_steps(cfg, steps: int):
   import optax
   from robustjax.data import augment
   from robustjax.models import resnet
-  from robustjax.stages import image_pretrain
+  from robustjax.recipes import image_pretrain
   from robustjax.train import state as state_lib, steps as steps_lib
   from tests.synthetic_images import stripes
   p = cfg.pretrain

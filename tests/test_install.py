@@ -31,7 +31,7 @@ before = set(sys.modules)
 import jax
 import launch
 for e in experiments:
-  importlib.import_module(f'robustjax.stages.{e}')
+  importlib.import_module(f'robustjax.experiments.{e}')
 from robustjax.data import images, sparse_coding, toy
 for name in images_needed:
   images.load(name, max_train=8, max_test=8)

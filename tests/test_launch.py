@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from robustjax import timing
-from robustjax.stages import sparse_coding
+from robustjax.experiments import sparse_coding
 from robustjax.train import loop, state as state_lib
 from tests.helpers import TINY, launch
 

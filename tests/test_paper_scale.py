@@ -22,7 +22,8 @@ import tensorflow_datasets as tfds
 
 from configs import cifar10_ssl, cifar10_supervised, transfer
 from robustjax.models import resnet
-from robustjax.stages import image_pretrain, images
+from robustjax.recipes import image_pretrain
+from robustjax.experiments import images
 from tests.synthetic_images import NUM_CLASSES, stripes
 
 SIZES = {'train': 384, 'test': 96}

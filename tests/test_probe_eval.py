@@ -19,7 +19,7 @@ import pytest
 from configs import cifar10_supervised
 from robustjax.models import resnet
 from robustjax.models.apply import in_batches
-from robustjax.stages import probe
+from robustjax.recipes import probe
 from tests.helpers import ROOT
 
 
@@ -95,7 +95,7 @@ def test_batched_evaluation_equals_unbatched():
 SCRIPT = r'''
 import json
 import jax, numpy as np
-from robustjax.stages import probe
+from robustjax.recipes import probe
 from robustjax.models import resnet
 from tests.test_probe_eval import tiny_setup, run_probe
 

@@ -1,4 +1,4 @@
-"""Paper A's scaling sweep (robustjax.stages.scaling): grid, pieces with known answers,
+"""Paper A's scaling sweep (robustjax.experiments.scaling): grid, pieces with known answers,
 config checks, and a tiny sweep end to end."""
 import json
 import math
@@ -17,7 +17,7 @@ from robustjax.attacks.pgd import PGDSpec
 from robustjax.config_validation import ConfigError
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
-from robustjax.stages import scaling
+from robustjax.experiments import scaling
 from tests.helpers import launch
 
 TINY = dict(num_seeds=2, chunk_size=10, progress=False,

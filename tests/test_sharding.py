@@ -33,7 +33,7 @@ from configs import sparse_coding as cfg_lib
 from robustjax import spectral
 from robustjax.data import sparse_coding as sc
 from robustjax.models.mlp import MLP
-from robustjax.stages import supervised
+from robustjax.recipes import supervised
 from robustjax.train import loop, sharding, state as state_lib
 
 assert jax.device_count() == 8, jax.devices()
@@ -241,7 +241,7 @@ def test_shared_aux_equals_a_per_seed_broadcast():
 
 def test_config_mesh_and_checkpoint_interval_are_validated(tiny_sparse_coding_config):
   from robustjax import config_validation as cv
-  from robustjax.stages import sparse_coding
+  from robustjax.experiments import sparse_coding
   cfg = tiny_sparse_coding_config
   cfg.mesh.data = -1
   sparse_coding.validate(cfg)  # all devices: always fits

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs import mnist_spectral as config_lib
-from robustjax.stages import spectral as spectral_stage
+from robustjax.experiments import spectral as spectral_stage
 from tests.helpers import launch
 
 COMMON = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=50',
@@ -183,7 +183,7 @@ def test_digits_sweep_end_to_end(tmp_path):
 def test_validate_names_the_bad_field(field, value):
   from configs import mnist_spectral
   from robustjax.config_validation import ConfigError
-  from robustjax.stages import spectral
+  from robustjax.experiments import spectral
   cfg = mnist_spectral.get_config()
   spectral.validate(cfg)  # the defaults are valid
   node, *_ = cfg, None
@@ -210,7 +210,7 @@ def test_xor_rerun_resumes_each_kind_and_matches(tmp_path, capsys):
   # optimizer state holds the zero-size power-iteration placeholders (biases)
   # that orbax refuses, the case that once broke spectral checkpoints.
   from configs import xor_spectral
-  from robustjax.stages import spectral
+  from robustjax.experiments import spectral
   cfg = xor_spectral.get_config('quick')
   cfg.update(dict(num_seeds=2, progress=False, chunk_size=8, checkpoint_every=8))
   cfg.train.epochs, cfg.regularizer.burn_in_epochs = 6, 3   # 24 steps, penalty from 12

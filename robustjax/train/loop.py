@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import time
 
 import jax
 import jax.numpy as jnp
@@ -12,7 +13,7 @@ from flax.training import train_state
 from tqdm.auto import tqdm
 
 from robustjax.progress import Interrupted, deferred_interrupts
-from robustjax.train import checkpoint, sharding
+from robustjax.train import checkpoint, metric_log, sharding
 from robustjax.train.steps import FINITE, LossFn, train_steps
 
 
@@ -85,7 +86,7 @@ def compile_chunks(loss_fn: LossFn, state, aux, key, *, batched: bool, mesh=None
 
   Without a mesh it is the plain single-device program, shared by every
   call with an equal ``loss_fn`` (a frozen dataclass compares by value, e.g.
-  ``robustjax.stages.supervised.StaticLoss``; a closure or a
+  ``robustjax.recipes.supervised.StaticLoss``; a closure or a
   ``functools.partial`` by identity). With one, state,
   per-run inputs and outputs carry the ``sharding.Layout`` shardings as
   jit in/out shardings. The state's buffers are donated either way: each
@@ -135,7 +136,9 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   e.g. ``run_record.fingerprint(cfg.to_dict())``) is saved with every
   checkpoint; a rerun whose fingerprint differs is refused (ValueError naming
   the differing names), so a changed loss never resumes the old parameters.
-  Step t always uses fold_in(key, t), so a resumed run replays exactly the
+  Each chunk's mean metrics go to the open ``metric_log`` sink, if any (the
+  runner's ``metrics.jsonl``). Step t always uses fold_in(key, t), so a
+  resumed run replays exactly the
   steps an uninterrupted one would have taken. Ctrl-C raises
   ``progress.Interrupted`` naming ``desc``, the steps done and the checkpoint
   kept. A chunk with a non-finite value
@@ -166,6 +169,7 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         # Chunks end on multiples of chunk_size wherever the run (re)started,
         # so an interrupted run compiles and runs the same chunks.
         end = min((first // chunk_size + 1) * chunk_size, steps)
+        t0 = time.perf_counter()
         if fused_steps:
           state, chunk_metrics = run(state, key, aux, np.int32(first), end - first)
         else:
@@ -178,6 +182,9 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
         if diverged:
           raise DivergedError(f'{diverged} {_kept(mngr, saved)}')
         metrics = jax.tree.map(lambda m: np.asarray(m).mean(axis=-1), chunk_metrics)
+        if metric_log.active():  # the metrics are on the host: the chunk has finished
+          metric_log.emit(metric_log.record(desc, end, metrics, end - first,
+                                            time.perf_counter() - t0))
         if mngr is not None and (end == steps or checkpoint_every is None
                                  or end // checkpoint_every > (saved or 0) // checkpoint_every):
           with deferred_interrupts():  # Ctrl-C waits for the save to start cleanly

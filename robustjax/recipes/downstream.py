@@ -14,7 +14,7 @@ import jax.numpy as jnp
 from robustjax import losses, run_record
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
-from robustjax.stages.supervised import StaticLoss, model_from_config, optimizer
+from robustjax.recipes.supervised import StaticLoss, model_from_config, optimizer
 from robustjax.train import loop, sharding, state as state_lib
 
 

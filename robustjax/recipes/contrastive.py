@@ -23,7 +23,7 @@ from robustjax.data import sparse_coding as sc
 from robustjax.train import sharding
 from robustjax.models.apply import bind
 from robustjax.models.two_layer import TwoLayer, purified_units
-from robustjax.stages.supervised import StaticLoss, model_from_config, train_two_layer
+from robustjax.recipes.supervised import StaticLoss, model_from_config, train_two_layer
 
 # Pre-training mode -> which pairs the attack perturbs (None: clean training).
 MODES = {'clean': None, 'adversarial': 'both', 'adv_negatives_only': 'negatives',

@@ -29,7 +29,7 @@ from robustjax.attacks.pgd import NORMS, PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.metrics import purification, robustness
-from robustjax.stages import contrastive, downstream, supervised
+from robustjax.recipes import contrastive, downstream, supervised
 
 STAGES = ('pipeline', 'pretrain', 'downstream')
 PRETRAIN_MODES = ('clean', 'adversarial')

@@ -33,7 +33,7 @@ from robustjax import report, timing
 from robustjax.attacks import ensemble
 from robustjax.data import images
 from robustjax.models.ssl import encoder_variables
-from robustjax.stages import image_pretrain, probe
+from robustjax.recipes import image_pretrain, probe
 from robustjax.train import sharding
 
 KINDS = tuple(image_pretrain.KINDS)

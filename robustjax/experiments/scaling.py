@@ -67,7 +67,7 @@ from robustjax.data import sparse_coding as sc
 from robustjax.metrics import certify, purification
 from robustjax.models import heads as heads_lib
 from robustjax.models.apply import bind, logits as logits_fn
-from robustjax.stages import downstream, supervised
+from robustjax.recipes import downstream, supervised
 from robustjax.train import sharding
 
 CLEAN_EXPONENT, ADVERSARIAL_EXPONENT = 0.5, 0.0  # the predictions (module docstring)
