@@ -23,6 +23,11 @@ lies within eps.
 Step sizes, library-wide: ``step_size`` is absolute (the units of eps, as
 ``attacks.pgd``); ``rel_step_size`` is a fraction of eps (``PGDSpec``,
 ``metrics.robustness.robust_accuracy``, the configs' ``rel_step_size``).
+Attacks that adapt their own step keep their papers' names: APGD (step 2 eps,
+halved at checkpoints; no argument), FMN's ``alpha_init`` / ``alpha_final``
+(fractions of each point's distance estimate), FAB's ``alpha_max`` (a bias
+towards x, not a step), Square's ``p_init`` (the share of input elements
+its first square covers).
 
 Each entry (:class:`Attack`) records the public function that runs the attack
 and the keyword arguments its name fixes, the norms it supports, and the
