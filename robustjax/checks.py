@@ -15,7 +15,9 @@ Conventions the checks hold the library to:
   * binary models return scalar logits (n,), labels are -1 or +1 (as
     ``losses.margin``: the margin is y f); {0, 1} labels are refused;
   * radii are finite and >= 0 (scalar or one per example), budgets are
-    integers >= 1 (or >= 0 where zero means "none"), temperatures > 0.
+    integers >= 1 (or >= 0 where zero means "none"), temperatures > 0;
+  * step sizes: ``step_size`` is absolute (the units of eps), ``rel_step_size``
+    a fraction of eps; a renamed keyword is refused by :func:`renamed`.
 """
 from __future__ import annotations
 
@@ -35,6 +37,21 @@ def concrete(*arrays) -> bool:
 
 def _fmt(v) -> str:
   return f'{float(v):.4g}'
+
+
+def renamed(func: str, given: dict, **renames: tuple[str, str]) -> None:
+  """Refuses keyword arguments a function no longer takes (its ``**given``).
+
+  ``renames``: old name -> (new name, what the new one means). A renamed
+  keyword raises TypeError naming the new one; any other unknown keyword the
+  TypeError Python itself would raise.
+  """
+  for old in given:
+    if old in renames:
+      new, meaning = renames[old]
+      raise TypeError(f'{old}: {func}() now takes {new} ({meaning}); pass {new}={given[old]!r} '
+                      'for the former meaning')
+    raise TypeError(f"{func}() got an unexpected keyword argument '{old}'")
 
 
 def norm(value, name: str = 'norm') -> str:

@@ -84,7 +84,7 @@ def test_probability_outputs_warned_and_logits_give_exact_answer(three_class):
              for m in warned)
   assert any(m.startswith('apgd (margin-t): zero gradients at the start point') for m in warned)
   _, warned = _record(robustness.robust_accuracy, probs, x, y, eps=eps, norm='l2', steps=2,
-                      step_size=0.25, restarts=1, key=K)
+                      rel_step_size=0.25, restarts=1, key=K)
   assert any(m.startswith('robust_accuracy: the model outputs look like') for m in warned)
 
 
@@ -118,7 +118,7 @@ def test_nan_gradients_never_break_robust_points():
   assert any(re.match(r'apgd \(ce\): non-finite gradients \(nan or inf\) on [1-8] of 8 points',
                       m) for m in warned)
   acc, warned = _record(robustness.robust_accuracy, _sqrt_feature, X_SQRT, y, eps=0.5,
-                        norm='linf', steps=3, step_size=0.25, restarts=1, key=K)
+                        norm='linf', steps=3, rel_step_size=0.25, restarts=1, key=K)
   assert float(acc) == 1.0
   assert any(re.match(r'pgd: non-finite gradients \(nan or inf\) on [1-8] of 8 points', m)
              for m in warned)
@@ -194,7 +194,7 @@ def test_binary_convention_agrees_across_metrics(binary):
   exact = np.asarray(affine_min_distance(w, -0.3, x, y, 'l2'))
   eps = _between(exact, 17)  # (PGD's few steps need a gap between the distances)
   assert float(robustness.accuracy(f(x), y)) == 1.0
-  ra = float(robustness.robust_accuracy(f, x, y, eps=eps, norm='l2', steps=5, step_size=0.5,
+  ra = float(robustness.robust_accuracy(f, x, y, eps=eps, norm='l2', steps=5, rel_step_size=0.5,
                                         restarts=1, key=K))
   ens = evaluate_robust_accuracy(f, x, y, eps=eps, norm='l2', key=K, attacks=('apgd-ce',),
                                  n_iter=10)
@@ -204,7 +204,7 @@ def test_binary_convention_agrees_across_metrics(binary):
   y01 = (y + 1) // 2
   for call in (lambda: robustness.accuracy(f(x), y01),
                lambda: robustness.robust_accuracy(f, x, y01, eps=eps, norm='l2', steps=5,
-                                                  step_size=0.5, restarts=1, key=K),
+                                                  rel_step_size=0.5, restarts=1, key=K),
                lambda: evaluate_robust_accuracy(f, x, y01, eps=eps, norm='l2', key=K)):
     with pytest.raises(ValueError, match=r'^y: labels in \{0, 1\} with scalar logits'):
       call()
@@ -216,7 +216,7 @@ def test_robust_accuracy_takes_one_radius_or_a_sequence(binary):
   f, w, x, y = binary
   exact = np.asarray(affine_min_distance(w, -0.3, x, y, 'l2'))
   eps = [_between(exact, 17), _between(exact, 40)]
-  kw = dict(norm='l2', steps=5, step_size=0.5, restarts=1, key=K)
+  kw = dict(norm='l2', steps=5, rel_step_size=0.5, restarts=1, key=K)
   one = robustness.robust_accuracy(f, x, y, eps=eps[0], **kw)
   chex.assert_shape(one, ())
   many = robustness.robust_accuracy(f, x, y, eps=eps, **kw)

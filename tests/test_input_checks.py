@@ -68,7 +68,7 @@ ENTRIES = {
     'evaluate_robust_accuracy': lambda m, x, y, eps, budget, bounds: evaluate_robust_accuracy(
         m, x, y, eps=eps, norm='linf', key=K, n_iter=budget, bounds=bounds),
     'robust_accuracy': lambda m, x, y, eps, budget, bounds: robustness.robust_accuracy(
-        m, x, y, eps=eps, norm='linf', steps=budget, step_size=0.25, restarts=1, key=K,
+        m, x, y, eps=eps, norm='linf', steps=budget, rel_step_size=0.25, restarts=1, key=K,
         bounds=bounds),
     'robustness_curve': lambda m, x, y, eps, budget, bounds: robustness.robustness_curve(
         m, x, y, eps=[0.0, eps], norm='linf', key=K, n_iter=budget, bounds=bounds),
@@ -148,7 +148,7 @@ def test_issue_example_points_outside_bounds_refused():
   _one_line(e, f'x: {outside} of 200 points lie outside bounds=(0, 1) (by up to 0.29')
   f = jax.tree_util.Partial(affine_logits, jnp.array([1.0, -1.0]), 0.0)
   with pytest.raises(ValueError, match='^x: .* outside bounds'):
-    robustness.robust_accuracy(f, x, jnp.where(f(x) > 0, 1, -1), steps=3, step_size=0.25,
+    robustness.robust_accuracy(f, x, jnp.where(f(x) > 0, 1, -1), steps=3, rel_step_size=0.25,
                                restarts=1, **kw)
 
 

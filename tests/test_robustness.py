@@ -13,7 +13,7 @@ def test_binary_affine_model_exact_robust_accuracy():
   y = jnp.where(jax.random.uniform(jax.random.PRNGKey(1), (400,)) < 0.5, -1.0, 1.0)
   logits = lambda x: x @ w + b
   eps = [0.0, 0.2, 0.5, 1.0, 3.0]
-  got = robust_accuracy(logits, x, y, eps=eps, norm='l2', steps=10, step_size=0.5, restarts=1,
+  got = robust_accuracy(logits, x, y, eps=eps, norm='l2', steps=10, rel_step_size=0.5, restarts=1,
                         key=key)
   dist = y * logits(x) / jnp.linalg.norm(w)  # signed l2 distance to the boundary
   exact = [float(jnp.mean(dist > e)) for e in eps]
@@ -28,7 +28,7 @@ def test_multiclass_affine_model_exact_linf_robust_accuracy():
   y = jax.random.randint(k_y, (300,), 0, 4)
   logits = lambda x: x @ w
   eps = [0.05, 0.2]
-  got = robust_accuracy(logits, x, y, eps=eps, norm='linf', steps=20, step_size=0.25,
+  got = robust_accuracy(logits, x, y, eps=eps, norm='linf', steps=20, rel_step_size=0.25,
                         restarts=1, key=k_x)
   # Exact linf distance of an affine classifier: min_k (z_y - z_k) / ||w_y - w_k||_1.
   z = logits(x)

@@ -1,4 +1,8 @@
-"""Attacks: pure, jit-compiled functions of a loss or a model over a batch of inputs."""
+"""Attacks: pure, jit-compiled functions of a loss or a model over a batch of inputs.
+
+Every attack name (the ensemble's members, adversarial_distance's methods) and its
+kind is in ``robustjax.attacks.registry``.
+"""
 from robustjax.attacks.apgd import apgd
 from robustjax.attacks.decision import decision_attack, hopskipjump, tangent_attack
 from robustjax.attacks.ensemble import evaluate_robust_accuracy

@@ -31,13 +31,16 @@ linf and l2:
               accuracy 0.311 'simple' vs 0.456 published,
               ``benchmarks/square_l2.py``).
 
-Attack names: 'apgd-ce', 'apgd-dlr' (margin loss with < 3 classes), 'apgd-t'
-(targeted DLR against each runner-up class in turn; targeted margin with < 4
-classes), 'fab' (untargeted FAB), 'fab-t' (FAB against each runner-up class),
-'fmn' (targeted FMN against each runner-up class; broken when its minimal
-point is within eps), 'square' (score-based black box). The targeted
-members, like the reference's, attack the runner-up classes one at a time,
-each rank on the points earlier ranks left robust.
+Attack names (the 'fixed' kind of ``attacks.registry``): 'apgd-ce',
+'apgd-dlr' (margin loss with < 3 classes), 'apgd-t' (targeted DLR against
+each runner-up class in turn; targeted margin with < 4 classes), 'fab'
+(untargeted FAB), 'fab-t' (FAB against each runner-up class), 'fmn'
+(targeted FMN against each runner-up class; broken when its minimal point is
+within eps), 'square' (score-based black box). The targeted members, like
+the reference's, attack the runner-up classes one at a time, each rank on the
+points earlier ranks left robust. A minimal-distance method (the registry's
+'minimal' kind, e.g. 'tangent') is refused: it measures a distance, not the
+robust accuracy at eps (``metrics.robustness.adversarial_distance``).
 
 Batches: points go through every attack in chunks of one compiled size,
 ``min(batch_size, n)`` (AutoAttack's ``bs``); the last chunk is padded with
@@ -83,16 +86,17 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import checks
-from robustjax.attacks import common, health
+from robustjax.attacks import common, health, registry
 from robustjax.attacks import fab as fab_mod
 from robustjax.attacks import minimal
 from robustjax.attacks import square as square_mod
 from robustjax.attacks.apgd import LOSSES, _apgd, resolve_loss
+from robustjax.attacks.registry import FIXED
 
 VERSIONS = ('standard', 'plus', 'rand', 'custom')
-ATTACKS = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab', 'fab-t', 'fmn', 'square')
-WHITE_BOX = ('apgd-ce', 'apgd-dlr', 'apgd-t', 'fab', 'fab-t', 'fmn')
-TARGETED = ('apgd-t', 'fab-t', 'fmn')
+ATTACKS = registry.names(FIXED)
+WHITE_BOX = tuple(a for a in ATTACKS if registry.get(a, FIXED).white_box)
+TARGETED = tuple(a for a in ATTACKS if registry.get(a, FIXED).targeted)
 CUSTOM_ATTACKS = ('apgd-ce', 'apgd-t', 'fmn', 'square')
 DEFAULT_ATTACKS = CUSTOM_ATTACKS   # the 'custom' version's default list
 DEFAULT_VERSION = 'standard'
@@ -120,7 +124,6 @@ VERSION_BUDGETS = {
                    fmn_steps=100, square_queries=5000, eot_iter=1, square_l2_update='simple'),
 }
 
-_APGD_LOSS = {'apgd-ce': 'ce', 'apgd-dlr': 'dlr', 'apgd-t': 'dlr-t'}
 _CLEAN, _VERIFY = 0xC1EA, 0x7E57   # tags of a randomised model's clean / re-check draws
 _RANDOMNESS_CALLS = 5              # the reference's check_randomized: n = 5, alpha = 1e-4
 _RANDOMNESS_TOL = 1e-4
@@ -159,25 +162,29 @@ class Member(NamedTuple):
     return zlib.crc32(self.name.encode()) & 0x7FFFFFFF
 
   @property
+  def family(self) -> str:
+    return registry.get(self.name, FIXED).family
+
+  @property
   def program(self) -> Program:
-    if self.name.startswith('apgd'):
+    if self.family == 'apgd':
       return Program('apgd', self.norm, n_iter=self.n_iter, randomized=self.randomized)
-    if self.name in ('fab', 'fab-t'):
-      return Program(self.name, self.norm, n_iter=self.steps, restarts=self.restarts)
-    if self.name == 'fmn':
+    if self.family in ('fab', 'fab-t'):
+      return Program(self.family, self.norm, n_iter=self.steps, restarts=self.restarts)
+    if self.family == 'fmn':
       return Program('fmn', self.norm, n_iter=self.steps)
     return Program('square', self.norm, queries=self.queries,
                    l2_update=self.l2_update if self.norm == 'l2' else '')
 
   def budget(self, n_target_classes: int) -> dict:
     """The budget in the reference's terms, for the result's record."""
-    if self.name.startswith('apgd'):
+    if self.family == 'apgd':
       b = dict(n_iter=self.n_iter, restarts=self.restarts, loss=self.loss, rho=0.75)
       if self.randomized:
         b['eot_iter'] = self.eot_iter
-    elif self.name in ('fab', 'fab-t'):
+    elif self.family in ('fab', 'fab-t'):
       b = dict(n_iter=self.steps, restarts=self.restarts, alpha_max=0.1, eta=1.05, beta=0.9)
-    elif self.name == 'fmn':
+    elif self.family == 'fmn':
       b = dict(steps=self.steps)
     else:
       b = dict(n_queries=self.queries, p_init=0.8)
@@ -312,18 +319,21 @@ def _check_budgets(b):
 
 
 def _members(attacks, norm, b, num_classes, randomized):
+  """(Member, note) per name: each registry entry's family with the budgets ``b``."""
   out = []
   for name in attacks:
-    if name.startswith('apgd'):
-      loss, note = resolve_loss(_APGD_LOSS[name], num_classes)
-      restarts = 1 if name == 'apgd-t' else b['restarts']
+    entry = registry.get(name, FIXED)
+    if entry.family == 'apgd':
+      loss, note = resolve_loss(entry.options['loss'], num_classes)
+      # APGD-T runs 1 restart per target class, as the reference.
+      restarts = 1 if entry.targeted else b['restarts']
       m = Member(name, norm, loss=loss, n_iter=b['n_iter'], restarts=restarts,
                  eot_iter=b['eot_iter'] if randomized else 1, randomized=randomized)
       out.append((m, note))
-    elif name in ('fab', 'fab-t'):
-      restarts = 1 if name == 'fab-t' else b['fab_restarts']
+    elif entry.family in ('fab', 'fab-t'):
+      restarts = 1 if entry.targeted else b['fab_restarts']
       out.append((Member(name, norm, steps=b['fab_steps'], restarts=restarts), None))
-    elif name == 'fmn':
+    elif entry.family == 'fmn':
       out.append((Member(name, norm, steps=b['fmn_steps']), None))
     else:
       out.append((Member(name, norm, queries=b['square_queries'],
@@ -359,8 +369,9 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
       default because it is the number papers report as AutoAttack and
       compare across libraries (the reference's default too); robustjax's
       earlier default cascade is version='custom' (or any ``attacks=``).
-    attacks: names from ``ATTACKS``, run in this order; only with
-      version 'custom' (default there: ``CUSTOM_ATTACKS``), as the reference.
+    attacks: names from ``ATTACKS`` (= ``registry.names('fixed')``), run in
+      this order; only with version 'custom' (default there:
+      ``CUSTOM_ATTACKS``), as the reference. A 'minimal' name is refused.
     bounds: None or (lo, hi) input domain, lo < hi; x must lie inside it.
     batch_size: points per compiled program (AutoAttack's ``bs``; default
       250); None runs all n at once. Results do not depend on it, memory
@@ -404,9 +415,10 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
   attacks = tuple(VERSION_ATTACKS[version] if attacks is None else attacks)
   if not attacks:
     raise ValueError(f'attacks: needs at least one of {ATTACKS}')
-  for a in attacks:
-    checks.choice(a, ATTACKS, 'attacks')
+  entries = [registry.get(a, FIXED, 'attacks') for a in attacks]
   checks.norm(norm)
+  for e in entries:
+    registry.check_norm(e, norm)
   checks.radius(eps, name='eps', per_example=False)
   batch_size = checks.optional_budget(batch_size, 'batch_size')
   given = dict(n_iter=n_iter, restarts=restarts, n_target_classes=n_target_classes,

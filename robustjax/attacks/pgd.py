@@ -154,7 +154,8 @@ def pgd(loss_fn: Callable[[jax.Array], jax.Array], x: jax.Array, *, eps, norm: s
     eps: radius, scalar or per-example (n,). eps = 0 returns x.
     norm: 'l2' or 'linf'.
     steps: gradient steps (>= 1); steps=1 with random_start=False is FGSM/FGM.
-    step_size: absolute step length, scalar or (n,).
+    step_size: absolute step length (the units of eps), scalar or (n,); a
+      step relative to eps is ``rel_step_size`` (``PGDSpec``, library-wide).
     key: PRNG key for the random starts.
     random_start: start uniformly in the ball (see module doc) or at x.
     restarts: independent starts; the best per example is returned.

@@ -207,7 +207,7 @@ def _evaluate_runs(params, worlds, thetas, keys, *, logit_fn, model, spec, num_e
     def at(args):
       e, i = args
       return robustness.robust_accuracy(
-          f, x, y, eps=e, norm=norm, steps=steps, step_size=rel_step_size, restarts=restarts,
+          f, x, y, eps=e, norm=norm, steps=steps, rel_step_size=rel_step_size, restarts=restarts,
           key=jax.random.fold_in(k_attack, i))
 
     robust = jax.lax.map(at, (jnp.asarray([eps[i] for i in radii], x.dtype),

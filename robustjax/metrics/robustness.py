@@ -18,7 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import checks, losses
-from robustjax.attacks import common, decision, health, minimal, pgd
+from robustjax.attacks import common, health, pgd, registry
 from robustjax.attacks.ensemble import (RANDOMNESS_MSG, black_box_check,
                                         evaluate_robust_accuracy)
 
@@ -45,8 +45,9 @@ def accuracy(logits: jax.Array, y: jax.Array) -> jax.Array:
 
 
 def robust_accuracy(logit_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y: jax.Array,
-                    *, eps: float | Sequence[float], norm: str, steps: int, step_size: float,
-                    restarts: int, key: chex.PRNGKey, bounds=None) -> jax.Array:
+                    *, eps: float | Sequence[float], norm: str, steps: int,
+                    rel_step_size: float | None = None, restarts: int, key: chex.PRNGKey,
+                    bounds=None, **renamed) -> jax.Array:
   """Accuracy under PGD on the negative margin at each eps.
 
   Args:
@@ -56,7 +57,12 @@ def robust_accuracy(logit_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y:
     eps: one radius (float >= 0): a scalar result; or a sequence of radii:
       shape (len(eps),).
     norm: 'l2' or 'linf'; steps, restarts: integers >= 1.
-    step_size: relative: each radius uses ``step_size * eps`` (>= 0).
+    rel_step_size: the PGD step as a fraction of each radius: radius e uses
+      the absolute step ``rel_step_size * e`` (>= 0), as ``PGDSpec`` and the
+      configs' ``rel_step_size``. (``step_size``, its former name here, is
+      refused with a TypeError: library-wide ``step_size`` means an absolute
+      step, as in ``attacks.pgd``, and silently reading 0.25 as absolute would
+      change results.)
     key: PRNG key; bounds: None or (lo, hi).
 
   The attack maximises the negative margin (CW-style), so the best iterate
@@ -66,11 +72,15 @@ def robust_accuracy(logit_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y:
   Raises ValueError / TypeError (one line naming the argument) on bad input;
   outside ``jit`` warns when the outputs look like probabilities.
   """
+  checks.renamed('robust_accuracy', renamed, step_size=(
+      'rel_step_size', 'relative to eps: each radius e steps rel_step_size * e'))
+  if rel_step_size is None:   # (a default only so that the former name gets its own message)
+    raise TypeError("robust_accuracy() missing 1 required keyword-only argument: 'rel_step_size'")
   eps_list, is_seq = checks.radii(eps)
   checks.norm(norm)
   steps = checks.budget(steps, 'steps')
   restarts = checks.budget(restarts, 'restarts')
-  checks.number(step_size, 'step_size', low=0, what=' (relative to eps)')
+  checks.number(rel_step_size, 'rel_step_size', low=0, what=' (relative to eps)')
   checks.inputs(x)
   checks.bounds(bounds)
   checks.inside(x, bounds)
@@ -86,7 +96,7 @@ def robust_accuracy(logit_fn: Callable[[jax.Array], jax.Array], x: jax.Array, y:
   attack_loss = jax.tree_util.Partial(_neg_margin, logit_fn, y)
   accs = []
   for i, e in enumerate(eps_list):
-    x_adv = pgd(attack_loss, x, eps=e, norm=norm, steps=steps, step_size=step_size * e,
+    x_adv = pgd(attack_loss, x, eps=e, norm=norm, steps=steps, step_size=rel_step_size * e,
                 key=jax.random.fold_in(key, i), restarts=restarts, bounds=bounds)
     z = logit_fn(x_adv)
     broken = (losses.margin(z, y) <= 0) & health.rows_finite(x_adv, z)
@@ -100,19 +110,7 @@ def _neg_margin(logit_fn, y, x):
 
 # --- Adversarial distance (Paper B) -----------------------------------------
 
-DISTANCE_METHODS = ('fmn', 'ddn', 'bisection', 'hopskipjump', 'tangent')
-
-
-def _run_distance_method(method, predict_fn, x, y, key, bounds, kwargs):
-  """(x_adv, distances, queries or None) for one batch."""
-  if method in ('fmn', 'ddn'):
-    x_adv, dist = minimal.fmn(predict_fn, x, y, bounds=bounds, **kwargs)
-    return x_adv, dist, None
-  if method == 'bisection':
-    x_adv, dist = minimal.bisection(predict_fn, x, y, key=key, bounds=bounds, **kwargs)
-    return x_adv, dist, None
-  return decision.decision_attack(predict_fn, x, y, method=method, key=key, bounds=bounds,
-                                  **kwargs)
+DISTANCE_METHODS = registry.names(registry.MINIMAL)
 
 
 def distance_summary(distances) -> dict:
@@ -143,9 +141,13 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   Args:
     predict_fn: batch -> logits (n, C) with integer labels, or scalar logits
       (n,) with labels in {-1, +1}.
-    method: 'fmn' (white-box minimal norm; 'ddn' is accepted and runs FMN, the
-      same family), 'bisection' (radius bisection over PGD), 'hopskipjump' or
-      'tangent' (hard-label, l2, TangentAttack hemisphere variant).
+    method: a minimal-distance method of ``attacks.registry`` (its 'minimal'
+      kind, ``DISTANCE_METHODS``): 'fmn' (white-box minimal norm; 'ddn' is
+      accepted and runs FMN, the same family), 'bisection' (radius bisection
+      over PGD), 'hopskipjump' or 'tangent' (hard-label, l2 only,
+      TangentAttack hemisphere variant). A fixed-radius attack ('apgd-ce',
+      ...) is refused: it measures robust accuracy at one eps
+      (``evaluate_robust_accuracy``).
     key: PRNG key.
     method_kwargs: passed to ``attacks.fmn`` / ``attacks.bisection`` /
       ``attacks.decision_attack`` (e.g. norm='linf', iterations=40).
@@ -157,13 +159,15 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   (:func:`distance_summary`).
 
   Raises ValueError / TypeError (one line naming the argument) on a bad
-  method, max_points / batch_size (integers >= 1 or None), bounds, dtype or
-  label (the attacks check their own options); points outside ``bounds`` are
+  method, a norm the method does not support, max_points / batch_size
+  (integers >= 1 or None), bounds, dtype or label (the attacks check their
+  own options); points outside ``bounds`` are
   refused. For the gradient-based methods, warns when the outputs look like
   probabilities (hard-label methods see only the argmax, which they do not
   change).
   """
-  checks.choice(method, DISTANCE_METHODS, 'method')
+  entry = registry.get(method, registry.MINIMAL, 'method')
+  norm = registry.check_norm(entry, checks.norm(method_kwargs.get('norm', 'l2')))
   max_points = checks.optional_budget(max_points, 'max_points')
   batch_size = checks.optional_budget(batch_size, 'batch_size')
   logits_fn, yi, _, _ = common.checked_lift(predict_fn, x, y, bounds)
@@ -172,7 +176,7 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   y = np.asarray(y)
   clean_logits = common.logits_of(logits_fn, x, batch_size)
   prob = bool(health.looks_like_probabilities(clean_logits))
-  if method in ('fmn', 'ddn', 'bisection'):
+  if entry.white_box:
     health.warn(health.messages('adversarial_distance', dict(prob=prob)), stacklevel=3)
   correct = np.asarray(common.margin(clean_logits, yi) > 0)
   indices = np.nonzero(correct)[0]
@@ -181,7 +185,6 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   if indices.size == 0:  # the summary's statistics are then nan: say why
     warnings.warn(f'adversarial_distance: none of the {len(yi)} points is classified correctly '
                   '(margin > 0): no distance to measure', RuntimeWarning, stacklevel=2)
-  norm = checks.norm(method_kwargs.get('norm', 'l2'))
   bs = max(len(indices), 1) if batch_size is None else batch_size
   dists, queries, advs = [], [], []
   for b, start in enumerate(range(0, len(indices), bs)):
@@ -194,11 +197,12 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
       idx = common.padded(idx, bs)
     xb, yb = x[idx], y[idx]
     # FMN draws nothing; the others get a key per batch.
-    kb = key if method in ('fmn', 'ddn') else jax.random.fold_in(key, b)
+    kb = jax.random.fold_in(key, b) if entry.random else key
     with warnings.catch_warnings():
       # Said once above, not once per batch.
       warnings.filterwarnings('ignore', message='.*look like probabilities')
-      x_adv, dist, q = _run_distance_method(method, predict_fn, xb, yb, kb, bounds, method_kwargs)
+      x_adv, dist, q = registry.run_minimal(method, predict_fn, xb, yb, key=kb, bounds=bounds,
+                                            **method_kwargs)
     # Count only points that re-check as misclassified (finite point and
     # logits), at their true distance.
     wrong, true_d = (np.asarray(a)[:m] for a in _recheck(logits_fn, xb, yi[idx], x_adv, norm=norm))
@@ -210,7 +214,7 @@ def adversarial_distance(predict_fn: Callable, x, y, *, method: str, key: chex.P
   return dict(distances=distances, indices=indices,
               queries=np.concatenate(queries) if queries else None,
               x_adv=np.concatenate(advs) if advs else np.zeros((0,) + x.shape[1:]),
-              method='fmn' if method == 'ddn' else method,
+              method=entry.runs,
               summary=distance_summary(distances))
 
 
