@@ -275,3 +275,15 @@ def test_barlow_recipe_reduces_the_loss_with_bounded_weights(recipe):
     assert norm.max() < 2 * norm[0], norm
   else:
     assert norm[-1] > 10 * norm[0], norm
+
+
+@pytest.mark.parametrize('kind,keys,match', [
+    ('robust', np.zeros((2, 2), np.uint32), "kind must be one of \\('clean', 'adversarial'"),
+    ('clean', np.zeros((2,), np.uint32), r'keys must be \(num_seeds, 2\) raw PRNG keys, got '
+                                         r'shape \(2,\)'),
+])
+def test_pretrain_refuses_a_bad_kind_or_keys_before_any_work(kind, keys, match):
+  from robustjax.recipes import image_pretrain
+  cfg = cifar10_ssl.get_config('digits')
+  with pytest.raises(ValueError, match=match):
+    image_pretrain.pretrain(cfg, kind, None, {}, jnp.asarray(keys))
