@@ -1,6 +1,7 @@
 """The image experiments (configs/cifar10_supervised.py, cifar10_ssl.py, transfer.py)."""
 import json
 import math
+import pathlib
 
 import jax.numpy as jnp
 import numpy as np
@@ -10,7 +11,13 @@ import tensorflow_datasets as tfds
 from configs import cifar10_ssl, cifar10_supervised, transfer
 from robustjax import config_validation as cv
 from robustjax.experiments import images
+from robustjax.experiments import runner
 from tests.helpers import launch
+
+# The first run of test_ssl_adversarial_and_rep_end_to_end_and_resume, recorded
+# before images.py moved onto the experiments' runner: its results.json numbers
+# and printed table must not change with the orchestration.
+GOLDEN = pathlib.Path(__file__).parent / 'data' / 'golden_images_tiny.json'
 
 TINY = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=5',
         '--config.checkpoint_every=5', '--config.pretrain.steps=10',
@@ -117,19 +124,54 @@ def _check(res, kinds, num_seeds=2):
     assert math.isfinite(row['distance'][0]) and row['distance'][0] > 0
     assert len(res['distances'][kind]) == num_seeds
     assert math.isfinite(row['train_metrics']['loss'][0])
-  assert (res['plots'] == ['filters.png'])
+  assert res['plots'] == ['filters.png', 'training_curves.png']
+  assert set(res) >= {'config', 'seeds', 'timings', 'summary', 'claims', 'distances', 'plots',
+                      'devices', 'mesh'}
   for name in ('total', 'data') + tuple(f'{p}_{k}' for k in kinds for p in ('pretrain', 'probe')):
     t = res['timings'][name]  # seconds: compile + run = wall
     assert t['compile'] >= 0 and t['run'] >= 0 and abs(t['compile'] + t['run'] - t['wall']) < 0.02
 
 
+def assert_same_numbers(got, want, path='results'):
+  """Same structure, every number within rtol 1e-6 (atol 0), other leaves equal."""
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and list(got) == list(want), (path, list(got), list(want))
+    for k in want:
+      assert_same_numbers(got[k], want[k], f'{path}.{k}')
+  elif isinstance(want, list):
+    assert isinstance(got, list) and len(got) == len(want), (path, got, want)
+    for i, (g, w) in enumerate(zip(got, want)):
+      assert_same_numbers(g, w, f'{path}[{i}]')
+  elif isinstance(want, (int, float)) and not isinstance(want, bool):
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg=path)
+  else:
+    assert got == want, (path, got, want)
+
+
+def _printed_table(stdout: str) -> str:
+  return stdout[:stdout.index('files written:')].rstrip('\n')
+
+
 def test_ssl_adversarial_and_rep_end_to_end_and_resume(tmp_path):
   """RoCL (adversarial SimCLR) and rep-spectral (conv operator norms) on digits,
-  probes with the ensemble and FMN; a rerun resumes from the checkpoints."""
+  probes with the ensemble and FMN, numbers and table as recorded in GOLDEN;
+  one metrics.jsonl line per chunk and job; a rerun resumes from the checkpoints."""
   kinds = ('adversarial', 'rep')
   proc, res = _run(tmp_path, 'configs/cifar10_ssl.py:digits',
                    f'--config.pretrain.kinds={kinds}', '--config.spectral.burn_in=0.5')
   _check(res, kinds)
+  golden = json.loads(GOLDEN.read_text())
+  for key in ('summary', 'claims', 'distances', 'seeds'):
+    assert_same_numbers(res[key], golden[key], key)
+  assert _printed_table(proc.stdout) == golden['printed']
+  # CPU: fused_steps=False, one compiled step per step; still one line per chunk.
+  log = runner.read_metrics(str(tmp_path / runner.METRICS))
+  assert [(r['job'], r['fit'], r['step']) for r in log] == [
+      (f'pretrain_{k}', f'pretrain {k}', s) for k in kinds for s in (5, 10)]
+  assert all(len(r['loss_per_run']) == 2 and r['steps_per_s'] > 0 for r in log)
+  for k in kinds:  # the last chunk's line holds what the summary reports as train_metrics
+    np.testing.assert_allclose([r for r in log if r['job'] == f'pretrain_{k}'][-1]['loss_per_run'],
+                               res['summary'][k]['train_metrics']['loss'], rtol=1e-6)
   assert 'adv distance l2 (fmn)' in proc.stdout and 'filter roughness' in proc.stdout
   assert f'files written:\n  {tmp_path / "results.json"}\n' in proc.stdout
   assert (tmp_path / 'filters.png').stat().st_size > 1000
@@ -138,7 +180,8 @@ def test_ssl_adversarial_and_rep_end_to_end_and_resume(tmp_path):
   again, res2 = _run(tmp_path, 'configs/cifar10_ssl.py:digits',
                      "--config.pretrain.kinds=('adversarial',)", '--config.spectral.burn_in=0.5')
   assert 'pretrain adversarial: resuming from step 10/10' in again.stdout + again.stderr
-  assert res2['summary']['adversarial']['probe_acc'] == res['summary']['adversarial']['probe_acc']
+  assert_same_numbers(res2['summary'], {'adversarial': golden['summary']['adversarial']})
+  assert len(runner.read_metrics(str(tmp_path / runner.METRICS))) == len(log)  # nothing retrained
 
 
 @pytest.mark.slow
@@ -171,11 +214,11 @@ def test_seeds_at_once_equals_all_seeds_at_once(tmp_path):
   keys = jax.random.split(jax.random.PRNGKey(0), 2)
   together, m_together = image_pretrain.pretrain(cfg, 'clean', net, data, keys)
   cfg.pretrain.seeds_at_once = 1
-  apart, m_apart = image_pretrain.pretrain(cfg, 'clean', net, data, keys, str(tmp_path))
+  apart, m_apart = image_pretrain.pretrain(cfg, 'clean', net, data, keys,
+                                           checkpoint_dir=str(tmp_path / 'clean'))
   chex.assert_trees_all_close(apart, together, rtol=1e-5, atol=1e-6)
   chex.assert_trees_all_close(m_apart, m_together, rtol=1e-5, atol=1e-6)
-  assert sorted(p.name for p in (tmp_path / 'checkpoints' / 'clean').iterdir()) == [
-      'seeds_0-0', 'seeds_1-1']
+  assert sorted(p.name for p in (tmp_path / 'clean').iterdir()) == ['seeds_0-0', 'seeds_1-1']
   assert image_pretrain.seed_groups(5, 2) == [range(0, 2), range(2, 4), range(4, 5)]
   assert image_pretrain.seed_groups(3, 0) == [range(0, 3)]
 
@@ -232,3 +275,15 @@ def test_barlow_recipe_reduces_the_loss_with_bounded_weights(recipe):
     assert norm.max() < 2 * norm[0], norm
   else:
     assert norm[-1] > 10 * norm[0], norm
+
+
+@pytest.mark.parametrize('kind,keys,match', [
+    ('robust', np.zeros((2, 2), np.uint32), "kind must be one of \\('clean', 'adversarial'"),
+    ('clean', np.zeros((2,), np.uint32), r'keys must be \(num_seeds, 2\) raw PRNG keys, got '
+                                         r'shape \(2,\)'),
+])
+def test_pretrain_refuses_a_bad_kind_or_keys_before_any_work(kind, keys, match):
+  from robustjax.recipes import image_pretrain
+  cfg = cifar10_ssl.get_config('digits')
+  with pytest.raises(ValueError, match=match):
+    image_pretrain.pretrain(cfg, kind, None, {}, jnp.asarray(keys))

@@ -29,14 +29,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax import config_validation as cv
-from robustjax import report, timing
+from robustjax import report
 from robustjax.attacks import ensemble
 from robustjax.data import images
+from robustjax.experiments import runner
 from robustjax.models.ssl import encoder_variables
 from robustjax.recipes import image_pretrain, probe
 from robustjax.train import sharding
 
 KINDS = tuple(image_pretrain.KINDS)
+CHECKPOINTS = 'checkpoints'  # <workdir>/checkpoints/<kind>: each kind's pre-training
 
 
 # --- config --------------------------------------------------------------------
@@ -58,7 +60,8 @@ def _data_dir_ok(cfg, name: str):
 
 
 def validate(cfg) -> None:
-  """Raises ConfigError on the first field the run cannot use."""
+  """Returns None for a config the run can use; raises ConfigError (one line
+  naming the field and what is allowed) on the first field it cannot."""
   cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'pretrain.steps', 'pretrain.batch_size',
                   'spectral.every_k', 'spectral.iters', 'spectral.warmup_iters',
                   'attack.steps', 'attack.restarts', 'probe.max_iter', 'eval.num_points',
@@ -124,6 +127,10 @@ def validate(cfg) -> None:
 # --- data ----------------------------------------------------------------------
 
 def load(cfg, name: str, classes) -> dict:
+  """Dataset ``name`` (``classes`` only, relabelled 0..K-1; () = all) with
+  ``cfg.data``'s split and caps, on the device: ``{'x_train': (n, H, W, C)
+  float32 in [0, 1], 'y_train': (n,) int32 in [0, K), 'x_test', 'y_test'
+  (likewise), 'num_classes': K}``. Raises ValueError for labels outside [0, K)."""
   d = cfg.data
   x_tr, y_tr, x_te, y_te = images.load(
       name, data_dir=d.data_dir, test_fraction=d.test_fraction, split_seed=d.split_seed,
@@ -138,7 +145,8 @@ def load(cfg, name: str, classes) -> dict:
 
 
 def probe_spec(cfg) -> tuple[str, tuple]:
-  """(dataset, classes) of the probe: its own when given, else the pre-training data's."""
+  """``(dataset name, classes tuple)`` of the probe: its own when given, else the
+  pre-training data's (() = all classes)."""
   explicit = cfg.probe_data.name or cfg.probe_data.classes
   return (cfg.probe_data.name or cfg.data.name,
           tuple(cfg.probe_data.classes) if explicit else tuple(cfg.data.classes))
@@ -147,8 +155,9 @@ def probe_spec(cfg) -> tuple[str, tuple]:
 # --- filters -------------------------------------------------------------------
 
 def first_conv_kernel(params) -> np.ndarray:
-  """The first conv kernel (kh, kw, c_in, c_out) met in the parameter tree's order
-  of definition (the stem)."""
+  """The first conv kernel met in the parameter tree's order of definition (the
+  stem), as a numpy array (kh, kw, c_in, c_out); ``params``: one seed's
+  parameters. Raises ValueError when the tree holds no 4-d leaf."""
   for path, leaf in jax.tree_util.tree_leaves_with_path(params):
     if np.ndim(leaf) == 4:
       return np.asarray(leaf)
@@ -157,8 +166,9 @@ def first_conv_kernel(params) -> np.ndarray:
 
 def roughness(kernel) -> np.ndarray:
   """Per output filter: (||d_h K||^2 + ||d_w K||^2) / ||K||^2 over its taps and
-  input channels (finite differences inside the filter). 0 for a constant
-  filter; larger for filters dominated by high spatial frequencies."""
+  input channels (finite differences inside the filter), as a float64 array
+  (c_out,) of ``kernel`` (kh, kw, c_in, c_out); unitless, in [0, 8]. 0 for a
+  constant filter; larger for filters dominated by high spatial frequencies."""
   k = np.asarray(kernel, np.float64)
   dh, dw = np.diff(k, axis=0), np.diff(k, axis=1)
   num = (dh ** 2).sum(axis=(0, 1, 2)) + (dw ** 2).sum(axis=(0, 1, 2))
@@ -166,7 +176,9 @@ def roughness(kernel) -> np.ndarray:
 
 
 def plot_filters(kernels: dict, path: str, max_filters: int = 32) -> None:
-  """One row per kind: the first layer's filters (seed 0), each scaled to [0, 1]."""
+  """Draws ``kernels`` ({kind: (kh, kw, c_in, c_out)}) to ``path`` (process 0
+  writes; returns None): one row per kind, the first ``max_filters``
+  filters, each scaled to [0, 1]."""
   import matplotlib.pyplot as plt
   n = min(max_filters, next(iter(kernels.values())).shape[-1])
   fig, axes = plt.subplots(len(kernels), n, figsize=(0.55 * n, 0.7 * len(kernels) + 0.3),
@@ -191,6 +203,13 @@ def _ms(values) -> tuple[float, float]:
 
 
 def summarize(results: dict) -> dict:
+  """``run``'s per-kind results as the summary results.json holds, per kind:
+  'probe_acc', 'robust_acc' {str(eps): ...}, 'distance' (l2; per seed the mean
+  over the points FMN broke) and 'roughness', each a (mean, std) over seeds of
+  the finite values ((nan, nan) when none), with the per-seed lists beside
+  them ('<name>_per_seed'); 'distance_failed' (points with no adversarial
+  example found, all seeds) and 'train_metrics' ({name: per seed}, the last
+  chunk's means)."""
   out = {}
   for kind, r in results.items():
     per_seed_dist = [float(np.mean(d[np.isfinite(d)])) if np.isfinite(d).any() else float('nan')
@@ -222,7 +241,9 @@ def _better(summary, a: str, b: str, field, name: str, higher=True) -> report.Cl
 
 
 def claims(summary: dict, cfg) -> list[report.Claim]:
-  """The papers' claims this run can check, each with its numbers and rule."""
+  """The papers' claims this run can check (``report.Claim``: name, holds, rule,
+  numbers {kind: (mean, std)}), in order: Paper A's per eps of ``eval.eps`` and
+  on roughness, then Paper B's; a claim whose kinds did not run is left out."""
   out = []
   for e in cfg.eval.eps:
     out.append(_better(summary, 'adversarial', 'clean', ('robust_acc', str(float(e))),
@@ -238,6 +259,9 @@ def claims(summary: dict, cfg) -> list[report.Claim]:
 
 
 def table(summary: dict, cfg) -> str:
+  """The printed table: one row per kind (probe accuracy, robust accuracy at
+  each eps, l2 adversarial distance, filter roughness as mean +- std over
+  seeds) and a line saying what was trained, probed and attacked."""
   pm = lambda t, f='.3f': f'{t[0]:{f}} +- {t[1]:{f}}'
   eps = [str(float(e)) for e in cfg.eval.eps]
   head = ['kind', 'probe acc'] + [f'robust acc {cfg.eval.norm} {float(e):.4g}' for e in eps] + [
@@ -257,10 +281,35 @@ def table(summary: dict, cfg) -> str:
 
 # --- entry point -----------------------------------------------------------------
 
-def run(cfg, workdir: str) -> dict:
-  timings = {}
-  keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_seeds)
-  with timing.stage(timings, 'data'):
+def key_streams(seed: int, num_seeds: int) -> dict[str, jax.Array]:
+  """The run's named keys, each (num_seeds, 2) uint32, one row per seed:
+  'pretrain' (``image_pretrain.pretrain``'s keys: it initialises with
+  fold_in 0 and draws batches with fold_in 1 of them) and 'eval' (fold_in 2
+  of the same seed keys: the probe evaluation's attacks). Every kind reads
+  the same rows, so a kind's numbers do not depend on which other kinds run;
+  the seed keys are ``split(PRNGKey(seed), num_seeds)``."""
+  seeds = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  return {'pretrain': seeds, 'eval': jax.vmap(lambda k: jax.random.fold_in(k, 2))(seeds)}
+
+
+def checkpoint_dir(workdir: str, kind: str) -> str:
+  """``<workdir>/checkpoints/<kind>``: where ``kind``'s pre-training resumes from
+  (the name every images workdir has used, so older workdirs resume)."""
+  return os.path.join(workdir, CHECKPOINTS, kind)
+
+
+def run(cfg, job_run: runner.Run) -> dict:
+  """Pre-trains and probes every kind of ``cfg.pretrain.kinds``, each part a
+  job of ``job_run`` (``data``, then ``pretrain_<kind>`` and ``probe_<kind>``
+  per kind: timed, training chunks logged to metrics.jsonl).
+
+  Returns ``{'results': {kind: {'probe_acc': (seeds,) fractions, 'robust_acc':
+  {eps: [per seed]}, 'distances': [(m,) per seed], 'roughness': [per seed],
+  'train_metrics': {name: [per seed]}}}, 'kernels': {kind: seed 0's first conv
+  kernel (kh, kw, c_in, c_out)}}`` (``summarize`` turns the results into the
+  summary)."""
+  keys = key_streams(cfg.seed, cfg.num_seeds)
+  with job_run.job('data'):
     pre = load(cfg, cfg.data.name, cfg.data.classes)
     spec = probe_spec(cfg)
     post = pre if spec == (cfg.data.name, tuple(cfg.data.classes)) else load(cfg, *spec)
@@ -268,42 +317,44 @@ def run(cfg, workdir: str) -> dict:
   encoder = net if cfg.pretrain.method == 'supervised' else net.encoder
   results, kernels = {}, {}
   for kind in cfg.pretrain.kinds:
-    with timing.stage(timings, f'pretrain_{kind}'):
-      variables, metrics = image_pretrain.pretrain(cfg, kind, net, pre, keys, workdir)
-      jax.block_until_ready(variables)
+    variables, metrics = job_run.timed(
+        f'pretrain_{kind}', image_pretrain.pretrain, cfg, kind, net, pre, keys['pretrain'],
+        checkpoint_dir=checkpoint_dir(job_run.workdir, kind), fingerprint=job_run.fingerprint)
     if cfg.pretrain.method != 'supervised':
       variables = encoder_variables(variables)
-    with timing.stage(timings, f'probe_{kind}'):
+    with job_run.job(f'probe_{kind}'):
       probes, acc = probe.fit_probes(cfg, encoder, variables, post)
-      ev = probe.evaluate(cfg, encoder, variables, probes, post,
-                          jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys),
+      ev = probe.evaluate(cfg, encoder, variables, probes, post, keys['eval'],
                           desc=f'evaluate {kind}')
     first = [first_conv_kernel(jax.tree.map(lambda a: a[s], variables['params']))
              for s in range(cfg.num_seeds)]
     kernels[kind] = first[0]
     results[kind] = dict(ev, probe_acc=acc, roughness=[float(roughness(k).mean()) for k in first],
                          train_metrics={k: np.asarray(v).tolist() for k, v in metrics.items()})
-  return dict(results=results, kernels=kernels, timings=timings)
+  return dict(results=results, kernels=kernels)
 
 
 def main(cfg, workdir: str) -> dict:
   """Pre-trains, probes and compares every kind; prints the table, the claims and
-  the files written; writes results.json and filters.png."""
-  timings = {}
-  with timing.stage(timings, 'total'):
-    out = run(cfg, workdir)
+  the files written; writes results.json, metrics.jsonl, filters.png and
+  training_curves.png into ``workdir`` (``runner.Run.finish``).
+
+  Returns the summary (``summarize``: ``{kind: {'probe_acc': (mean, std),
+  'robust_acc': {str(eps): (mean, std)}, 'distance': (mean, std) l2, ...}}``).
+  results.json holds it under 'summary', next to 'config', 'seeds' ([seed,
+  num_seeds]), 'timings' (seconds per job, ``timing.record``), 'claims',
+  'distances' ({kind: per seed, per point}), 'plots', 'devices' and 'mesh'.
+  """
+  job_run = runner.Run(cfg, workdir)
+  with job_run.job('total'):
+    out = run(cfg, job_run)
     summary = summarize(out['results'])
     checks = claims(summary, cfg)
-    plot_filters(out['kernels'], os.path.join(workdir, 'filters.png'))
-  timings = dict(out['timings'], total=timings['total'])
-  report.write_json(os.path.join(workdir, 'results.json'), {
-      'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'timings': timings,
-      'summary': summary, 'claims': report.claims_json(checks),
+    plot_filters(out['kernels'], job_run.path('filters.png'))
+  job_run.finish({
+      'seeds': [cfg.seed, cfg.num_seeds], 'summary': summary,
       'distances': {k: [d.tolist() for d in r['distances']] for k, r in out['results'].items()},
-      'plots': ['filters.png'], 'devices': [str(d) for d in jax.devices()],
-      'mesh': dict(cfg.mesh) if sharding.mesh_from_config(cfg.get('mesh')) else None})
-  print(table(summary, cfg))
-  if checks:
-    print(report.claims_text(checks))
-  print(report.files_text(workdir, ['results.json', 'filters.png', 'checkpoints/'], timings))
+      'devices': [str(d) for d in jax.devices()],
+      'mesh': dict(cfg.mesh) if sharding.mesh_from_config(cfg.get('mesh')) else None},
+      text=[table(summary, cfg)], claims=checks, plots=['filters.png'], files=[CHECKPOINTS + '/'])
   return summary

@@ -29,7 +29,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from robustjax import losses, run_record, spectral
+from robustjax import losses, spectral
 from robustjax.attacks import PGDSpec
 from robustjax.attacks.instance import instance_attack
 from robustjax.data import augment
@@ -47,6 +47,10 @@ BOUNDS = (0.0, 1.0)
 
 
 def encoder_from_config(cfg, num_classes: int):
+  """The flax module ``cfg.model`` names (``MODELS``): a ``resnet.SmallCNN`` or a
+  ResNet-18/34 with a ``num_classes``-way readout, whose ``apply(variables, x
+  (n, H, W, C), train=..., features_only=...)`` gives logits (n, num_classes)
+  or pooled features (n, F)."""
   m = cfg.model
   if m.name == 'small_cnn':
     return resnet.SmallCNN(widths=tuple(m.cnn_widths), num_classes=num_classes, padding=m.padding,
@@ -56,7 +60,10 @@ def encoder_from_config(cfg, num_classes: int):
 
 
 def network_from_config(cfg, num_classes: int):
-  """The trained network: the classifier itself (supervised) or encoder + projector (SSL)."""
+  """The trained network (a flax module): the classifier itself (supervised,
+  ``encoder_from_config``) or an ``SSLNet`` of that encoder and an MLP
+  projector of widths ``ssl.projector_dims`` whose output z (n, dims[-1]) the
+  SSL losses compare."""
   encoder = encoder_from_config(cfg, num_classes)
   if cfg.pretrain.method == 'supervised':
     return encoder
@@ -66,6 +73,7 @@ def network_from_config(cfg, num_classes: int):
 
 @dataclasses.dataclass(frozen=True)
 class SSLSpec:
+  """The self-supervised objective of ``pretrain.method`` and its constants."""
   method: str             # 'simclr' | 'barlow_twins'
   temperature: float      # NT-Xent
   barlow_lambda: float    # Barlow Twins' off-diagonal weight
@@ -73,11 +81,14 @@ class SSLSpec:
 
   @classmethod
   def from_config(cls, cfg) -> 'SSLSpec':
+    """The spec of ``cfg.pretrain.method`` with ``cfg.ssl``'s constants."""
     s = cfg.ssl
     return cls(cfg.pretrain.method, float(s.temperature), float(s.barlow_lambda),
                float(s.adv_weight))
 
   def loss(self, z1, z2):
+    """Scalar loss of two views' projections z1, z2 (B, D): SimCLR's NT-Xent
+    (mean over the 2B anchors) or Barlow Twins' (Chen et al. 2020; Zbontar et al. 2021)."""
     if self.method == 'simclr':
       return jnp.mean(losses.nt_xent(z1, z2, self.temperature))
     return losses.barlow_twins(z1, z2, self.barlow_lambda)
@@ -94,7 +105,13 @@ def _ce_of_input(apply, variables, y, x):
 
 def supervised_loss(params, key, aux, batch_stats, *, model, batch_size: int,
                     aug: augment.AugmentSpec, attack: PGDSpec | None):
-  """Cross-entropy on an augmented (and, with ``attack``, adversarial) batch."""
+  """Cross-entropy on an augmented (and, with ``attack``, adversarial) batch.
+
+  Returns ``(loss, (metrics, new_batch_stats))``: the batch's mean cross-entropy
+  (scalar), ``{'accuracy', 'weight_norm'}`` (scalars: the batch's accuracy on
+  the inputs trained on, the parameters' global l2 norm) and the updated
+  BatchNorm statistics (``loop.fit``'s loss with state). ``aux``: (x_train (n,
+  H, W, C) in [0, 1], y_train (n,) int)."""
   x_all, y_all = aux
   k_idx, k_aug, k_att = jax.random.split(key, 3)
   idx = _batch(k_idx, x_all, batch_size)
@@ -118,6 +135,11 @@ def ssl_loss(params, key, aux, batch_stats, *, net: SSLNet, batch_size: int,
   mode) to maximise its contrastive loss against the other views; the loss
   is then ``L(z1, z2) + adv_weight * L(z_adv, z2)``. All views go through one
   training forward pass, so BatchNorm sees them as one batch.
+
+  Returns ``(loss, (metrics, new_batch_stats))``: the scalar loss,
+  ``{'clean_loss', 'weight_norm'}`` (+ ``'adversarial_loss'`` with an attack;
+  scalars) and the updated BatchNorm statistics. ``aux``: (x_train (n, H, W,
+  C) in [0, 1], ...); labels are not used.
   """
   x_all = aux[0]
   k_idx, k1, k2, k_att = jax.random.split(key, 4)
@@ -151,7 +173,8 @@ def _schedule(p):
 
 
 def spectral_tx(cfg, kind: str, net, params, batch_stats, example: jax.Array):
-  """The rep/ll penalty as an optax transformation (identity for 'none').
+  """The rep/ll penalty as an ``optax.GradientTransformation`` (``optax.identity()``
+  for the kinds without one), chained before the optimizer.
 
   rep: the conv (and dense) kernels up to the feature map (the encoder's
   feature layers; the whole backbone for SSL); ll: every kernel, readout or
@@ -173,24 +196,43 @@ def spectral_tx(cfg, kind: str, net, params, batch_stats, example: jax.Array):
 
 
 def seed_groups(num_seeds: int, at_once: int) -> list[range]:
-  """Consecutive groups of at most ``at_once`` seeds (0 = all seeds in one group)."""
+  """Consecutive groups of at most ``at_once`` seeds (0 = all seeds in one group),
+  as ranges of seed indices: ``seed_groups(5, 2) == [range(0, 2), range(2, 4),
+  range(4, 5)]``. Raises ValueError for ``at_once`` not an integer >= 0."""
   if isinstance(at_once, bool) or not isinstance(at_once, int) or at_once < 0:
     raise ValueError(f'at_once must be an integer >= 0 (0 = all seeds), got {at_once!r}')
   size = at_once or num_seeds
   return [range(a, min(a + size, num_seeds)) for a in range(0, num_seeds, size)]
 
 
-def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | None = None,
-             desc: str = ''):
-  """Trains one network per seed key; returns ({'params', 'batch_stats'} stacked, metrics).
+def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, *,
+             checkpoint_dir: str | None = None, fingerprint: dict | None = None,
+             desc: str = '') -> tuple[dict, dict]:
+  """Trains one network per seed key: ``({'params', 'batch_stats'}, metrics)``.
+
+  Returns the variables stacked over seeds (every leaf's leading axis is
+  ``keys.shape[0]``) and the last chunk's training metrics, ``{name:
+  (num_seeds,) float32}`` (``loss``, ``weight_norm`` and ``accuracy``
+  (supervised) or ``clean_loss`` / ``adversarial_loss`` (SSL); module
+  docstring). ``keys``: (num_seeds, 2) uint32, one per seed; seed s
+  initialises with ``fold_in(keys[s], 0)`` and draws its batches from
+  ``fold_in(keys[s], 1)``. ``data``: ``x_train`` (n, H, W, C) in [0, 1] and
+  ``y_train`` (n,) int labels (``images.load``).
 
   The seeds train vmapped, ``pretrain.seeds_at_once`` of them per compiled
   step (0 = all): a step's activation memory grows with the seeds it holds,
   so fewer at once fit a smaller accelerator (configs/cifar10_ssl.py has the
-  figures). Each group is its own resumable fit (checkpoints under
-  ``checkpoints/<kind>/seeds_<a>-<b>`` when there are several groups); its
-  seeds get the same keys, so the same results, as in one group.
+  figures). Each group is its own resumable fit, in ``checkpoint_dir``
+  (one group) or ``<checkpoint_dir>/seeds_<a>-<b>`` (several; no checkpoints
+  when None), saved with ``fingerprint`` (``loop.fit``: a rerun with another
+  refuses); its seeds get the same keys, so the same results, as in one
+  group. Raises ValueError for a ``kind`` not in ``KINDS`` or ``keys`` not
+  (num_seeds, 2).
   """
+  if kind not in KINDS:
+    raise ValueError(f'kind must be one of {tuple(KINDS)}, got {kind!r}')
+  if keys.ndim != 2 or keys.shape[1] != 2:
+    raise ValueError(f'keys must be (num_seeds, 2) raw PRNG keys, got shape {keys.shape}')
   p = cfg.pretrain
   adversarial, _ = KINDS[kind]
   x_train = data['x_train']
@@ -210,21 +252,19 @@ def pretrain(cfg, kind: str, net, data: dict, keys: jax.Array, workdir: str | No
     loss_fn = functools.partial(ssl_loss, net=net, batch_size=p.batch_size, aug=aug,
                                 ssl=SSLSpec.from_config(cfg), attack=attack)
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-  ckpt = os.path.join(workdir, 'checkpoints', kind) if workdir else None
   groups = seed_groups(keys.shape[0], p.seeds_at_once)
+  label = desc or f'pretrain {kind}'
   done = []
   for g in groups:
     take = lambda t, g=g: jax.tree.map(lambda a: a[g.start:g.stop], t)
-    where = ckpt if ckpt is None or len(groups) == 1 else os.path.join(
-        ckpt, f'seeds_{g.start}-{g.stop - 1}')
-    label = desc or f'pretrain {kind}'
+    where = checkpoint_dir if checkpoint_dir is None or len(groups) == 1 else os.path.join(
+        checkpoint_dir, f'seeds_{g.start}-{g.stop - 1}')
     done.append(loop.fit(
         take(states), (x_train, data['y_train']), take(train_keys), loss_fn, steps=p.steps,
         chunk_size=cfg.chunk_size, batched=True, shared_aux=True,
         desc=label if len(groups) == 1 else f'{label} seeds {g.start}-{g.stop - 1}',
         progress=cfg.progress, mesh=cfg.get('mesh'), checkpoint_dir=where,
-        checkpoint_every=cfg.get('checkpoint_every'),
-        fingerprint=run_record.fingerprint(cfg.to_dict()),
+        checkpoint_every=cfg.get('checkpoint_every'), fingerprint=fingerprint,
         fused_steps=jax.default_backend() != 'cpu'))
   if len(done) == 1:
     states, metrics = done[0]

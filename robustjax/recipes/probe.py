@@ -97,7 +97,15 @@ def _seed(tree, s: int):
 
 
 def fit_probes(cfg, model, variables, data: dict):
-  """(probes, test accuracies), both stacked over seeds: one probe per seed."""
+  """One linear probe per seed on the frozen encoder's features: ``(probes,
+  accuracies)``.
+
+  ``variables``: the encoder's ``{'params', 'batch_stats'}`` stacked over
+  seeds; ``data``: ``images.load``'s dict (x_train (n, H, W, C), y_train (n,),
+  x_test, y_test, num_classes K). ``probes``: ``heads.fit_logistic_regression``'s
+  readout stacked over seeds (a kernel (seeds, F, K) and bias (seeds, K));
+  ``accuracies``: (seeds,) float32 numpy, each probe's clean accuracy (a
+  fraction in [0, 1]) on the whole probe test set."""
   mesh, bs = sharding.mesh_from_config(cfg.get('mesh')), cfg.eval.batch_size
   feats = functools.partial(features_per_seed, model, variables, batch_size=bs, mesh=mesh)
   probes = jax.vmap(lambda f: heads.fit_logistic_regression(
@@ -108,8 +116,10 @@ def fit_probes(cfg, model, variables, data: dict):
 
 
 def predict_fn(model, variables, probe, mesh=None) -> jax.tree_util.Partial:
-  """encoder + probe as one predict function (logits), for one seed's variables
-  and probe; with a mesh, points are split over its 'data' axis."""
+  """encoder + probe as one predict function, x (n, H, W, C) -> logits (n, K),
+  for one seed's variables and probe (a ``jax.tree_util.Partial``, so jitted
+  attacks take it as an argument); with a mesh, points are split over its
+  'data' axis."""
   mesh = sharding.mesh_from_config(mesh)
   feature_fn = bind(split_features, (model, points_sharding(mesh)),
                     _replicated(variables, mesh))
@@ -120,6 +130,14 @@ def evaluate(cfg, model, variables, probes, data: dict, keys: jax.Array,
              desc: str = 'evaluate') -> dict:
   """Per-seed robust accuracy at each eps (first ``eval.num_points`` test points)
   and adversarial distances (first ``eval.distance_points`` correct ones).
+
+  Returns ``{'robust_acc': {eps (float): [one fraction in [0, 1] per seed]},
+  'distances': [one (m,) float64 array per seed]}``: the accuracy of encoder +
+  probe under the ``eval.attacks`` ensemble at radius eps (``eval.norm``), and
+  each point's l2 distance to the nearest adversarial example FMN found (inf
+  where it found none; m <= ``eval.distance_points``). ``keys``: (seeds, 2),
+  one per seed: the ensemble at the i-th eps uses ``fold_in(keys[s], i)``, FMN
+  ``keys[s]``.
 
   A progress bar named ``desc`` (shown when ``cfg.progress``) counts the
   attacks: per seed, the ensemble at each eps, then the distance attack.
