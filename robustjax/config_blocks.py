@@ -21,11 +21,6 @@ from robustjax import config_validation as cv
 OPTIMIZERS = ('adam', 'sgd')
 
 
-def _bool(cfg, field: str) -> None:
-  if not isinstance(cv._get(cfg, field), bool):  # pylint: disable=protected-access
-    raise cv.ConfigError(field, 'True or False', cv._get(cfg, field))  # pylint: disable=protected-access
-
-
 def run(cfg, *, min_seeds: int = 1) -> None:
   """The top-level run fields: ``seed`` (an integer), ``num_seeds`` (>= min_seeds),
   ``chunk_size`` and ``checkpoint_every`` (steps, >= 1), ``progress`` (bool)."""
@@ -36,7 +31,7 @@ def run(cfg, *, min_seeds: int = 1) -> None:
   if cfg.num_seeds < min_seeds:
     raise cv.ConfigError('num_seeds', f"an integer >= {min_seeds} (the exponents' intervals are "
                          'over seeds)', cfg.num_seeds)
-  _bool(cfg, 'progress')
+  cv.boolean(cfg, 'progress')
 
 
 def optimizer(cfg, block: str) -> None:
@@ -61,7 +56,7 @@ def attack(cfg, block: str = 'attack', *, norms: Iterable[str] = ('l2', 'linf'),
     cv.number(cfg, f'{block}.eps', low=0)
   cv.positive_int(cfg, f'{block}.steps', f'{block}.restarts')
   cv.number(cfg, f'{block}.rel_step_size', low=0, strict_low=True)
-  _bool(cfg, f'{block}.random_start')
+  cv.boolean(cfg, f'{block}.random_start')
 
 
 def pgd_eval(cfg, block: str = 'eval') -> None:

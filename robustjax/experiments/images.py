@@ -96,8 +96,7 @@ def validate(cfg) -> None:
     cv.number(cfg, 'ssl.temperature', low=0, strict_low=True)
     cv.number(cfg, 'ssl.barlow_lambda', low=0)
     cv.number(cfg, 'ssl.adv_weight', low=0)
-    if not isinstance(cfg.ssl.projector_bias, bool):
-      raise cv.ConfigError('ssl.projector_bias', 'True or False', cfg.ssl.projector_bias)
+    cv.boolean(cfg, 'ssl.projector_bias')
     d = cfg.ssl.projector_dims
     if isinstance(d, str) or not d or not all(isinstance(v, int) and v >= 1 for v in d):
       raise cv.ConfigError('ssl.projector_dims', 'a non-empty list of integers >= 1', d)

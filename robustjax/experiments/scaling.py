@@ -171,8 +171,7 @@ def validate(cfg) -> None:
                          cfg.scaling.fit_eps_factor)
   cv.number(cfg, 'data.noise_std', low=0)
   cv.number(cfg, 'data.magnitude_low', low=0, high=1, strict_low=True)
-  if not isinstance(cfg.data.exact_k, bool):
-    raise cv.ConfigError('data.exact_k', 'True or False', cfg.data.exact_k)
+  cv.boolean(cfg, 'data.exact_k')
   cv.number(cfg, 'model.bias_init', low=0)
   cv.number(cfg, 'model.init_scale', low=0, strict_low=True)
   cv.number(cfg, 'model.readout_init_scale', low=0, strict_low=True)
