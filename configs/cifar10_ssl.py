@@ -69,8 +69,7 @@ def get_config(arg: str | None = None):
   ``cifar10_supervised.TINY``."""
   arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
   variant = arg.variant
-  if arg.tiny and variant not in OFFLINE:
-    common.refuse_tiny(variant, OFFLINE)
+  common.check_tiny(arg, OFFLINE)
   offline = variant.startswith('digits')
   c = cifar10_supervised.get_config('digits' if offline else 'cifar10')
   c.variant = variant

@@ -52,8 +52,7 @@ def get_config(arg: str | None = None):
   (``configs.common.parse_arg``; ``:digits`` and ``:digits,tiny`` for short)."""
   arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
   variant = arg.variant
-  if arg.tiny and variant not in OFFLINE:
-    common.refuse_tiny(variant, OFFLINE)
+  common.check_tiny(arg, OFFLINE)
   c = ml_collections.ConfigDict()
   c.experiment = 'images'
   c.variant = variant

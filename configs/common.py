@@ -132,10 +132,12 @@ def override(cfg: ml_collections.ConfigDict, fields: Mapping[str, Any]) -> ml_co
   return cfg
 
 
-def refuse_tiny(variant: str, offline: tuple) -> None:
-  """ArgError unless ``variant`` is offline: ``tiny`` shrinks the runs that need no data_dir."""
-  raise ArgError(f"config argument tiny: only with an offline variant ({', '.join(offline)}), "
-                 f'got variant {variant!r}')
+def check_tiny(arg: ml_collections.ConfigDict, offline: tuple) -> None:
+  """ArgError when ``arg.tiny`` is set with a variant outside ``offline``:
+  ``tiny`` shrinks the runs that need no data_dir (the tests' runs)."""
+  if arg.tiny and arg.variant not in offline:
+    raise ArgError(f"config argument tiny: only with an offline variant ({', '.join(offline)}), "
+                   f'got variant {arg.variant!r}')
 
 
 def optimizer(name: str, learning_rate: float, weight_decay: float = 0.0,

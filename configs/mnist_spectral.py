@@ -59,8 +59,7 @@ def get_config(arg: str | None = None):
   short), VARIANT one of VARIANTS; ``tiny`` (offline variants) is ``TINY``."""
   arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
   variant = arg.variant
-  if arg.tiny and variant not in OFFLINE:
-    common.refuse_tiny(variant, OFFLINE)
+  common.check_tiny(arg, OFFLINE)
   c = ml_collections.ConfigDict()
   c.experiment = 'spectral'
   c.variant = variant
