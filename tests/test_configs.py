@@ -4,6 +4,7 @@ import importlib
 import ml_collections
 import pytest
 from absl import flags
+from hypothesis import given, strategies as st
 from ml_collections import config_flags
 
 from configs import common
@@ -54,6 +55,15 @@ def test_parse_arg_refuses_in_one_line_naming_the_key(arg, words):
   with pytest.raises(common.ArgError) as e:
     common.parse_arg(arg, **SPEC)
   assert str(e.value) == words
+
+
+@given(variant=st.sampled_from(('digits', 'mnist')), tiny=st.booleans(),
+       lam=st.floats(allow_nan=False), steps=st.integers(),
+       name=st.text(st.characters(blacklist_characters=',', blacklist_categories=('Z', 'C'))))
+def test_parse_arg_reads_back_what_pack_wrote(variant, tiny, lam, steps, name):
+  values = dict(variant=variant, tiny=tiny, lam=lam, steps=steps, name=name)
+  arg = ','.join(f'{k}={v!r}' if isinstance(v, float) else f'{k}={v}' for k, v in values.items())
+  assert common.parse_arg(arg, **SPEC).to_dict() == values
 
 
 def test_parse_arg_refuses_a_default_it_cannot_type():
