@@ -215,20 +215,50 @@ def unknown_field(cfg, overrides) -> str | None:
   return None
 
 
+# What a --config.FIELD override of each type must look like.
+_TYPE_WORDS = ((bool, 'True or False'), (int, 'an integer'), (float, 'a number'),
+               (tuple, 'a tuple such as (1, 2)'), (str, 'a string'))
+_BAD_OVERRIDE = re.compile(r'^flag --config\.([\w.]+)=(.*?): ')
+# A traceback's last line starts with the exception's (qualified) name; the
+# one-line error keeps only its message.
+_EXCEPTION_NAME = re.compile(r'^(?:[A-Za-z_][\w]*\.)*[A-Za-z_]\w*(?:Error|Exception|Exit): ')
+
+
+def bad_override(cfg, text: str) -> str | None:
+  """The one-line error for an override absl could not convert to its field's
+  type (``text``: absl's message, 'flag --config.FIELD=VALUE: ...'): the field,
+  the type it takes and its default. None when ``text`` is another error."""
+  m = _BAD_OVERRIDE.match(text)
+  if m is None or cfg is None:
+    return None
+  node = cfg
+  for part in m.group(1).split('.'):
+    if not hasattr(node, 'keys') or part not in node.keys():
+      return None
+    node = node[part]
+  words = next((w for t, w in _TYPE_WORDS if isinstance(node, t)), None)
+  if words is None:
+    return None
+  return f'config.{m.group(1)}: must be {words} (default {node!r}), got {m.group(2)!r}'
+
+
 def parse_flags(argv):
   """absl flag parsing, but a bad flag, override or stray argument is one line and exit 2."""
   try:
     rest = flags.FLAGS(argv)
   except Exception as e:  # noqa: BLE001 - includes errors in the config file itself
     msg = None
+    text = str(e.args[0]) if e.args else str(e)
     if isinstance(e, (AttributeError, KeyError)):
       overrides = [re.split(r'[= ]', a[len('--config.'):], maxsplit=1)[0]
                    for a in argv[1:] if a.startswith('--config.')]
       cfg = _load_config(argv)
       msg = unknown_field(cfg, overrides) if cfg is not None else None
+    elif _BAD_OVERRIDE.match(text):
+      msg = bad_override(_load_config(argv), text)
     if msg is None:  # the parser's own words, as one line without quoting artefacts
-      text = str(e.args[0]) if e.args else str(e)
-      msg = ' '.join((text.strip().splitlines() or [type(e).__name__])[-1].split())
+      line = ' '.join((text.strip().splitlines() or [type(e).__name__])[-1].split())
+      msg = _EXCEPTION_NAME.sub('', line)
     print(f'error: {msg}', file=sys.stderr)
     sys.exit(2)
   if len(rest) > 1:

@@ -57,14 +57,19 @@ nothing else on an accelerator a batch of 512-1024 images already fills
 'data' axis the seeds divide, ``seeds_at_once = 0`` splits them over the
 devices instead.
 """
-from configs import cifar10_supervised
+from configs import cifar10_supervised, common
 
 VARIANTS = ('cifar10', 'barlow', 'digits', 'digits_barlow')
+OFFLINE = ('digits', 'digits_barlow')
 
 
-def get_config(variant: str = 'cifar10'):
-  if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
+def get_config(arg: str | None = None):
+  """``--config=configs/cifar10_ssl.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
+  (``configs.common.parse_arg``; ``:digits,tiny`` for short); ``tiny`` is
+  ``cifar10_supervised.TINY``."""
+  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  variant = arg.variant
+  common.check_tiny(arg, OFFLINE)
   offline = variant.startswith('digits')
   c = cifar10_supervised.get_config('digits' if offline else 'cifar10')
   c.variant = variant
@@ -91,4 +96,4 @@ def get_config(variant: str = 'cifar10'):
     c.ssl.update(projector_dims=(256,), projector_bias=False, barlow_lambda=5e-3)
     c.spectral.update(lam=0.01, burn_in=0.9, every_k=24)
     c.augment.update(min_scale=0.08)
-  return c
+  return common.override(c, cifar10_supervised.TINY) if arg.tiny else c

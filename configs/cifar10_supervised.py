@@ -32,12 +32,27 @@ small-scale check of the claims, not the papers' tables.
 """
 import ml_collections
 
+from configs import common
+
 VARIANTS = ('cifar10', 'digits')
+OFFLINE = ('digits',)
+# ``tiny`` (offline variants, here and in cifar10_ssl.py and transfer.py): the
+# tests' size: 2 seeds, 10 steps of 32 images, an 8-16 CNN, APGD-CE only on 32
+# points, FMN on 16.
+TINY = {'num_seeds': 2, 'progress': False, 'chunk_size': 5,
+        'checkpoint_every': 5, 'pretrain.steps': 10,
+        'pretrain.batch_size': 32, 'model.cnn_widths': (8, 16),
+        'attack.steps': 2, 'eval.num_points': 32, 'eval.n_iter': 5,
+        'eval.attacks': ('apgd-ce',), 'eval.distance_points': 16,
+        'eval.fmn_steps': 5, 'eval.batch_size': 64, 'probe.max_iter': 30}
 
 
-def get_config(variant: str = 'cifar10'):
-  if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
+def get_config(arg: str | None = None):
+  """``--config=configs/cifar10_supervised.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
+  (``configs.common.parse_arg``; ``:digits`` and ``:digits,tiny`` for short)."""
+  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  variant = arg.variant
+  common.check_tiny(arg, OFFLINE)
   c = ml_collections.ConfigDict()
   c.experiment = 'images'
   c.variant = variant
@@ -47,7 +62,7 @@ def get_config(variant: str = 'cifar10'):
   c.progress = True
   c.resume = 'check'  # a rerun in a workdir of another config refuses; 'overwrite' starts afresh
   c.checkpoint_every = 2000
-  c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
+  c.mesh = common.mesh(data=1, model=1)
 
   # What the encoder is pre-trained on ...
   c.data = ml_collections.ConfigDict(dict(
@@ -75,10 +90,7 @@ def get_config(variant: str = 'cifar10'):
       kinds=('clean', 'adversarial', 'rep', 'll'),
       steps=78_000,          # 200 epochs of 50k images at batch 128
       batch_size=128,
-      optimizer='sgd',
-      learning_rate=0.1,
-      momentum=0.9,
-      weight_decay=5e-4,
+      **common.optimizer('sgd', learning_rate=0.1, momentum=0.9, weight_decay=5e-4),
       schedule='cosine',     # 'cosine' | 'constant'
       seeds_at_once=0,       # seeds per compiled step (0 = all): memory grows with it
   ))
@@ -92,8 +104,7 @@ def get_config(variant: str = 'cifar10'):
       min_scale=0.2,
   ))
   # The training-time attack of the 'adversarial' kind.
-  c.attack = ml_collections.ConfigDict(dict(
-      norm='linf', eps=8 / 255, steps=10, rel_step_size=0.25, restarts=1, random_start=True))
+  c.attack = common.attack(norm='linf', eps=8 / 255, steps=10, rel_step_size=0.25)
   c.spectral = ml_collections.ConfigDict(dict(
       lam=1e-2,              # lam * sum sigma_max^2
       burn_in=0.8,           # share of pre-training steps before the penalty switches on
@@ -133,4 +144,4 @@ def get_config(variant: str = 'cifar10'):
     c.spectral.update(lam=0.1, burn_in=0.5)
     c.eval.update(num_points=359, eps=(0.25, 0.5), norm='l2', n_iter=25, n_target_classes=3,
                   distance_points=200, fmn_steps=50)
-  return c
+  return common.override(c, TINY) if arg.tiny else c

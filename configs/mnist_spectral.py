@@ -37,8 +37,29 @@ it are a small-scale replication, not Paper B's MNIST table.
 """
 import ml_collections
 
+from configs import common
 
-def get_config(variant: str = 'digits'):
+VARIANTS = ('digits', 'digits_sweep', 'mnist')
+OFFLINE = ('digits', 'digits_sweep')
+# ``tiny``: the tests' size: 2 seeds, a 64-32-10 net on 256 / 64 images,
+# 4 epochs (penalty from epoch 2), 16 attacked points, short FMN and
+# TangentAttack runs, an 8 x 8 geometry grid. (xor_spectral.py shares the
+# evaluation part, SHRUNK_EVAL.)
+SHRUNK_EVAL = {'num_seeds': 2, 'progress': False, 'chunk_size': 50,
+               'eval.max_points': 16, 'eval.grid_size': 8,
+               'eval.fmn.steps': 10, 'eval.tangent.iterations': 3,
+               'eval.tangent.init_evals': 20, 'eval.tangent.max_evals': 100}
+TINY = {**SHRUNK_EVAL, 'model.widths': (32,), 'data.max_train': 256, 'data.max_test': 64,
+        'train.batch_size': 64, 'train.epochs': 4, 'regularizer.burn_in_epochs': 2}
+
+
+def get_config(arg: str | None = None):
+  """``--config=configs/mnist_spectral.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
+  (``configs.common.parse_arg``; ``:digits_sweep`` and ``:digits,tiny`` for
+  short), VARIANT one of VARIANTS; ``tiny`` (offline variants) is ``TINY``."""
+  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  variant = arg.variant
+  common.check_tiny(arg, OFFLINE)
   c = ml_collections.ConfigDict()
   c.experiment = 'spectral'
   c.variant = variant
@@ -66,10 +87,7 @@ def get_config(variant: str = 'digits'):
       scale_by_width=True,   # readout (W h + b) / sqrt(2000)
   ))
   c.train = ml_collections.ConfigDict(dict(
-      optimizer='sgd',
-      learning_rate=0.1,
-      momentum=0.9,
-      weight_decay=0.0,
+      **common.optimizer('sgd', learning_rate=0.1, momentum=0.9, weight_decay=0.0),
       batch_size=1024,
       epochs=200,
   ))
@@ -120,6 +138,4 @@ def get_config(variant: str = 'digits'):
   if variant == 'digits_sweep':
     c.sweep.lams = (1e-3, 3e-3, 1e-2, 3e-2)
     c.eval.geometry = False
-  elif variant not in ('digits', 'mnist'):
-    raise ValueError(f"variant must be 'digits', 'digits_sweep' or 'mnist', got {variant!r}")
-  return c
+  return common.override(c, TINY) if arg.tiny else c

@@ -22,12 +22,25 @@ Why these numbers (d = D = 64, k = 4, sigma = 0.1, eps = 0.4):
 """
 import ml_collections
 
+from configs import common
 
 VARIANTS = ('pipeline', 'supervised', 'contrastive', 'pretrain', 'downstream', 'widths', 'scaling')
+# ``tiny``: the tests' size (seconds on a CPU): 8 x 8 data, 16 units, 20 steps
+# per stage, 2 seeds x 2 tasks, 64 test points, one curve radius.
+TINY = {'num_seeds': 2, 'chunk_size': 10, 'progress': False,
+        'data.d': 8, 'data.D': 8, 'data.k': 2, 'model.width': 16,
+        'pretrain.steps': 20, 'pretrain.batch_size': 32,
+        'attack.steps': 2, 'downstream.num_tasks': 2,
+        'downstream.steps': 20, 'downstream.batch_size': 32,
+        'eval.num_examples': 64, 'eval.eps': (0.2,),
+        'eval.attack_steps': 3, 'contrastive.steps': 20,
+        'contrastive.batch_size': 32, 'contrastive.sweep_alphas': (0.0, 1.0)}
 
 
-def get_config(variant: str = 'pipeline'):
-  """``--config=configs/sparse_coding.py:VARIANT`` with VARIANT one of:
+def get_config(arg: str | None = None):
+  """``--config=configs/sparse_coding.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
+  (``configs.common.parse_arg``; ``:VARIANT`` and ``:VARIANT,tiny`` for short),
+  ``tiny`` the tests' size (``TINY``; the scaling sweep's own), VARIANT one of:
 
   pipeline     supervised and contrastive pre-training, clean downstream heads,
                references, the controlled-purification sweep (default)
@@ -39,8 +52,8 @@ def get_config(variant: str = 'pipeline'):
   scaling      Paper A's scaling laws over k, D, width and eps
                (configs/sparse_coding_scaling.py)
   """
-  if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
+  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  variant = arg.variant
   c = ml_collections.ConfigDict()
   c.experiment = 'sparse_coding'  # robustjax.experiments.<experiment> runs it
   c.stage = {'pretrain': 'pretrain', 'downstream': 'downstream'}.get(variant, 'pipeline')
@@ -70,27 +83,17 @@ def get_config(variant: str = 'pipeline'):
       modes=('clean', 'adversarial'),
       steps=3000,            # online: a fresh batch every step
       batch_size=256,
-      optimizer='adam',      # 'adam' | 'sgd'
-      learning_rate=1e-2,
-      weight_decay=0.0,
+      **common.optimizer('adam', learning_rate=1e-2),  # adam | sgd
   ))
   # The training-time attack (adversarial pre-training / reference) and the
   # radius at which "robust" accuracy is reported.
-  c.attack = ml_collections.ConfigDict(dict(
-      norm='l2',             # 'l2' | 'linf'
-      eps=0.4,
-      steps=5,
-      rel_step_size=0.5,     # step = rel_step_size * eps (2.5 eps / steps)
-      restarts=1,
-      random_start=True,
-  ))
+  # norm 'l2' | 'linf'; step = rel_step_size * eps (2.5 eps / steps).
+  c.attack = common.attack(norm='l2', eps=0.4, steps=5, rel_step_size=0.5)
   c.downstream = ml_collections.ConfigDict(dict(
       num_tasks=3,           # fresh theta per task, per seed
       steps=1000,            # a convex problem: 1000 Adam steps at 2e-2 converge
       batch_size=128,
-      optimizer='adam',
-      learning_rate=2e-2,
-      weight_decay=0.0,
+      **common.optimizer('adam', learning_rate=2e-2),
       references=('end_to_end_clean', 'end_to_end_adversarial'),
       reference_tasks=1,     # tasks per seed the (costly) references train on
       encoder_dir='',        # stage=downstream: a run's <workdir>/checkpoints
@@ -102,9 +105,7 @@ def get_config(variant: str = 'pipeline'):
       modes=('clean', 'adversarial', 'adv_negatives_only', 'adv_positives_only'),
       steps=1500,
       batch_size=256,
-      optimizer='adam',
-      learning_rate=1e-2,
-      weight_decay=0.0,
+      **common.optimizer('adam', learning_rate=1e-2),
       negative_fraction=0.5,  # share of dissimilar pairs
       dropout=0.3,            # feature-dropout augmentation of each view
       score_scale=0.1,
@@ -136,9 +137,10 @@ def get_config(variant: str = 'pipeline'):
   # Training state is checkpointed under <workdir>/train_checkpoints/<stage>
   # every checkpoint_every steps (at chunk ends) and at the end; rerunning the
   # same command with the same --workdir resumes there.
-  c.mesh = ml_collections.ConfigDict(dict(data=1, model=1))
+  c.mesh = common.mesh(data=1, model=1)
   c.checkpoint_every = 500
   if variant == 'scaling':
     from configs import sparse_coding_scaling  # pylint: disable=import-outside-toplevel
-    return sparse_coding_scaling.from_base(c)
-  return c
+    c = sparse_coding_scaling.from_base(c)
+    return common.override(c, sparse_coding_scaling.TINY) if arg.tiny else c
+  return common.override(c, TINY) if arg.tiny else c

@@ -9,6 +9,16 @@ sweep sets d = D, D, k, the width and the training radius itself, from the
 """
 import ml_collections
 
+# ``:scaling,tiny``: the tests' size: 2 seeds, 20 steps of 32, a 2 x 2 grid of
+# shapes (D 4, 8; width factors 1, 2) at k 1, 2 and two training radii.
+TINY = {'num_seeds': 2, 'chunk_size': 10, 'progress': False,
+        'pretrain.steps': 20, 'pretrain.batch_size': 32, 'attack.steps': 2,
+        'downstream.num_tasks': 2, 'downstream.num_examples': 64, 'downstream.max_iter': 50,
+        'eval.num_examples': 32, 'eval.attack_steps': 2, 'eval.fmn_steps': 10,
+        'scaling.ks': (1, 2), 'scaling.Ds': (4, 8), 'scaling.width_factors': (1, 2),
+        'scaling.eps_factors': (0.5, 1.0), 'scaling.fit_width_factor': 2,
+        'scaling.fit_eps_factor': 1.0, 'scaling.full_Ds': (4,), 'scaling.full_width_factors': (2,)}
+
 
 def from_base(base):
   """The scaling sweep's config from the main job's ``base`` config."""

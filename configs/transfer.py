@@ -9,14 +9,19 @@ accuracy and its adversarial distances are measured on the target task the
 encoder never saw. Offline, the source is digits 0-4 and the target digits
 5-9 (relabelled 0-4), from scikit-learn's bundled 8x8 digits.
 """
-from configs import cifar10_supervised
+from configs import cifar10_supervised, common
 
 VARIANTS = ('cifar100', 'digits')
+OFFLINE = ('digits',)
 
 
-def get_config(variant: str = 'cifar100'):
-  if variant not in VARIANTS:
-    raise ValueError(f'variant must be one of {VARIANTS}, got {variant!r}')
+def get_config(arg: str | None = None):
+  """``--config=configs/transfer.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
+  (``configs.common.parse_arg``; ``:digits,tiny`` for short); ``tiny`` is
+  ``cifar10_supervised.TINY``."""
+  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  variant = arg.variant
+  common.check_tiny(arg, OFFLINE)
   offline = variant == 'digits'
   c = cifar10_supervised.get_config('digits' if offline else 'cifar10')
   c.variant = variant
@@ -27,4 +32,4 @@ def get_config(variant: str = 'cifar100'):
   else:
     c.data.name = 'cifar100'
     c.probe_data.name = 'cifar10'
-  return c
+  return common.override(c, cifar10_supervised.TINY) if arg.tiny else c

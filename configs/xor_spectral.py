@@ -26,8 +26,21 @@ the 80 training points), inputs unbounded (they clamp to [-2, 2]).
 """
 import ml_collections
 
+from configs import common, mnist_spectral
 
-def get_config(variant: str = 'paper'):
+VARIANTS = ('paper', 'quick', 'stable')
+# ``tiny``: the tests' size: 2 seeds, 60 epochs (penalty from epoch 30), 40
+# test points, mnist_spectral's shrunken evaluation.
+TINY = {**mnist_spectral.SHRUNK_EVAL, 'train.epochs': 60, 'regularizer.burn_in_epochs': 30,
+        'data.test_per_blob': 10}
+
+
+def get_config(arg: str | None = None):
+  """``--config=configs/xor_spectral.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
+  (``configs.common.parse_arg``; ``:quick`` and ``:tiny`` for short), VARIANT
+  one of VARIANTS (all offline); ``tiny`` is ``TINY``."""
+  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  variant = arg.variant
   c = ml_collections.ConfigDict()
   c.experiment = 'spectral'  # robustjax.experiments.spectral runs it
   c.variant = variant
@@ -52,10 +65,8 @@ def get_config(variant: str = 'paper'):
       scale_by_width=True,   # readout (W h + b) / sqrt(width)
   ))
   c.train = ml_collections.ConfigDict(dict(
-      optimizer='sgd',
-      learning_rate=1.0,
-      momentum=0.9,
-      weight_decay=1e-4,     # coupled (added to the gradient), as torch SGD
+      # weight decay coupled (added to the gradient), as torch SGD
+      **common.optimizer('sgd', learning_rate=1.0, momentum=0.9, weight_decay=1e-4),
       batch_size=20,         # 4 steps per epoch
       epochs=15000,
   ))
@@ -95,6 +106,4 @@ def get_config(variant: str = 'paper'):
     c.train.epochs, c.regularizer.burn_in_epochs = 1500, 1050
   elif variant == 'stable':
     c.train.learning_rate = 0.1
-  elif variant != 'paper':
-    raise ValueError(f"variant must be 'paper', 'quick' or 'stable', got {variant!r}")
-  return c
+  return common.override(c, TINY) if arg.tiny else c

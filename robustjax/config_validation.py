@@ -47,6 +47,12 @@ def positive_int(cfg, *fields: str):
       raise ConfigError(field, 'an integer >= 1', v)
 
 
+def boolean(cfg, *fields: str):
+  for field in fields:
+    if not isinstance(_get(cfg, field), bool):
+      raise ConfigError(field, 'True or False', _get(cfg, field))
+
+
 def number(cfg, field: str, *, low: float | None = None, high: float | None = None,
            strict_low: bool = False):
   v = _get(cfg, field)

@@ -22,20 +22,9 @@ os.environ.setdefault('JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES', '0')
 
 import pytest  # noqa: E402
 
-from tests.helpers import TINY
-
 
 @pytest.fixture
 def tiny_sparse_coding_config():
-  """configs/sparse_coding.py with TINY's overrides applied, in-process."""
-  import ast
+  """configs/sparse_coding.py:tiny, in-process."""
   from configs import sparse_coding
-  cfg = sparse_coding.get_config()
-  for arg in TINY:
-    field, value = arg[len('--config.'):].split('=', 1)
-    node = cfg
-    *parents, leaf = field.split('.')
-    for p in parents:
-      node = node[p]
-    node[leaf] = ast.literal_eval(value) if value not in ('False', 'True') else value == 'True'
-  return cfg
+  return sparse_coding.get_config('tiny')

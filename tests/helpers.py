@@ -1,18 +1,11 @@
-"""Test helpers: run launch.py in a subprocess; a tiny sparse-coding config; count compiles."""
+"""Test helpers: run launch.py in a subprocess; count compiles. (The tests' tiny configs:
+``:tiny`` in configs/*.py.)"""
 import os
 import subprocess
 import sys
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-TINY = ['--config.num_seeds=2', '--config.chunk_size=10', '--config.progress=False',
-        '--config.data.d=8', '--config.data.D=8', '--config.data.k=2', '--config.model.width=16',
-        '--config.pretrain.steps=20', '--config.pretrain.batch_size=32',
-        '--config.attack.steps=2', '--config.downstream.num_tasks=2',
-        '--config.downstream.steps=20', '--config.downstream.batch_size=32',
-        '--config.eval.num_examples=64', '--config.eval.eps=(0.2,)',
-        '--config.eval.attack_steps=3', '--config.contrastive.steps=20',
-        '--config.contrastive.batch_size=32', '--config.contrastive.sweep_alphas=(0.0,1.0)']
 
 
 def launch(*args, timeout=600):
@@ -20,8 +13,6 @@ def launch(*args, timeout=600):
   env = dict(os.environ, PYTHONPATH=ROOT)
   return subprocess.run([sys.executable, os.path.join(ROOT, 'launch.py'), *args], cwd=ROOT,
                         env=env, capture_output=True, text=True, timeout=timeout)
-
-
 
 
 def count_compiles(fn, *args, **kwargs):

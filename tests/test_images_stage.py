@@ -19,12 +19,6 @@ from tests.helpers import launch
 # and printed table must not change with the orchestration.
 GOLDEN = pathlib.Path(__file__).parent / 'data' / 'golden_images_tiny.json'
 
-TINY = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=5',
-        '--config.checkpoint_every=5', '--config.pretrain.steps=10',
-        '--config.pretrain.batch_size=32', '--config.model.cnn_widths=(8,16)',
-        '--config.attack.steps=2', '--config.eval.num_points=32', '--config.eval.n_iter=5',
-        '--config.eval.attacks=("apgd-ce",)', '--config.eval.distance_points=16',
-        '--config.eval.fmn_steps=5', '--config.eval.batch_size=64', '--config.probe.max_iter=30']
 
 
 def test_roughness_known_answers():
@@ -108,7 +102,7 @@ def test_class_count_from_the_dataset_not_the_largest_label(tmp_path):
 
 
 def _run(tmp_path, config, *extra):
-  proc = launch(f'--config={config}', f'--workdir={tmp_path}', *TINY, *extra)
+  proc = launch(f'--config={config},tiny', f'--workdir={tmp_path}', *extra)
   assert proc.returncode == 0, proc.stderr[-3000:]
   return proc, json.loads((tmp_path / 'results.json').read_text())
 

@@ -13,14 +13,14 @@ import pytest
 from robustjax import timing
 from robustjax.experiments import sparse_coding
 from robustjax.train import loop, state as state_lib
-from tests.helpers import TINY, launch
+from tests.helpers import launch
 
 KEYS = ('purity_median', 'participation_ratio_median', 'pretrain_clean_acc',
         'pretrain_robust_acc', 'downstream_clean_acc', 'downstream_robust_acc')
 
 
 def test_launch_tiny_pipeline(tmp_path):
-  proc = launch('--config=configs/sparse_coding.py', f'--workdir={tmp_path}', *TINY)
+  proc = launch('--config=configs/sparse_coding.py:tiny', f'--workdir={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
   assert 'downstream robust acc' in proc.stdout  # the table was printed
   res = json.loads((tmp_path / 'results.json').read_text())
@@ -68,7 +68,7 @@ def test_launch_tiny_pipeline(tmp_path):
   assert record['config']['data']['d'] == 8 and record['process_count'] == 1
   assert record['versions']['jax'] == jax.__version__ and record['fingerprint']['attack.eps'] > 0
   before = {p: p.stat().st_mtime_ns for p in tmp_path.rglob('*')}
-  proc = launch('--config=configs/sparse_coding.py', f'--workdir={tmp_path}', *TINY,
+  proc = launch('--config=configs/sparse_coding.py:tiny', f'--workdir={tmp_path}',
                 '--config.attack.eps=0.1')
   assert proc.returncode == 2, proc.stderr[-2000:]
   (line,) = proc.stderr.strip().splitlines()
@@ -112,7 +112,7 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, c
                      'contrastive_adv_negatives_only', 'contrastive_adv_positives_only'}),
 ])
 def test_variants_select_their_pipeline(tmp_path, variant, rows):
-  proc = launch(f'--config=configs/sparse_coding.py:{variant}', f'--workdir={tmp_path}', *TINY,
+  proc = launch(f'--config=configs/sparse_coding.py:{variant},tiny', f'--workdir={tmp_path}',
                 '--config.downstream.steps=10', '--config.eval.eps=()')
   assert proc.returncode == 0, proc.stderr[-3000:]
   res = json.loads((tmp_path / 'results.json').read_text())
@@ -122,7 +122,7 @@ def test_variants_select_their_pipeline(tmp_path, variant, rows):
 
 @pytest.mark.slow
 def test_width_sweep_variant(tmp_path):
-  proc = launch('--config=configs/sparse_coding.py:widths', f'--workdir={tmp_path}', *TINY,
+  proc = launch('--config=configs/sparse_coding.py:widths,tiny', f'--workdir={tmp_path}',
                 '--config.contrastive.width_sweep=(4,8)')
   assert proc.returncode == 0, proc.stderr[-3000:]
   w = json.loads((tmp_path / 'results.json').read_text())['sweeps']['width']
@@ -313,8 +313,8 @@ def test_ctrl_c_stops_in_one_line_and_the_command_resumes(tmp_path):
   env = {k: v for k, v in os.environ.items() if k not in ('JAX_COMPILATION_CACHE_DIR',
                                                            'XDG_CACHE_HOME')}
   env.update(PYTHONPATH=ROOT, HOME=str(home), MPLCONFIGDIR=matplotlib.get_configdir())
-  args = ['launch.py', '--config=configs/sparse_coding.py:supervised', f'--workdir={tmp_path}/w',
-          f'--compilation_cache_dir={cache}', *TINY, '--config.pretrain.steps=100000',
+  args = ['launch.py', '--config=configs/sparse_coding.py:supervised,tiny', f'--workdir={tmp_path}/w',
+          f'--compilation_cache_dir={cache}', '--config.pretrain.steps=100000',
           '--config.checkpoint_every=10']
   proc = subprocess.Popen([sys.executable, *args], cwd=ROOT, env=env, stdout=subprocess.PIPE,
                           stderr=subprocess.PIPE, text=True)

@@ -13,12 +13,12 @@ import jax.numpy as jnp
 import numpy as np
 
 from robustjax.train import checkpoint
-from tests.helpers import ROOT, TINY, launch
+from tests.helpers import ROOT, launch
 
 STEPS = 300
 # Adversarial pre-training only (stage 'pretrain'): 10 chunks of 30 steps, a
 # checkpoint after each; the run is killed as soon as the first one is on disk.
-ARGS = ['--config=configs/sparse_coding.py:supervised', *TINY, '--config.stage=pretrain',
+ARGS = ['--config=configs/sparse_coding.py:supervised,tiny', '--config.stage=pretrain',
         "--config.pretrain.modes=('adversarial',)", f'--config.pretrain.steps={STEPS}',
         '--config.chunk_size=30', '--config.checkpoint_every=30']
 CKPT = os.path.join('train_checkpoints', 'pretrain_adversarial')

@@ -20,25 +20,8 @@ from robustjax.models.two_layer import TwoLayer
 from robustjax.experiments import scaling
 from tests.helpers import launch
 
-TINY = dict(num_seeds=2, chunk_size=10, progress=False,
-            pretrain=dict(steps=20, batch_size=32),
-            attack=dict(steps=2),
-            downstream=dict(num_tasks=2, num_examples=64, max_iter=50),
-            eval=dict(num_examples=32, attack_steps=2, fmn_steps=10),
-            scaling=dict(ks=(1, 2), Ds=(4, 8), width_factors=(1, 2), eps_factors=(0.5, 1.0),
-                         fit_width_factor=2, fit_eps_factor=1.0, full_Ds=(4,),
-                         full_width_factors=(2,)))
-
-
 def tiny_config():
-  cfg = sparse_coding_config.get_config('scaling')
-  for block, value in TINY.items():
-    if isinstance(value, dict):
-      for k, v in value.items():
-        cfg[block][k] = v
-    else:
-      cfg[block] = value
-  return cfg
+  return sparse_coding_config.get_config('scaling,tiny')
 
 
 def test_grid_has_one_program_per_shape_with_its_points():

@@ -11,10 +11,6 @@ from configs import mnist_spectral as config_lib
 from robustjax.experiments import spectral as spectral_stage
 from tests.helpers import launch
 
-COMMON = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_size=50',
-          '--config.eval.max_points=16', '--config.eval.grid_size=8',
-          '--config.eval.fmn.steps=10', '--config.eval.tangent.iterations=3',
-          '--config.eval.tangent.init_evals=20', '--config.eval.tangent.max_evals=100']
 
 
 def _results(tmp_path, proc):
@@ -58,9 +54,8 @@ def _check_summary(res, num_seeds=2, combos=('original/fmn', 'original/tangent',
 def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
   # A strong penalty for a short schedule: rep must shrink the hidden layer's
   # sigma_max below the unregularised run's, and only ll the readout's.
-  proc = launch('--config=configs/xor_spectral.py', f'--workdir={tmp_path}', *COMMON,
-                '--config.train.epochs=60', '--config.regularizer.burn_in_epochs=30',
-                '--config.regularizer.lam=0.01', '--config.data.test_per_blob=10',
+  proc = launch('--config=configs/xor_spectral.py:tiny', f'--workdir={tmp_path}',
+                '--config.regularizer.lam=0.01',
                 "--config.eval.attacks=('fmn',)", '--config.eval.primary_attack=fmn')
   res = _results(tmp_path, proc)
   s = _check_summary(res, combos=('original/fmn', 'refit/fmn'),
@@ -81,10 +76,7 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
 
 
 def test_digits_end_to_end(tmp_path):
-  proc = launch('--config=configs/mnist_spectral.py', f'--workdir={tmp_path}', *COMMON,
-                '--config.model.widths=(32,)', '--config.data.max_train=256',
-                '--config.data.max_test=64', '--config.train.batch_size=64',
-                '--config.train.epochs=4', '--config.regularizer.burn_in_epochs=2',
+  proc = launch('--config=configs/mnist_spectral.py:tiny', f'--workdir={tmp_path}',
                 "--config.eval.heads=('refit',)", "--config.eval.attacks=('tangent',)")
   res = _results(tmp_path, proc)
   s = _check_summary(res, combos=('refit/tangent',))
@@ -139,10 +131,9 @@ def test_bad_config_through_launch_is_one_line_exit_2(tmp_path):
 def test_digits_sweep_end_to_end(tmp_path):
   # :digits_sweep at a tiny size: one burn-in, none once, each penalised kind per lam,
   # the claim tested at each lam, and the plot against lam.
-  proc = launch('--config=configs/mnist_spectral.py:digits_sweep', f'--workdir={tmp_path}',
-                *COMMON, '--config.model.widths=(16,)', '--config.data.max_train=128',
-                '--config.data.max_test=32', '--config.train.batch_size=64',
-                '--config.train.epochs=3', '--config.regularizer.burn_in_epochs=2',
+  proc = launch('--config=configs/mnist_spectral.py:digits_sweep,tiny', f'--workdir={tmp_path}',
+                '--config.model.widths=(16,)', '--config.data.max_train=128',
+                '--config.data.max_test=32', '--config.train.epochs=3',
                 "--config.regularizer.kinds=('none', 'rep')", '--config.sweep.lams=(0.01, 0.1)',
                 "--config.eval.heads=('refit',)", "--config.eval.attacks=('tangent',)")
   res = _results(tmp_path, proc)

@@ -28,6 +28,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
 from robustjax import report
 from robustjax.attacks import ensemble
@@ -62,11 +63,12 @@ def _data_dir_ok(cfg, name: str):
 def validate(cfg) -> None:
   """Returns None for a config the run can use; raises ConfigError (one line
   naming the field and what is allowed) on the first field it cannot."""
-  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'pretrain.steps', 'pretrain.batch_size',
+  blocks.run(cfg)
+  cv.positive_int(cfg, 'pretrain.steps', 'pretrain.batch_size',
                   'spectral.every_k', 'spectral.iters', 'spectral.warmup_iters',
-                  'attack.steps', 'attack.restarts', 'probe.max_iter', 'eval.num_points',
+                  'probe.max_iter', 'eval.num_points',
                   'eval.n_iter', 'eval.n_target_classes', 'eval.distance_points',
-                  'eval.fmn_steps', 'eval.batch_size', 'checkpoint_every')
+                  'eval.fmn_steps', 'eval.batch_size')
   cv.one_of(cfg, 'data.name', images.DATASETS)
   _classes(cfg, 'data.classes')
   _data_dir_ok(cfg, cfg.data.name)
@@ -88,11 +90,8 @@ def validate(cfg) -> None:
   p = cfg.pretrain
   cv.one_of(cfg, 'pretrain.method', image_pretrain.METHODS)
   cv.subset_of(cfg, 'pretrain.kinds', KINDS)
-  cv.one_of(cfg, 'pretrain.optimizer', ('sgd', 'adam'))
+  blocks.optimizer(cfg, 'pretrain')
   cv.one_of(cfg, 'pretrain.schedule', ('cosine', 'constant'))
-  cv.number(cfg, 'pretrain.learning_rate', low=0, strict_low=True)
-  cv.number(cfg, 'pretrain.momentum', low=0, high=1)
-  cv.number(cfg, 'pretrain.weight_decay', low=0)
   v = p.seeds_at_once
   if isinstance(v, bool) or not isinstance(v, int) or v < 0:
     raise cv.ConfigError('pretrain.seeds_at_once', 'an integer >= 0 (0 = all seeds at once)', v)
@@ -100,8 +99,7 @@ def validate(cfg) -> None:
     cv.number(cfg, 'ssl.temperature', low=0, strict_low=True)
     cv.number(cfg, 'ssl.barlow_lambda', low=0)
     cv.number(cfg, 'ssl.adv_weight', low=0)
-    if not isinstance(cfg.ssl.projector_bias, bool):
-      raise cv.ConfigError('ssl.projector_bias', 'True or False', cfg.ssl.projector_bias)
+    cv.boolean(cfg, 'ssl.projector_bias')
     d = cfg.ssl.projector_dims
     if isinstance(d, str) or not d or not all(isinstance(v, int) and v >= 1 for v in d):
       raise cv.ConfigError('ssl.projector_dims', 'a non-empty list of integers >= 1', d)
@@ -110,9 +108,7 @@ def validate(cfg) -> None:
     raise cv.ConfigError('augment.crop_padding', 'an integer >= 0 (0 = no crop)', pad)
   for f in ('jitter_strength', 'jitter_p', 'grayscale_p', 'min_scale'):
     cv.number(cfg, f'augment.{f}', low=0, high=None if f == 'jitter_strength' else 1)
-  cv.one_of(cfg, 'attack.norm', ('l2', 'linf'))
-  cv.number(cfg, 'attack.eps', low=0, strict_low=True)
-  cv.number(cfg, 'attack.rel_step_size', low=0, strict_low=True)
+  blocks.attack(cfg)
   cv.number(cfg, 'spectral.lam', low=0)
   cv.number(cfg, 'spectral.burn_in', low=0, high=1)
   cv.number(cfg, 'spectral.tol', low=0)
@@ -122,6 +118,7 @@ def validate(cfg) -> None:
   if not cfg.eval.eps:
     raise cv.ConfigError('eval.eps', 'a non-empty list of radii', cfg.eval.eps)
   cv.subset_of(cfg, 'eval.attacks', ensemble.ATTACKS)
+  blocks.mesh(cfg)
 
 
 # --- data ----------------------------------------------------------------------

@@ -58,6 +58,7 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
 from robustjax import losses, progress, report, timing
 from robustjax.analysis import power_law
@@ -139,12 +140,9 @@ def _number_list(cfg, field: str) -> list:
 
 def validate(cfg) -> None:
   """Raises ConfigError on the first field the sweep cannot use."""
-  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'checkpoint_every', 'attack.steps',
-                  'attack.restarts', 'downstream.num_tasks', 'eval.num_examples',
-                  'eval.attack_steps', 'eval.restarts', 'eval.fmn_steps')
-  if cfg.num_seeds < 2:
-    raise cv.ConfigError('num_seeds', 'an integer >= 2 (the exponents\' intervals are over '
-                         'seeds)', cfg.num_seeds)
+  blocks.run(cfg, min_seeds=2)  # the exponents' intervals are over seeds
+  cv.positive_int(cfg, 'downstream.num_tasks', 'eval.fmn_steps')
+  blocks.pgd_eval(cfg)
   ks = _int_list(cfg, 'scaling.ks')
   Ds = _int_list(cfg, 'scaling.Ds')
   if len(ks) < 2:
@@ -173,21 +171,17 @@ def validate(cfg) -> None:
                          cfg.scaling.fit_eps_factor)
   cv.number(cfg, 'data.noise_std', low=0)
   cv.number(cfg, 'data.magnitude_low', low=0, high=1, strict_low=True)
-  if not isinstance(cfg.data.exact_k, bool):
-    raise cv.ConfigError('data.exact_k', 'True or False', cfg.data.exact_k)
+  cv.boolean(cfg, 'data.exact_k')
   cv.number(cfg, 'model.bias_init', low=0)
   cv.number(cfg, 'model.init_scale', low=0, strict_low=True)
   cv.number(cfg, 'model.readout_init_scale', low=0, strict_low=True)
   cv.positive_int(cfg, 'pretrain.steps', 'pretrain.batch_size', 'downstream.num_examples',
                   'downstream.max_iter')
-  cv.one_of(cfg, 'pretrain.optimizer', ('adam', 'sgd'))
-  cv.number(cfg, 'pretrain.learning_rate', low=0, strict_low=True)
-  cv.number(cfg, 'pretrain.weight_decay', low=0)
+  blocks.optimizer(cfg, 'pretrain')
   cv.number(cfg, 'downstream.l2', low=0)
   cv.number(cfg, 'downstream.tol', low=0, strict_low=True)
-  cv.one_of(cfg, 'attack.norm', ('l2',))  # the distances and the theory are l2
-  cv.number(cfg, 'attack.rel_step_size', low=0, strict_low=True)
-  cv.number(cfg, 'eval.rel_step_size', low=0, strict_low=True)
+  # The distances and the theory are l2; the radius comes from the grid (eps = c / sqrt(k)).
+  blocks.attack(cfg, norms=('l2',), eps=False)
 
 
 # --- Training --------------------------------------------------------------------

@@ -23,6 +23,7 @@ import ml_collections
 import numpy as np
 import orbax.checkpoint as ocp
 
+from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
 from robustjax import progress, report, timing
 from robustjax.attacks.pgd import NORMS, PGDSpec
@@ -40,10 +41,9 @@ REFERENCES = ('end_to_end_clean', 'end_to_end_adversarial')
 def validate(cfg) -> None:
   """Raises ConfigError on the first field the run cannot use."""
   cv.one_of(cfg, 'stage', STAGES)
-  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'data.d', 'data.D', 'data.k', 'model.width',
-                  'attack.steps', 'attack.restarts', 'downstream.num_tasks',
-                  'downstream.reference_tasks',
-                  'eval.num_examples', 'eval.attack_steps', 'eval.restarts')
+  blocks.run(cfg)
+  cv.positive_int(cfg, 'data.d', 'data.D', 'data.k', 'model.width', 'downstream.num_tasks',
+                  'downstream.reference_tasks')
   if cfg.data.k > cfg.data.D:
     raise cv.ConfigError('data.k', f'<= data.D = {cfg.data.D}', cfg.data.k)
   cv.one_of(cfg, 'data.dictionary', ('orthonormal', 'overcomplete'))
@@ -63,9 +63,7 @@ def validate(cfg) -> None:
   cv.subset_of(cfg, 'downstream.references', REFERENCES, nonempty=False)
   for part in ('pretrain', 'contrastive', 'downstream'):
     cv.positive_int(cfg, f'{part}.steps', f'{part}.batch_size')
-    cv.one_of(cfg, f'{part}.optimizer', ('adam', 'sgd'))
-    cv.number(cfg, f'{part}.learning_rate', low=0, strict_low=True)
-    cv.number(cfg, f'{part}.weight_decay', low=0)
+    blocks.optimizer(cfg, part)
   cv.number(cfg, 'contrastive.negative_fraction', low=0, high=1)
   cv.number(cfg, 'contrastive.dropout', low=0, high=1)
   cv.number(cfg, 'contrastive.score_scale', low=0, strict_low=True)
@@ -78,26 +76,15 @@ def validate(cfg) -> None:
          for w in cfg.contrastive.width_sweep):
     raise cv.ConfigError('contrastive.width_sweep', 'a list of integers >= 1',
                          cfg.contrastive.width_sweep)
-  cv.one_of(cfg, 'attack.norm', NORMS)
-  cv.number(cfg, 'attack.eps', low=0)
-  cv.number(cfg, 'attack.rel_step_size', low=0, strict_low=True)
-  cv.number(cfg, 'eval.rel_step_size', low=0, strict_low=True)
+  blocks.attack(cfg, norms=NORMS)
+  blocks.pgd_eval(cfg)
   cv.nonnegative_list(cfg, 'eval.eps')
   if cfg.stage == 'downstream':
     d = cfg.downstream.encoder_dir
     if not (d and os.path.isdir(d) and any(n.startswith('encoder_') for n in os.listdir(d))):
       raise cv.ConfigError('downstream.encoder_dir', "a run's <workdir>/checkpoints holding "
                            'encoder_<name>/ directories', d)
-  # Scale and durability: the mesh must fit the devices this process sees.
-  cv.positive_int(cfg, 'checkpoint_every', 'mesh.model')
-  if cfg.mesh.data != -1:
-    cv.positive_int(cfg, 'mesh.data')
-  try:
-    from robustjax.train import sharding  # pylint: disable=import-outside-toplevel
-    sharding.mesh_shape(cfg.mesh.data, cfg.mesh.model)
-  except ValueError as e:
-    raise cv.ConfigError('mesh', f'a data x model mesh that fits the devices ({e})',
-                         cfg.mesh.to_dict()) from None
+  blocks.mesh(cfg)  # scale and durability: the mesh must fit the devices this process sees
 
 
 # Set-up array shuffling runs in numpy on the host: the arrays are small, and

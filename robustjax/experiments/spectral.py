@@ -65,6 +65,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
 from robustjax import losses, progress, report, run_record, spectral, timing
 from robustjax.attacks import decision
@@ -93,8 +94,8 @@ KIND_WORDS = {
 
 def validate(cfg) -> None:
   """Raises ConfigError on the first field the run cannot use."""
-  cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'checkpoint_every', 'train.batch_size',
-                  'train.epochs', 'regularizer.every_k', 'regularizer.iters',
+  blocks.run(cfg)
+  cv.positive_int(cfg, 'train.batch_size', 'train.epochs', 'regularizer.every_k', 'regularizer.iters',
                   'regularizer.warmup_iters', 'eval.max_points', 'eval.grid_size')
   cv.one_of(cfg, 'data.name', DATASETS)
   if cfg.data.name == 'xor':
@@ -116,10 +117,7 @@ def validate(cfg) -> None:
   cv.one_of(cfg, 'model.activation', tuple(ACTIVATIONS))
   cv.one_of(cfg, 'model.init', INITS)
   cv.number(cfg, 'model.init_std', low=0, strict_low=True)
-  cv.one_of(cfg, 'train.optimizer', ('sgd', 'adam'))
-  cv.number(cfg, 'train.learning_rate', low=0, strict_low=True)
-  cv.number(cfg, 'train.momentum', low=0, high=1)
-  cv.number(cfg, 'train.weight_decay', low=0)
+  blocks.optimizer(cfg, 'train')
   r = cfg.regularizer
   cv.subset_of(cfg, 'regularizer.kinds', KINDS)
   if len(set(r.kinds)) != len(r.kinds):
