@@ -17,6 +17,38 @@ COMMON = ['--config.num_seeds=2', '--config.progress=False', '--config.chunk_siz
           '--config.eval.tangent.init_evals=20', '--config.eval.tangent.max_evals=100']
 
 
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                      'golden_spectral_tiny.json')
+
+
+def _close(got, want, where):
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and list(got) == list(want), (where, got, want)
+    for k in want:
+      _close(got[k], want[k], f'{where}.{k}')
+  elif isinstance(want, list):
+    assert isinstance(got, list) and len(got) == len(want), (where, got, want)
+    for i, (g, w) in enumerate(zip(got, want)):
+      _close(g, w, f'{where}[{i}]')
+  elif isinstance(want, float):
+    assert isinstance(got, (int, float)) and not isinstance(got, bool), (where, got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=where)
+  else:
+    assert got == want, (where, got, want)
+
+
+def _assert_golden(name, res, stdout=None):
+  """A tiny run's results.json (and printed table) against the numbers recorded
+  before spectral was ported onto the runner (tests/data/golden_spectral_tiny.json):
+  floats to rtol 1e-6, keys, order, strings and integers exactly."""
+  with open(GOLDEN) as f:
+    want = json.load(f)[name]
+  for key in ('runs', 'summary', 'final_train_metrics', 'distances', 'claims'):
+    _close(res[key], want[key], key)
+  if stdout is not None:
+    assert want['table'] in stdout, stdout
+
+
 def _results(tmp_path, proc):
   assert proc.returncode == 0, proc.stderr[-3000:]
   with open(os.path.join(tmp_path, 'results.json')) as f:
@@ -87,6 +119,7 @@ def test_digits_end_to_end(tmp_path):
                 '--config.train.epochs=4', '--config.regularizer.burn_in_epochs=2',
                 "--config.eval.heads=('refit',)", "--config.eval.attacks=('tangent',)")
   res = _results(tmp_path, proc)
+  _assert_golden('digits', res, proc.stdout)
   s = _check_summary(res, combos=('refit/tangent',))
   assert res['config']['data']['name'] == 'digits'
   assert os.path.getsize(os.path.join(tmp_path, 'log_volume.png')) > 1000  # image plane
@@ -223,6 +256,7 @@ def test_xor_rerun_resumes_each_kind_and_matches(tmp_path, capsys):
   workdir = str(tmp_path)
   spectral.main(cfg, workdir)
   first = json.load(open(os.path.join(workdir, 'results.json')))
+  _assert_golden('xor', first)
   # 12 burn-in steps shared by the kinds, then 12 penalised steps per kind.
   burn = os.path.join(workdir, 'checkpoints', 'burn_in')
   assert sorted(n for n in os.listdir(burn) if n.isdigit()) == ['12', '8']
