@@ -182,7 +182,7 @@ def model_from_config(cfg, num_classes: int) -> MLP:
 def load_data(cfg, keys: jax.Array) -> dict:
   """Train/test arrays; 'per_seed' says whether they carry a leading seed axis.
 
-  Returns ``{'x_train': (n, d) float32, 'y_train': (n,) int32, 'x_test',
+  Returns ``{'x_train': (n, d) float32, 'y_train': (n,) integer labels, 'x_test',
   'y_test', 'num_classes': int, 'bounds': (low, high) or None (unbounded),
   'image_shape': (h, w[, c]) or None, 'per_seed': bool}``; ``keys``:
   (num_seeds, 2), the 'data' stream (XOR only). XOR draws a new set per seed
