@@ -187,9 +187,13 @@ def _leaves(node, prefix=''):
 
 def unknown_field(cfg, overrides) -> str | None:
   """The one-line error for the first override naming no field of ``cfg``:
-  the field and the closest valid ones (difflib), or the valid fields where
-  it went wrong. None when every override names a field."""
+  the new name of a renamed field (``config_validation.RENAMED_FIELDS``), else
+  the closest valid ones (difflib), or the valid fields where it went wrong.
+  None when every override names a field."""
   for field in overrides:
+    renamed = config_validation.renamed_field(cfg.get('experiment'), field)
+    if renamed is not None:
+      return str(renamed)
     node, parts = cfg, field.split('.')
     for depth, part in enumerate(parts):
       if not hasattr(node, 'keys') or part not in node.keys():

@@ -12,9 +12,10 @@ readout scaled by 1/sqrt(2000); every weight AND bias drawn from N(0, 0.01^2)
 the runs are tagged "mnist_small_init"); SGD lr 0.1, momentum 0.9, batch 1024,
 200 epochs with the penalty on after epoch 160, lam in {1e-3, 1e-2, 1e-1}
 (``--config.regularizer.lam``; 1e-2 here), up to 10 power iterations per step.
-Kinds: none, ll_readout (the readout only: what their ll code reaches in this
-model, whose hidden layer sits in a nested block), ll (every layer, Yoshida &
-Miyato) and rep (the hidden layer). Adversarial distances on the first 1000
+Kinds: clean (no penalty; Paper B's "none"), ll_readout (the readout only:
+what their ll code reaches in this model, whose hidden layer sits in a nested
+block), ll (every layer, Yoshida & Miyato) and rep (the hidden layer).
+Adversarial distances (``eval.distance_attacks``) on the first 1000
 correctly classified test points: hard-label TangentAttack (40 iterations,
 100 * sqrt(t) probes capped at 10000, started from x + N(0, 0.5^2) clamped to
 [0, 1] and redrawn until misclassified) on a logistic readout re-fitted on the
@@ -92,7 +93,7 @@ def get_config(arg: str | None = None):
       epochs=200,
   ))
   c.regularizer = ml_collections.ConfigDict(dict(
-      kinds=('none', 'll_readout', 'll', 'rep'),
+      kinds=('clean', 'll_readout', 'll', 'rep'),
       lam=1e-2,              # Paper B sweeps 1e-3, 1e-2, 1e-1
       burn_in_epochs=160,
       every_k=1,
@@ -106,7 +107,8 @@ def get_config(arg: str | None = None):
   ))
   c.eval = ml_collections.ConfigDict(dict(
       heads=('original', 'refit'),
-      attacks=('fmn', 'tangent'),    # white-box minimal norm; hard-label TangentAttack
+      # minimal-distance attacks (each point's smallest flipping l2 perturbation):
+      distance_attacks=('fmn', 'tangent'),  # white-box minimal norm; hard-label TangentAttack
       # 'head/attack' pairs left out: the hard-label attack runs on the re-fitted head
       # (the headline) only, as the authors'; the trained head gets FMN and the bound.
       skip=('original/tangent',),

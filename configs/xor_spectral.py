@@ -1,4 +1,4 @@
-"""Paper B on noisy XOR: rep-spectral (eig-ub) vs ll-spectral vs none (width-3 GELU net).
+"""Paper B on noisy XOR: rep-spectral (eig-ub) vs ll-spectral vs clean (width-3 GELU net).
 
     python launch.py --config=configs/xor_spectral.py [--config.regularizer.lam=1e-2]
     python launch.py --config=configs/xor_spectral.py:quick     # 1/10 of the schedule
@@ -14,10 +14,11 @@ on after epoch 10500; lam = 1e-3; power iteration with up to 10 iterations
 per step (tol 1e-6) after converging at the switch-on. Two output logits and
 cross-entropy, as the authors use for binary tasks.
 
-Kinds: none; rep_eig_ub, the authors' XOR regulariser (``eig-ub``: sigma_max^2
-of the hidden kernel plus the batch mean of max_j gelu'(z_j)^2, both times
-lam); rep (the sigma^2 term alone); ll_readout (the readout only: what their
-``spectral`` code reaches in this model); ll (both layers).
+Kinds: clean (no penalty; Paper B's "none"); rep_eig_ub, the authors' XOR
+regulariser (``eig-ub``: sigma_max^2 of the hidden kernel plus the batch mean
+of max_j gelu'(z_j)^2, both times lam); rep (the sigma^2 term alone);
+ll_readout (the readout only: what their ``spectral`` code reaches in this
+model); ll (both layers).
 
 Evaluation: 1000 fresh test points per seed (250 per blob; the authors attack
 the 80 training points), inputs unbounded (they clamp to [-2, 2]).
@@ -71,7 +72,7 @@ def get_config(arg: str | None = None):
       epochs=15000,
   ))
   c.regularizer = ml_collections.ConfigDict(dict(
-      kinds=('none', 'll_readout', 'll', 'rep', 'rep_eig_ub'),
+      kinds=('clean', 'll_readout', 'll', 'rep', 'rep_eig_ub'),
       lam=1e-3,              # lam * sum sigma_max(W)^2 (no 1/2)
       burn_in_epochs=10500,  # unpenalised epochs before the switch-on
       every_k=1,             # penalise every k-th update after the burn-in
@@ -85,7 +86,8 @@ def get_config(arg: str | None = None):
   ))
   c.eval = ml_collections.ConfigDict(dict(
       heads=('original', 'refit'),   # the trained head; a re-fitted logistic readout
-      attacks=('fmn', 'tangent'),    # white-box minimal norm; hard-label TangentAttack
+      # minimal-distance attacks (each point's smallest flipping l2 perturbation):
+      distance_attacks=('fmn', 'tangent'),  # white-box minimal norm; hard-label TangentAttack
       skip=(),                       # 'head/attack' pairs to leave out
       primary_head='refit',          # the headline adv_distance_* (Paper B's protocol)
       primary_attack='tangent',

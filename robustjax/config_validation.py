@@ -17,6 +17,44 @@ class ConfigError(ValueError):
     super().__init__(f'config.{field}: must be {allowed}, got {got!r}')
 
 
+class Renamed(ConfigError):
+  """A config names a field, or a value of it, by a name it no longer has (one
+  name per concept across the experiments): ``field``'s ``old`` value is now
+  ``new``, or, with ``old=None``, the field itself is now ``config.<new>``."""
+
+  def __init__(self, field: str, new: str, why: str, old: str | None = None):
+    what = f'{old!r} is now called {new!r}' if old is not None else (
+        f'renamed config.{new}')
+    ValueError.__init__(self, f'config.{field}: {what} ({why})')
+
+
+# Fields an experiment renamed: (experiment, old dotted field) -> (new field, why).
+# launch.py names the new field for an override of the old one; the
+# experiment's validate refuses a config file that still has it.
+RENAMED_FIELDS = {
+    ('spectral', 'eval.attacks'): (
+        'eval.distance_attacks', "minimal-distance methods; the image experiments' "
+        'eval.attacks are fixed-radius attacks'),
+}
+
+
+def renamed_field(experiment: str | None, field: str) -> Renamed | None:
+  """The ``Renamed`` error for ``field`` when ``experiment`` renamed it, else None."""
+  hit = RENAMED_FIELDS.get((experiment, field))
+  return None if hit is None else Renamed(field, *hit)
+
+
+def no_renamed_fields(cfg, experiment: str) -> None:
+  """Raises ``Renamed`` for the first old field name ``cfg`` still holds."""
+  for exp, field in RENAMED_FIELDS:
+    *blocks, leaf = field.split('.')
+    node = cfg if exp == experiment else None
+    for b in blocks:
+      node = node.get(b) if hasattr(node, 'keys') else None
+    if hasattr(node, 'keys') and leaf in node:
+      raise renamed_field(exp, field)
+
+
 def _get(cfg, field: str):
   node = cfg
   for part in field.split('.'):

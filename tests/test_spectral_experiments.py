@@ -4,13 +4,47 @@ import math
 import os
 import shutil
 
+import chex
+import jax
 import numpy as np
 import pytest
 
 from configs import mnist_spectral as config_lib
-from robustjax.experiments import spectral as spectral_stage
+from robustjax.experiments import runner, spectral as spectral_stage
 from tests.helpers import launch
 
+
+
+GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
+                      'golden_spectral_tiny.json')
+
+
+def _close(got, want, where):
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and list(got) == list(want), (where, got, want)
+    for k in want:
+      _close(got[k], want[k], f'{where}.{k}')
+  elif isinstance(want, list):
+    assert isinstance(got, list) and len(got) == len(want), (where, got, want)
+    for i, (g, w) in enumerate(zip(got, want)):
+      _close(g, w, f'{where}[{i}]')
+  elif isinstance(want, float):
+    assert isinstance(got, (int, float)) and not isinstance(got, bool), (where, got, want)
+    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=where)
+  else:
+    assert got == want, (where, got, want)
+
+
+def _assert_golden(name, res, stdout=None):
+  """A tiny run's results.json (and printed table) against the numbers recorded
+  before spectral was ported onto the runner (tests/data/golden_spectral_tiny.json):
+  floats to rtol 1e-6, keys, order, strings and integers exactly."""
+  with open(GOLDEN) as f:
+    want = json.load(f)[name]
+  for key in ('runs', 'summary', 'final_train_metrics', 'distances', 'claims'):
+    _close(res[key], want[key], key)
+  if stdout is not None:
+    assert want['table'] in stdout, stdout
 
 
 def _results(tmp_path, proc):
@@ -21,7 +55,7 @@ def _results(tmp_path, proc):
 
 def _check_summary(res, num_seeds=2, combos=('original/fmn', 'original/tangent', 'refit/fmn',
                                              'refit/tangent'),
-                   kinds=('none', 'll_readout', 'll', 'rep')):
+                   kinds=('clean', 'll_readout', 'll', 'rep')):
   s = res['summary']
   assert list(s) == list(kinds)
   heads = {c.split('/')[0] for c in combos}
@@ -56,13 +90,13 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
   # sigma_max below the unregularised run's, and only ll the readout's.
   proc = launch('--config=configs/xor_spectral.py:tiny', f'--workdir={tmp_path}',
                 '--config.regularizer.lam=0.01',
-                "--config.eval.attacks=('fmn',)", '--config.eval.primary_attack=fmn')
+                "--config.eval.distance_attacks=('fmn',)", '--config.eval.primary_attack=fmn')
   res = _results(tmp_path, proc)
   s = _check_summary(res, combos=('original/fmn', 'refit/fmn'),
-                     kinds=('none', 'll_readout', 'll', 'rep', 'rep_eig_ub'))
+                     kinds=('clean', 'll_readout', 'll', 'rep', 'rep_eig_ub'))
   sig = lambda kind, layer: np.asarray(s[kind]['sigma_max_per_seed'][f'{layer}/kernel'])
   for kind in ('rep', 'rep_eig_ub', 'll'):
-    assert np.all(sig(kind, 'hidden_0') < sig('none', 'hidden_0')), kind
+    assert np.all(sig(kind, 'hidden_0') < sig('clean', 'hidden_0')), kind
   assert np.all(sig('ll', 'readout') < sig('rep', 'readout'))
   assert np.all(sig('ll_readout', 'readout') < sig('rep', 'readout'))
   # rep_eig_ub's loss carries its batch slope term; the others' do not.
@@ -72,13 +106,14 @@ def test_xor_end_to_end_and_penalty_takes_effect(tmp_path):
       f'B: {k} raises the refit/fmn adversarial distance (lam 0.01)' for k in ('rep', 'rep_eig_ub')]
   for name in ('adv_distance_box', 'log_volume', 'log10_lambda_max', 'boundary'):
     assert os.path.getsize(os.path.join(tmp_path, f'{name}.png')) > 1000
-  assert 'none' in proc.stdout and 'refit/fmn' in proc.stdout  # the table
+  assert 'clean' in proc.stdout and 'refit/fmn' in proc.stdout  # the table
 
 
 def test_digits_end_to_end(tmp_path):
   proc = launch('--config=configs/mnist_spectral.py:tiny', f'--workdir={tmp_path}',
-                "--config.eval.heads=('refit',)", "--config.eval.attacks=('tangent',)")
+                "--config.eval.heads=('refit',)", "--config.eval.distance_attacks=('tangent',)")
   res = _results(tmp_path, proc)
+  _assert_golden('digits', res, proc.stdout)
   s = _check_summary(res, combos=('refit/tangent',))
   assert res['config']['data']['name'] == 'digits'
   assert os.path.getsize(os.path.join(tmp_path, 'log_volume.png')) > 1000  # image plane
@@ -95,6 +130,14 @@ def test_digits_end_to_end(tmp_path):
   for name in ('data', 'burn_in', 'train_rep', 'eval_rep', 'total'):
     t = res['timings'][name]
     assert abs(t['compile'] + t['run'] - t['wall']) < 0.02 and t['cpu'] > 0, (name, t)
+  # The runner's training log: one line per chunk and job (8 steps each: one chunk).
+  lines = runner.read_metrics(os.path.join(tmp_path, runner.METRICS))
+  assert [(r['job'], r['fit'], r['step']) for r in lines] == [('burn_in', 'burn-in', 8)] + [
+      (f'train_{k}', f'train {k}', 8) for k in s]
+  assert len(lines[0]['loss_per_run']) == 2
+  assert res['plots'][-1] == runner.CURVES
+  assert sorted(os.listdir(os.path.join(tmp_path, runner.TRAIN_CHECKPOINTS))) == sorted(
+      ['burn_in', *s])
 
 
 def _summary_row(mean, std, acc):
@@ -105,11 +148,11 @@ def _summary_row(mean, std, acc):
     ((0.60, 0.01), (0.55, 0.01), 0.96, True),    # gap 0.05 > 0.01 on both
     ((0.60, 0.06), (0.55, 0.01), 0.96, False),   # gap 0.05 <= rep's own spread 0.06
     ((0.60, 0.01), (0.595, 0.01), 0.96, False),  # not above ll_readout
-    ((0.60, 0.01), (0.55, 0.01), 0.94, False),   # accuracy 0.94 < none's 0.96 - 0.01
+    ((0.60, 0.01), (0.55, 0.01), 0.94, False),   # accuracy 0.94 < clean's 0.96 - 0.01
 ])
 def test_claim_rule(rep, ll_readout, acc, holds):
   cfg = config_lib.get_config()
-  summary = {'none': _summary_row(0.50, 0.01, 0.96), 'll_readout': _summary_row(*ll_readout, 0.96),
+  summary = {'clean': _summary_row(0.50, 0.01, 0.96), 'll_readout': _summary_row(*ll_readout, 0.96),
              'll': _summary_row(0.70, 0.01, 0.80), 'rep': _summary_row(*rep, acc)}
   runs = {k: {'kind': k, 'lam': 0.01} for k in summary}
   (c,) = spectral_stage.claims(cfg, summary, runs)
@@ -117,39 +160,59 @@ def test_claim_rule(rep, ll_readout, acc, holds):
   assert c.numbers['ll'] == (0.70, 0.01) and 'vs ll: not above, not required' in c.rule
 
 
-def test_bad_config_through_launch_is_one_line_exit_2(tmp_path):
+@pytest.mark.parametrize('override,says', [
+    ('--config.data.name=mnist', 'config.data.data_dir'),  # no prepared data_dir
+    # Old names: one line naming the new one.
+    ("--config.regularizer.kinds=('none','rep')",
+     "config.regularizer.kinds: 'none' is now called 'clean' (the unregularised baseline"),
+    ("--config.eval.attacks=('fmn',)",
+     'config.eval.attacks: renamed config.eval.distance_attacks (minimal-distance methods'),
+])
+def test_bad_config_through_launch_is_one_line_exit_2(tmp_path, override, says):
   workdir = os.path.join(tmp_path, 'w')
-  proc = launch('--config=configs/mnist_spectral.py', f'--workdir={workdir}',
-                '--config.data.name=mnist')  # no prepared data_dir
+  proc = launch('--config=configs/mnist_spectral.py', f'--workdir={workdir}', override)
   assert proc.returncode == 2, proc.stderr[-2000:]
   lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
-  assert len(lines) == 1 and 'config.data.data_dir' in lines[0], proc.stderr
+  assert len(lines) == 1 and says in lines[0], proc.stderr
   assert not os.path.exists(workdir)
+
+
+def test_a_config_file_with_the_old_names_is_refused():
+  from configs import xor_spectral
+  from robustjax.config_validation import ConfigError
+  cfg = xor_spectral.get_config()
+  cfg.regularizer.kinds = ('none', 'rep')
+  with pytest.raises(ConfigError, match="config.regularizer.kinds: 'none' is now called 'clean'"):
+    spectral_stage.validate(cfg)
+  cfg = xor_spectral.get_config()
+  cfg.eval.attacks = tuple(cfg.eval.distance_attacks)  # an old file's field, beside the new
+  with pytest.raises(ConfigError, match='config.eval.attacks: renamed config.eval.distance_'):
+    spectral_stage.validate(cfg)
 
 
 @pytest.mark.slow  # seven trainings and evaluations: ~100 s on the shared 2-core machine
 def test_digits_sweep_end_to_end(tmp_path):
-  # :digits_sweep at a tiny size: one burn-in, none once, each penalised kind per lam,
+  # :digits_sweep at a tiny size: one burn-in, clean once, each penalised kind per lam,
   # the claim tested at each lam, and the plot against lam.
   proc = launch('--config=configs/mnist_spectral.py:digits_sweep,tiny', f'--workdir={tmp_path}',
                 '--config.model.widths=(16,)', '--config.data.max_train=128',
                 '--config.data.max_test=32', '--config.train.epochs=3',
-                "--config.regularizer.kinds=('none', 'rep')", '--config.sweep.lams=(0.01, 0.1)',
-                "--config.eval.heads=('refit',)", "--config.eval.attacks=('tangent',)")
+                "--config.regularizer.kinds=('clean', 'rep')", '--config.sweep.lams=(0.01, 0.1)',
+                "--config.eval.heads=('refit',)", "--config.eval.distance_attacks=('tangent',)")
   res = _results(tmp_path, proc)
-  assert list(res['summary']) == ['none', 'rep lam=0.01', 'rep lam=0.1']
+  assert list(res['summary']) == ['clean', 'rep lam=0.01', 'rep lam=0.1']
   assert res['runs']['rep lam=0.1'] == {'kind': 'rep', 'lam': 0.1}
   claims = [c['name'] for c in res['claims']]
   assert claims == [f'B: rep raises the refit/tangent adversarial distance (lam {lam})'
                     for lam in ('0.01', '0.1')]
-  # Each claim's numbers: rep's and none's distance (mean, std) and accuracies.
+  # Each claim's numbers: rep's and clean's distance (mean, std) and accuracies.
   c = res['claims'][1]
   assert c['numbers']['rep'] == [res['summary']['rep lam=0.1']['adv_distance_mean'],
                                  res['summary']['rep lam=0.1']['adv_distance_mean_std']]
-  assert set(c['numbers']) == {'rep', 'none', 'refit_test_acc rep', 'refit_test_acc none'}
+  assert set(c['numbers']) == {'rep', 'clean', 'refit_test_acc rep', 'refit_test_acc clean'}
   assert 'sweep.png' in res['plots'] and os.path.getsize(os.path.join(tmp_path, 'sweep.png')) > 1000
-  ckpts = sorted(os.listdir(os.path.join(tmp_path, 'checkpoints')))
-  assert ckpts == ['burn_in', 'none', 'rep_lam0.01', 'rep_lam0.1']
+  ckpts = sorted(os.listdir(os.path.join(tmp_path, 'train_checkpoints')))
+  assert ckpts == ['burn_in', 'clean', 'rep_lam0.01', 'rep_lam0.1']
   sig = lambda label: np.asarray(res['summary'][label]['sigma_max_per_seed']['hidden_0/kernel'])
   assert np.all(sig('rep lam=0.1') < sig('rep lam=0.01'))
   assert f': {claims[1]}: ' in proc.stdout  # the claim lines, in the shared format
@@ -165,8 +228,8 @@ def test_digits_sweep_end_to_end(tmp_path):
     ('regularizer.burn_in_epochs', 20000),
     ('regularizer.layers', ('hiden_0',)),
     ('regularizer.lam', -1.0),
-    ('eval.primary_attack', 'hopskipjump'),   # not among eval.attacks
-    ('eval.attacks', ('fgsm',)),
+    ('eval.primary_attack', 'hopskipjump'),   # not among eval.distance_attacks
+    ('eval.distance_attacks', ('fgsm',)),
     ('model.widths', ()),
     ('data.max_test', -1),
     ('checkpoint_every', 0),
@@ -191,7 +254,7 @@ def test_hard_label_attack_on_the_refit_head_only(variant):
   # The headline is the re-fitted head's TangentAttack distance; the trained
   # head gets FMN and the bound (the hard-label attack would double the cost).
   e = config_lib.get_config(variant).eval
-  runs = [f'{h}/{a}' for h in e.heads for a in e.attacks if f'{h}/{a}' not in e.skip]
+  runs = [f'{h}/{a}' for h in e.heads for a in e.distance_attacks if f'{h}/{a}' not in e.skip]
   assert runs == ['original/fmn', 'refit/fmn', 'refit/tangent']
   assert f'{e.primary_head}/{e.primary_attack}' == 'refit/tangent'
 
@@ -207,17 +270,18 @@ def test_xor_rerun_resumes_each_kind_and_matches(tmp_path, capsys):
   cfg.train.epochs, cfg.regularizer.burn_in_epochs = 6, 3   # 24 steps, penalty from 12
   cfg.regularizer.kinds = ('rep',)
   cfg.data.test_per_blob = 4
-  cfg.eval.update(dict(heads=('original',), attacks=('fmn',), primary_head='original',
+  cfg.eval.update(dict(heads=('original',), distance_attacks=('fmn',), primary_head='original',
                        primary_attack='fmn', max_points=4, geometry=False))
   cfg.eval.fmn.update(steps=3, targets=1)
   spectral.validate(cfg)
   workdir = str(tmp_path)
   spectral.main(cfg, workdir)
   first = json.load(open(os.path.join(workdir, 'results.json')))
+  _assert_golden('xor', first)
   # 12 burn-in steps shared by the kinds, then 12 penalised steps per kind.
-  burn = os.path.join(workdir, 'checkpoints', 'burn_in')
+  burn = os.path.join(workdir, 'train_checkpoints', 'burn_in')
   assert sorted(n for n in os.listdir(burn) if n.isdigit()) == ['12', '8']
-  ckpt = os.path.join(workdir, 'checkpoints', 'rep')
+  ckpt = os.path.join(workdir, 'train_checkpoints', 'rep')
   assert sorted(n for n in os.listdir(ckpt) if n.isdigit()) == ['12', '8']
   # As if killed after step 8: the final checkpoint is gone, the rerun resumes there.
   shutil.rmtree(os.path.join(ckpt, '12'))
@@ -230,3 +294,37 @@ def test_xor_rerun_resumes_each_kind_and_matches(tmp_path, capsys):
   for res in (first, again):
     res.pop('timings'), res.pop('config')
   assert again == first
+
+
+def test_checkpoints_of_a_workdir_from_before_the_runner_are_resumed_where_they_are(tmp_path):
+  # Old layout: <workdir>/checkpoints/<job>, the clean kind's as 'none'.
+  cfg = config_lib.get_config()
+  r = runner.Run(cfg, str(tmp_path))
+  assert spectral_stage.checkpoint_dir(r, 'clean') == r.checkpoint_dir('clean')
+  for old in ('burn_in', 'none', 'rep_lam0.01'):
+    os.makedirs(tmp_path / 'checkpoints' / old)
+  assert spectral_stage.checkpoint_dir(r, 'burn_in') == str(tmp_path / 'checkpoints' / 'burn_in')
+  assert spectral_stage.checkpoint_dir(r, 'clean') == str(tmp_path / 'checkpoints' / 'none')
+  assert spectral_stage.checkpoint_dir(r, 'rep_lam0.01') == str(
+      tmp_path / 'checkpoints' / 'rep_lam0.01')
+  assert spectral_stage.checkpoint_dir(r, 'rep') == r.checkpoint_dir('rep')
+
+
+def test_runs_of_names_each_run_and_its_checkpoint_job():
+  cfg = config_lib.get_config('digits_sweep')
+  cfg.regularizer.kinds, cfg.sweep.lams = ('clean', 'rep', 'll'), (0.01, 0.1)
+  assert spectral_stage.runs_of(cfg) == [
+      ('clean', 'clean', 0.0, 'clean'), ('rep lam=0.01', 'rep', 0.01, 'rep_lam0.01'),
+      ('ll lam=0.01', 'll', 0.01, 'll_lam0.01'), ('rep lam=0.1', 'rep', 0.1, 'rep_lam0.1'),
+      ('ll lam=0.1', 'll', 0.1, 'll_lam0.1')]
+  cfg.sweep.lams = ()
+  assert [j for *_, j in spectral_stage.runs_of(cfg)] == ['clean', 'rep', 'll']
+
+
+def test_key_streams_keep_the_fold_in_derivation():
+  keys = spectral_stage.key_streams(3, 2)
+  seeds = jax.random.split(jax.random.PRNGKey(3), 2)
+  for i, name in enumerate(spectral_stage.STREAMS):
+    chex.assert_shape(keys[name], (2, 2))
+    for s in range(2):
+      chex.assert_trees_all_equal(keys[name][s], jax.random.fold_in(seeds[s], i))

@@ -1,4 +1,4 @@
-"""rep / rep_eig_ub / ll / ll_readout / none: layer choice, the penalty gradient, the schedule, and training."""
+"""rep / rep_eig_ub / ll / ll_readout / clean: layer choice, the penalty gradient, the schedule, and training."""
 import functools
 import math
 
@@ -37,7 +37,7 @@ def test_layer_choice():
   assert set(flat(rep)) == {'hidden_0/kernel', 'hidden_1/kernel'}
   ll = spectral.layer_mask(p, 'll')
   assert set(flat(ll)) == {'hidden_0/kernel', 'hidden_1/kernel', 'readout/kernel'}
-  assert not any(jax.tree.leaves(spectral.layer_mask(p, 'none')))
+  assert not any(jax.tree.leaves(spectral.layer_mask(p, 'clean')))
   by_path = spectral.layer_mask(p, 'rep', layers=('hidden_1/kernel',))
   assert set(flat(by_path)) == {'hidden_1/kernel'}
   with pytest.raises(ValueError, match='no kernel'):
@@ -51,15 +51,15 @@ def test_layer_choice():
     ('rep_eig_ub', {'hidden_0/kernel', 'hidden_1/kernel'}),   # its sigma^2 terms: as rep
     ('ll_readout', {'readout/kernel'}),                       # the authors' 1-hidden-layer ll
     ('ll', {'hidden_0/kernel', 'hidden_1/kernel', 'readout/kernel'}),  # every layer
-    ('none', set()),
+    ('clean', set()),
 ])
 def test_each_kind_masks_the_kernels_on_its_paths(kind, paths):
   p = _params()
   mask = spectral.layer_mask(p, kind, feature_layers=MODEL.feature_layers,
                              readout_layers=(MODEL.readout_layer,))
   assert _masked_paths(mask) == paths  # never a bias
-  if kind == 'none':
-    return  # penalize is the identity (test_none_is_identity)
+  if kind == 'clean':
+    return  # penalize is the identity (test_clean_is_identity)
   spec = spectral.SpectralSpec(kind=kind, lam=1.0, warmup_iters=50)
   g, _ = _one_update(spec, p, mask, 0)
   moved = {f'{layer}/{leaf}' for layer in g for leaf in g[layer]
@@ -152,9 +152,9 @@ def test_every_k_schedule():
   assert active == [False, False, True, False, False, True, False, False, True, False]
 
 
-def test_none_is_identity():
+def test_clean_is_identity():
   p = _params()
-  tx = spectral.penalize(spectral.SpectralSpec(kind='none'), spectral.layer_mask(p, 'none'))
+  tx = spectral.penalize(spectral.SpectralSpec(kind='clean'), spectral.layer_mask(p, 'clean'))
   g = jax.tree.map(jnp.ones_like, p)
   out, _ = tx.update(g, tx.init(p), p)
   chex.assert_trees_all_close(out, g)
@@ -187,7 +187,7 @@ def test_training_lowers_penalised_sigmas_through_loop_fit():
                          progress=False)
     return jax.vmap(lambda p: spectral.sigma_max(p, spectral.layer_mask(p, 'll')))(states.params)
 
-  base, rep, ll = run('none'), run('rep'), run('ll')
+  base, rep, ll = run('clean'), run('rep'), run('ll')
   for name in ('hidden_0/kernel', 'hidden_1/kernel'):
     assert np.all(rep[name] < base[name] * 0.9), (name, rep[name], base[name])
     assert np.all(ll[name] < base[name] * 0.9), (name, ll[name], base[name])

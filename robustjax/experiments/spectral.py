@@ -10,7 +10,7 @@ compile), shared by every kind; then, from that state (parameters AND
 optimizer momentum), each kind in ``regularizer.kinds`` trains the remaining
 epochs under its penalty ``lam * sum sigma_max(W)^2``:
 
-- ``none``: no penalty (the uninterrupted run);
+- ``clean``: no penalty (the uninterrupted run; Paper B's "none");
 - ``rep``: the layers up to the feature map (rep-spectral);
 - ``ll``: every layer, readout included (Yoshida & Miyato; the authors'
   multi-layer MLPs and ResNets);
@@ -24,14 +24,14 @@ epochs under its penalty ``lam * sum sigma_max(W)^2``:
 The authors restart the optimizer at the switch-on (their regularised runs
 load the burn-in checkpoint into a fresh SGD); here the momentum carries on,
 so that the kinds differ only in the penalty. ``sweep.lams`` (non-empty) runs
-every penalised kind at each lam after the same burn-in ('none' once). Then,
+every penalised kind at each lam after the same burn-in ('clean' once). Then,
 per seed:
 
 - test accuracy of the trained net ("original" head) and of a logistic
   readout re-fitted on the frozen features ("refit" head, Paper B's protocol);
 - the adversarial distance (smallest l2 perturbation that flips the
   prediction) of the first ``eval.max_points`` correctly classified test
-  points, for each head and each attack in ``eval.attacks`` (white-box FMN,
+  points, for each head and each attack in ``eval.distance_attacks`` (white-box FMN,
   hard-label TangentAttack, ...), via
   ``robustjax.metrics.robustness.adversarial_distance``;
 - a certified lower bound on the same points' distances, per head
@@ -44,11 +44,14 @@ per seed:
   feature map (volume element, lambda_max) on the XOR plane or on the plane
   through three test images.
 
-The burn-in checkpoints to ``workdir/checkpoints/burn_in`` and each kind to
-``workdir/checkpoints/<kind>`` (``<kind>_lam<lam>`` in a sweep) every
-``checkpoint_every`` steps (orbax, ``robustjax.train.loop.fit``): rerunning
-the same command with the same ``--workdir`` resumes each where it stopped
-(and skips the training of finished ones).
+The run goes through ``robustjax.experiments.runner`` (``main``): each part
+is a named job (timings; every training chunk in ``workdir/metrics.jsonl``).
+The burn-in checkpoints to ``workdir/train_checkpoints/burn_in`` and each kind
+to ``workdir/train_checkpoints/<kind>`` (``<kind>_lam<lam>`` in a sweep) every
+``checkpoint_every`` steps (orbax, ``robustjax.train.loop.fit``, with the
+config's fingerprint): rerunning the same command with the same ``--workdir``
+resumes each where it stopped (and skips the training of finished ones); a
+workdir from before the runner resumes from its ``workdir/checkpoints/``.
 
 Batches: each step draws ``batch_size`` distinct training points at random
 (the step key decides), so an "epoch" is ceil(n / batch_size) steps; PyTorch's
@@ -67,9 +70,10 @@ import optax
 
 from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
-from robustjax import losses, progress, report, run_record, spectral, timing
+from robustjax import losses, progress, report, spectral
 from robustjax.attacks import decision
 from robustjax.data import images, toy
+from robustjax.experiments import runner
 from robustjax.metrics import certify, geometry, robustness
 from robustjax.models import heads
 from robustjax.models.apply import bind, logits as logits_fn
@@ -79,10 +83,10 @@ from robustjax.train import loop, state as state_lib
 KINDS = spectral.KINDS
 DATASETS = ('xor',) + images.DATASETS
 HEADS = ('original', 'refit')
-ACC_SLACK = 0.01   # claims: rep's accuracy may fall at most 1 point below none's
+ACC_SLACK = 0.01   # claims: rep's accuracy may fall at most 1 point below clean's
 ATTACKS = ('fmn', 'ddn', 'bisection', 'tangent', 'hopskipjump')
 KIND_WORDS = {
-    'none': 'no penalty',
+    'clean': 'no penalty',
     'rep': 'hidden layers (up to the features)',
     'rep_eig_ub': 'hidden layers + activation slope (eig-ub)',
     'll': 'every layer incl. readout',
@@ -119,6 +123,9 @@ def validate(cfg) -> None:
   cv.number(cfg, 'model.init_std', low=0, strict_low=True)
   blocks.optimizer(cfg, 'train')
   r = cfg.regularizer
+  if not isinstance(r.kinds, str) and 'none' in r.kinds:
+    raise cv.Renamed('regularizer.kinds', 'clean', 'the unregularised baseline, one name in '
+                     'every experiment', old='none')
   cv.subset_of(cfg, 'regularizer.kinds', KINDS)
   if len(set(r.kinds)) != len(r.kinds):
     raise cv.ConfigError('regularizer.kinds', 'a list without repeats', r.kinds)
@@ -144,9 +151,10 @@ def validate(cfg) -> None:
     if p.split('/')[0] not in known:
       raise cv.ConfigError('regularizer.layers', f'paths under {sorted(known)}', r.layers)
   cv.subset_of(cfg, 'eval.heads', HEADS)
-  cv.subset_of(cfg, 'eval.attacks', ATTACKS)
+  cv.no_renamed_fields(cfg, 'spectral')
+  cv.subset_of(cfg, 'eval.distance_attacks', ATTACKS)
   cv.one_of(cfg, 'eval.primary_head', tuple(cfg.eval.heads))
-  cv.one_of(cfg, 'eval.primary_attack', tuple(cfg.eval.attacks))
+  cv.one_of(cfg, 'eval.primary_attack', tuple(cfg.eval.distance_attacks))
   cv.subset_of(cfg, 'eval.skip', [f'{h}/{a}' for h in HEADS for a in ATTACKS], nonempty=False)
   primary = f'{cfg.eval.primary_head}/{cfg.eval.primary_attack}'
   if primary in cfg.eval.skip:
@@ -161,6 +169,7 @@ def validate(cfg) -> None:
 
 
 def model_from_config(cfg, num_classes: int) -> MLP:
+  """The ``MLP`` of ``cfg.model`` with ``num_classes`` logits."""
   m = cfg.model
   return MLP(widths=tuple(m.widths), num_classes=num_classes, activation=m.activation,
              init_scheme=m.init, init_std=float(m.init_std), scale_by_width=m.scale_by_width)
@@ -171,10 +180,13 @@ def model_from_config(cfg, num_classes: int) -> MLP:
 def load_data(cfg, keys: jax.Array) -> dict:
   """Train/test arrays; 'per_seed' says whether they carry a leading seed axis.
 
-  XOR draws a new set per seed (``per_seed=True``: arrays (seeds, n, 2)); an
-  image dataset is one set that every seed reads (``per_seed=False``: one
-  copy, not one per seed). Inputs are flattened to (n, d); 'bounds' is the
-  input domain for attacks.
+  Returns ``{'x_train': (n, d) float32, 'y_train': (n,) integer labels, 'x_test',
+  'y_test', 'num_classes': int, 'bounds': (low, high) or None (unbounded),
+  'image_shape': (h, w[, c]) or None, 'per_seed': bool}``; ``keys``:
+  (num_seeds, 2), the 'data' stream (XOR only). XOR draws a new set per seed
+  (``per_seed=True``: arrays (seeds, n, 2)); an image dataset is one set that
+  every seed reads (``per_seed=False``: one copy, not one per seed). Inputs
+  are flattened to (n, d); 'bounds' is the input domain for attacks.
   """
   d = cfg.data
   if d.name == 'xor':
@@ -209,7 +221,9 @@ def of_seed(data: dict, name: str, s: int):
 # --- training ------------------------------------------------------------------
 
 def batch_loss(params, key, aux, *, model: MLP, batch_size: int, slope_lam: float = 0.0):
-  """Cross-entropy on ``batch_size`` distinct random training points.
+  """Cross-entropy on ``batch_size`` distinct random training points: returns
+  (scalar loss, ``{'accuracy'[, 'slope_term']}`` scalars), ``loop.fit``'s loss
+  form; ``aux`` = (x (n, d), y (n,)).
 
   ``slope_lam > 0`` (rep_eig_ub's penalised phase) adds ``slope_lam`` times the
   batch's activation-slope term (``spectral.activation_slope_penalty``).
@@ -230,6 +244,7 @@ def batch_loss(params, key, aux, *, model: MLP, batch_size: int, slope_lam: floa
 
 
 def steps_per_epoch(cfg, n_train: int) -> int:
+  """ceil(n_train / batch size): the steps of one "epoch" (batch capped at n_train)."""
   return -(-n_train // min(cfg.train.batch_size, n_train))
 
 
@@ -239,20 +254,24 @@ def _optimizer(cfg):
                                   momentum=t.momentum)
 
 
-def _fit(cfg, states, data, keys, loss_fn, steps, desc, checkpoint_dir):
+def _fit(cfg, states, data, keys, loss_fn, steps, desc, checkpoint_dir, fingerprint):
   return loop.fit(states, (data['x_train'], data['y_train']), keys, loss_fn, steps=steps,
                   chunk_size=cfg.chunk_size, batched=True, desc=desc, progress=cfg.progress,
                   mesh=cfg.get('mesh'), shared_aux=not data['per_seed'],
                   checkpoint_dir=checkpoint_dir, checkpoint_every=cfg.checkpoint_every,
-                  fingerprint=run_record.fingerprint(cfg.to_dict()))
+                  fingerprint=fingerprint)
 
 
-def burn_in(cfg, model: MLP, data: dict, keys: jax.Array, checkpoint_dir: str | None = None):
-  """The shared unregularised phase: (TrainState stacked over seeds, metrics).
+def burn_in(cfg, model: MLP, data: dict, keys: jax.Array, checkpoint_dir: str | None = None,
+            fingerprint: dict | None = None):
+  """The shared unregularised phase. Returns (TrainState stacked over seeds,
+  metrics ``{name: (num_seeds,) last chunk's mean}``, {} for zero epochs).
 
-  Initialises one net per seed (fold_in(key, 0)) and trains
-  ``burn_in_epochs * steps_per_epoch`` steps (step keys from fold_in(key, 1));
-  zero epochs return the initial state.
+  ``keys``: (num_seeds, 2), the 'train' stream. Initialises one net per seed
+  (fold_in(key, 0)) and trains ``burn_in_epochs * steps_per_epoch`` steps
+  (step keys from fold_in(key, 1)); zero epochs return the initial state.
+  ``checkpoint_dir`` / ``fingerprint``: as ``loop.fit`` (resume, and refuse a
+  checkpoint of another config).
   """
   x_train = of_seed(data, 'x_train', 0)
   p0 = jax.vmap(lambda k: model.init(jax.random.fold_in(k, 0), x_train[:1])['params'])(keys)
@@ -262,19 +281,25 @@ def burn_in(cfg, model: MLP, data: dict, keys: jax.Array, checkpoint_dir: str | 
     return states, {}
   loss_fn = functools.partial(batch_loss, model=model, batch_size=cfg.train.batch_size)
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-  return _fit(cfg, states, data, train_keys, loss_fn, steps, 'burn-in', checkpoint_dir)
+  return _fit(cfg, states, data, train_keys, loss_fn, steps, 'burn-in', checkpoint_dir,
+              fingerprint)
 
 
 def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, burned,
-          lam: float | None = None, desc: str = '', checkpoint_dir: str | None = None):
+          lam: float | None = None, desc: str = '', checkpoint_dir: str | None = None,
+          fingerprint: dict | None = None):
   """Continues the burned-in states under penalty ``kind`` at strength ``lam``
-  (default ``regularizer.lam``) for the remaining epochs; returns (params, metrics).
+  (default ``regularizer.lam``) for the remaining epochs. Returns (params
+  stacked over seeds, metrics ``{name: (num_seeds,) last chunk's mean}``:
+  'loss', 'accuracy', 'slope_term' for rep_eig_ub).
 
   The optimizer state (momentum) carries on from the burn-in; the penalty's
   power-iteration vectors are warmed up at the first step (the switch-on).
   Step keys come from fold_in(key, 2), the same for every kind.
   ``checkpoint_dir``: this kind's own directory; the fit saves there every
-  ``cfg.checkpoint_every`` steps and a rerun resumes from it (``loop.fit``).
+  ``cfg.checkpoint_every`` steps and a rerun resumes from it (``loop.fit``;
+  ``fingerprint`` is saved with each checkpoint, and one of another config is
+  refused).
   """
   r = cfg.regularizer
   lam = float(r.lam if lam is None else lam)
@@ -296,7 +321,7 @@ def train(cfg, kind: str, model: MLP, data: dict, keys: jax.Array, burned,
   train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
   steps = (cfg.train.epochs - r.burn_in_epochs) * spe
   states, metrics = _fit(cfg, states, data, train_keys, loss_fn, steps, desc or f'train {kind}',
-                         checkpoint_dir)
+                         checkpoint_dir, fingerprint)
   return states.params, metrics
 
 
@@ -318,13 +343,23 @@ def first_correct(predict_fn, x, y, n: int):
 
 
 def attack_kwargs(cfg, attack: str) -> dict:
+  """The keyword arguments of ``attack`` from its ``cfg.eval`` block (ddn reads
+  ``fmn``'s, hopskipjump ``tangent``'s), {} when there is none."""
   block = {'ddn': 'fmn', 'hopskipjump': 'tangent'}.get(attack, attack)
   return dict(cfg.eval[block]) if block in cfg.eval else {}
 
 
 def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array, desc: str = 'evaluate') -> dict:
   """Accuracies, re-fitted heads, adversarial distances and sigmas for every seed
-  (a progress bar ``desc`` counts the attack runs, one per head, attack and seed)."""
+  (a progress bar ``desc`` counts the attack runs, one per head, attack and seed).
+
+  ``params``: stacked over seeds; ``keys``: (num_seeds, 2), the 'eval' stream.
+  Returns ``{'test_acc': (S,), 'refit_test_acc': (S,)`` (with the refit head),
+  ``'distances': {'head/attack' and 'head/certified': [S arrays (n_s,) of l2
+  distances, non-finite where an attack failed]}, 'certified_violations':
+  {'head/attack': [S ints]}, 'sigma_max': {'layer/kernel': (S,)}}``, n_s <=
+  ``eval.max_points`` the seed's correctly classified test points.
+  """
   e, S, ax = cfg.eval, keys.shape[0], seed_axis(data)
   x_te, y_te = data['x_test'], data['y_test']
   feats = jax.jit(jax.vmap(lambda p, x: features_fn(model, p, x), in_axes=(0, ax)))
@@ -349,10 +384,10 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array, desc: str = '
                               of_seed(data, 'y_test', s), n) for s in range(S)]
             for h in e.heads}
   out['distances'], out['certified_violations'] = {}, {}
-  runs = sum(f'{h}/{a}' not in e.skip for h in e.heads for a in e.attacks) * S
+  runs = sum(f'{h}/{a}' not in e.skip for h in e.heads for a in e.distance_attacks) * S
   with progress.tracked(desc, runs, cfg.progress) as bar:
     for h in e.heads:
-      for a in e.attacks:
+      for a in e.distance_attacks:
         if f'{h}/{a}' in e.skip:
           continue
         per_seed = []
@@ -385,7 +420,7 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array, desc: str = '
                                      certify.mlp_feature_lipschitz(model, p_s)) if real else []
         cert.append(np.asarray(r, np.float64)[:real])
       out['distances'][f'{h}/certified'] = cert
-      for a in e.attacks:
+      for a in e.distance_attacks:
         if f'{h}/{a}' in out['distances']:
           # certified <= true <= attack: a point above an attack's distance is a bug.
           out['certified_violations'][f'{h}/{a}'] = [
@@ -399,6 +434,10 @@ def evaluate(cfg, model: MLP, params, data: dict, keys: jax.Array, desc: str = '
 
 def geometry_maps(cfg, model: MLP, params_seed0, data: dict) -> dict:
   """Volume element, lambda_max and the decision function on a 2-D slice (seed 0).
+
+  Returns ``{'log_volume', 'log10_lambda_max', 'boundary' (0 on the decision
+  boundary), 'argmax': (grid_size, grid_size) arrays, 'extent': (x0, x1, y0,
+  y1), 'anchors': the three images' plane coordinates or None}``.
 
   XOR: the input square [-lim, lim]^2. Images: the plane through the first
   three test images of different classes.
@@ -442,7 +481,15 @@ def _stat(values, f):
 
 
 def summarize(cfg, evals: dict) -> dict:
-  """summary[kind]: headline numbers (primary head and attack) plus every combination."""
+  """summary[label]: headline numbers (primary head and attack) plus every combination.
+
+  Per label: 'test_acc', 'test_acc_std', 'test_acc_per_seed' (and 'refit_*'
+  alike), 'adv_distance_mean' / '_median' (mean over seeds of the per-seed
+  mean / median finite l2 distance, primary head/attack) with '_std' and
+  '_per_seed', 'distances' {'head/attack': mean, median, their stds and
+  per-seed lists, num_points_per_seed, num_failed_per_seed},
+  'certified_violations_per_seed', 'sigma_max_per_seed' {'layer/kernel': [S]}.
+  """
   primary = f'{cfg.eval.primary_head}/{cfg.eval.primary_attack}'
   summary = {}
   for kind, ev in evals.items():
@@ -476,48 +523,52 @@ def summarize(cfg, evals: dict) -> dict:
 
 
 def claims(cfg, summary: dict, runs: dict) -> list[report.Claim]:
-  """Paper B's claim, tested at each lam: rep (and rep_eig_ub) against none and the ll kinds.
+  """Paper B's claim, tested at each lam: rep (and rep_eig_ub) against clean and the ll kinds.
 
   On the primary distance (mean over seeds of the per-seed mean): the gap must
   exceed the larger of the two seed standard deviations, and rep's refit
   accuracy (the original head's when there is no refit) must be at least
-  none's minus ``ACC_SLACK`` (1 point). ``holds``: above none and above
+  clean's minus ``ACC_SLACK`` (1 point). ``holds``: above clean and above
   ll_readout (when run) at that accuracy; the gap to ll (every layer) is
   reported beside it, not required (the authors' single-hidden-layer ll is
-  the readout only).
+  the readout only). Returns one ``report.Claim`` per rep kind and lam (none
+  without a clean run), its numbers the (mean, std) distances and accuracies.
   """
   by = {(r['kind'], r['lam']): label for label, r in runs.items()}
   acc_key = 'refit_test_acc' if cfg.eval.primary_head == 'refit' else 'test_acc'
   primary = f'{cfg.eval.primary_head}/{cfg.eval.primary_attack}'
-  none = next((label for label, r in runs.items() if r['kind'] == 'none'), None)
+  clean = next((label for label, r in runs.items() if r['kind'] == 'clean'), None)
   dist = lambda q: (q['adv_distance_mean'], q['adv_distance_mean_std'])
   out = []
   for (kind, lam), label in by.items():
-    if kind not in spectral.REP_KINDS or none is None:
+    if kind not in spectral.REP_KINDS or clean is None:
       continue
     r = summary[label]
     numbers, above = {kind: dist(r)}, {}
-    for other in ['none', 'll_readout', 'll']:
-      o = none if other == 'none' else by.get((other, lam))
+    for other in ['clean', 'll_readout', 'll']:
+      o = clean if other == 'clean' else by.get((other, lam))
       if o is not None:
         numbers[other] = dist(summary[o])
         above[other] = bool(r['adv_distance_mean'] - summary[o]['adv_distance_mean'] >
                             max(r['adv_distance_mean_std'], summary[o]['adv_distance_mean_std']))
     numbers[f'{acc_key} {kind}'] = r[acc_key]
-    numbers[f'{acc_key} none'] = summary[none][acc_key]
-    acc_ok = bool(r[acc_key] >= summary[none][acc_key] - ACC_SLACK)
-    holds = above['none'] and above.get('ll_readout', True) and acc_ok
-    vs = ', '.join(o for o in ('none', 'll_readout') if o in above)
+    numbers[f'{acc_key} clean'] = summary[clean][acc_key]
+    acc_ok = bool(r[acc_key] >= summary[clean][acc_key] - ACC_SLACK)
+    holds = above['clean'] and above.get('ll_readout', True) and acc_ok
+    vs = ', '.join(o for o in ('clean', 'll_readout') if o in above)
     out.append(report.Claim(
         f'B: {kind} raises the {primary} adversarial distance (lam {lam:g})', holds,
         f'mean over seeds above {vs} by more than the larger seed std, at {acc_key} >= '
-        f"none's - {ACC_SLACK:g}" + (f" (vs ll: {'above' if above['ll'] else 'not above'}, "
+        f"clean's - {ACC_SLACK:g}" + (f" (vs ll: {'above' if above['ll'] else 'not above'}, "
                                     'not required)' if 'll' in above else ''),
         numbers))
   return out
 
 
 def table(summary: dict, cfg) -> str:
+  """The printed table: one row per label (accuracies, each head/attack's mean
+  +- std (median) distance, each layer's sigma_max) and the lines saying how to
+  read it."""
   names = list(next(iter(summary.values()))['distances'])
   head = ['kind', 'test acc', 'refit acc'] + [f'{n} mean (median)' for n in names] + [
       'sigma_max ' + k.split('/')[0] for k in next(iter(summary.values()))['sigma_max_per_seed']]
@@ -566,22 +617,22 @@ def plot_distances(evals: dict, path: str) -> None:
 
 
 def plot_sweep(cfg, summary: dict, runs: dict, path: str) -> None:
-  """Primary distance and accuracy against lam per kind (mean +- seed std); none as a band."""
+  """Primary distance and accuracy against lam per kind (mean +- seed std); clean as a band."""
   import matplotlib.pyplot as plt
   acc_key = 'refit_test_acc' if cfg.eval.primary_head == 'refit' else 'test_acc'
   fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
-  lams = sorted({r['lam'] for r in runs.values() if r['kind'] != 'none'})
+  lams = sorted({r['lam'] for r in runs.values() if r['kind'] != 'clean'})
   for ax, (key, std, ylabel) in zip(axes, [
       ('adv_distance_mean', 'adv_distance_mean_std',
        f'{cfg.eval.primary_head}/{cfg.eval.primary_attack} distance (l2)'),
       (acc_key, acc_key + '_std', acc_key.replace('_', ' '))]):
     for kind in cfg.regularizer.kinds:
       labels = [next(l for l, r in runs.items() if r['kind'] == kind and
-                     (kind == 'none' or r['lam'] == lam)) for lam in lams]
+                     (kind == 'clean' or r['lam'] == lam)) for lam in lams]
       m = np.array([summary[l][key] for l in labels])
       sd = np.array([summary[l][std] for l in labels])
-      if kind == 'none':
-        ax.axhline(m[0], color='k', lw=1, label='none')
+      if kind == 'clean':
+        ax.axhline(m[0], color='k', lw=1, label='clean')
         ax.axhspan(m[0] - sd[0], m[0] + sd[0], color='k', alpha=0.1)
       else:
         ax.errorbar(lams, m, yerr=sd, marker='o', capsize=3, label=kind)
@@ -615,76 +666,102 @@ def plot_geometry(maps: dict, data: dict, workdir: str) -> list[str]:
   return files
 
 
-# --- entry point -----------------------------------------------------------------
+# --- plan and entry point ---------------------------------------------------------
 
-def runs_of(cfg) -> list[tuple[str, str, float]]:
-  """(label, kind, lam) of every trained run: each kind at regularizer.lam, or,
-  with sweep.lams, each penalised kind at each lam and 'none' once."""
+# The key streams of a run: stream i of seed s is fold_in(split(PRNGKey(seed),
+# num_seeds)[s], i). 'data' draws XOR's sets; 'train' every run's init and
+# batches (one stream for all kinds: they differ only in the penalty); 'eval'
+# the attacks. Fixed streams, not one per job, so a job's draws never depend
+# on which other jobs a config selects. fold_in, where the runner's
+# ``key_streams`` splits: the numbers of runs made before the runner stay.
+STREAMS = ('data', 'train', 'eval')
+LEGACY_CHECKPOINTS = 'checkpoints'  # <workdir>/checkpoints/<name>: runs before the runner
+
+
+def key_streams(seed: int, num_seeds: int) -> dict[str, jax.Array]:
+  """``{stream: (num_seeds, 2) uint32 keys}`` for each name in ``STREAMS``."""
+  keys = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
+  return {name: jax.vmap(lambda k, i=i: jax.random.fold_in(k, i))(keys)
+          for i, name in enumerate(STREAMS)}
+
+
+def runs_of(cfg) -> list[tuple[str, str, float, str]]:
+  """``(label, kind, lam, job)`` of every trained run, in training order: each
+  kind at regularizer.lam, or, with sweep.lams, 'clean' once and each
+  penalised kind at each lam. ``label`` keys the summary and table ('rep',
+  'rep lam=0.01'); ``job`` names the run's checkpoints ('rep', 'rep_lam0.01')."""
   lams = tuple(cfg.sweep.lams)
   if not lams:
-    return [(k, k, float(cfg.regularizer.lam)) for k in cfg.regularizer.kinds]
-  out = [('none', 'none', 0.0)] if 'none' in cfg.regularizer.kinds else []
-  return out + [(f'{k} lam={lam:g}', k, float(lam)) for lam in lams
-                for k in cfg.regularizer.kinds if k != 'none']
+    return [(k, k, float(cfg.regularizer.lam), k) for k in cfg.regularizer.kinds]
+  out = [('clean', 'clean', 0.0, 'clean')] if 'clean' in cfg.regularizer.kinds else []
+  return out + [(f'{k} lam={lam:g}', k, float(lam), f'{k}_lam{lam:g}') for lam in lams
+                for k in cfg.regularizer.kinds if k != 'clean']
 
 
-def run(cfg, workdir: str) -> dict:
-  timings = {}
-  keys = jax.random.split(jax.random.PRNGKey(cfg.seed), cfg.num_seeds)
-  data_keys = jax.vmap(lambda k: jax.random.fold_in(k, 0))(keys)
-  with timing.stage(timings, 'data'):
-    data = load_data(cfg, data_keys)
+def checkpoint_dir(r: runner.Run, job: str) -> str:
+  """Where ``job`` saves and resumes its fit: ``r.checkpoint_dir(job)``, or the
+  ``<workdir>/checkpoints/<job>`` of a workdir made before the runner when it
+  exists there ('none' for 'clean'), so that such a run resumes."""
+  old = os.path.join(r.workdir, LEGACY_CHECKPOINTS, 'none' if job == 'clean' else job)
+  return old if os.path.isdir(old) else r.checkpoint_dir(job)
+
+
+def run(cfg, r: runner.Run) -> dict:
+  """Trains and evaluates every run of ``runs_of(cfg)`` as jobs of ``r``: 'data',
+  'burn_in', then per run 'train_<label>', 'eval_<label>' and (eval.geometry)
+  'geometry_<label>', each timed into ``r.timings``, the fits logged to
+  metrics.jsonl and checkpointed (``checkpoint_dir``) with ``r.fingerprint``.
+
+  Returns ``{'data': load_data(...), 'runs': {label: {'kind', 'lam'}},
+  'evals': {label: evaluate(...)}, 'maps': {label: geometry_maps(...)}`` (empty
+  without eval.geometry), ``'train_metrics': {label: {metric: [last chunk's
+  mean per seed]}}}``.
+  """
+  keys = key_streams(cfg.seed, cfg.num_seeds)
+  with r.job('data'):
+    data = load_data(cfg, keys['data'])
   model = model_from_config(cfg, data['num_classes'])
-  # Same init, burn-in and batch keys for every kind: the kinds differ only in the penalty.
-  train_keys = jax.vmap(lambda k: jax.random.fold_in(k, 1))(keys)
-  eval_keys = jax.vmap(lambda k: jax.random.fold_in(k, 2))(keys)
-  ckpt = lambda name: os.path.join(workdir, 'checkpoints', name)
-  with timing.stage(timings, 'burn_in'):
-    burned, _ = burn_in(cfg, model, data, train_keys, checkpoint_dir=ckpt('burn_in'))
-    jax.block_until_ready(burned)
-  evals, maps, train_metrics, runs = {}, {}, {}, {}
-  sweep = bool(tuple(cfg.sweep.lams))
-  for label, kind, lam in runs_of(cfg):
-    runs[label] = dict(kind=kind, lam=lam)
-    name = f'{kind}_lam{lam:g}' if sweep and kind != 'none' else kind
-    with timing.stage(timings, f'train_{label}'):
-      params, metrics = train(cfg, kind, model, data, train_keys, burned, lam=lam,
-                              desc=f'train {label}', checkpoint_dir=ckpt(name))
-      jax.block_until_ready(params)
-    train_metrics[label] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
-    with timing.stage(timings, f'eval_{label}'):
-      evals[label] = evaluate(cfg, model, params, data, eval_keys, desc=f'evaluate {label}')
+  burned, _ = r.timed('burn_in', burn_in, cfg, model, data, keys['train'],
+                      checkpoint_dir=checkpoint_dir(r, 'burn_in'), fingerprint=r.fingerprint)
+  out = dict(data=data, runs={}, evals={}, maps={}, train_metrics={})
+  for label, kind, lam, job in runs_of(cfg):
+    out['runs'][label] = dict(kind=kind, lam=lam)
+    params, metrics = r.timed(f'train_{label}', train, cfg, kind, model, data, keys['train'],
+                              burned, lam=lam, desc=f'train {label}',
+                              checkpoint_dir=checkpoint_dir(r, job), fingerprint=r.fingerprint)
+    out['train_metrics'][label] = {k: np.asarray(v).tolist() for k, v in metrics.items()}
+    with r.job(f'eval_{label}'):
+      out['evals'][label] = evaluate(cfg, model, params, data, keys['eval'],
+                                     desc=f'evaluate {label}')
     if cfg.eval.geometry:
-      with timing.stage(timings, f'geometry_{label}'):
-        maps[label] = geometry_maps(cfg, model, jax.tree.map(lambda a: a[0], params), data)
-  return dict(evals=evals, maps=maps, data=data, timings=timings, train_metrics=train_metrics,
-              runs=runs)
+      with r.job(f'geometry_{label}'):
+        out['maps'][label] = geometry_maps(cfg, model, jax.tree.map(lambda a: a[0], params), data)
+  return out
 
 
 def main(cfg, workdir: str) -> dict:
-  """Trains and evaluates every kind; prints the table, the claims and the files
-  written; writes results.json and the plots."""
-  timings = {}
-  with timing.stage(timings, 'total'):
-    out = run(cfg, workdir)
+  """Runs the experiment in ``workdir`` (``run``), prints the table, the claims
+  and the files written, and writes results.json (keys 'config', 'seeds'
+  [seed, num_seeds], 'runs', 'summary', 'claims', 'final_train_metrics',
+  'distances' {label: {head/attack: [per-seed lists of l2 distances]}},
+  'timings' {job: timing.record, seconds}, 'plots'), the plots and
+  training_curves.png. Returns ``summarize``'s summary."""
+  r = runner.Run(cfg, workdir)
+  with r.job('total'):
+    out = run(cfg, r)
     summary = summarize(cfg, out['evals'])
     found = claims(cfg, summary, out['runs'])
     plots = ['adv_distance_box.png']
-    plot_distances(out['evals'], os.path.join(workdir, plots[0]))
+    plot_distances(out['evals'], r.path(plots[0]))
     if tuple(cfg.sweep.lams):
       plots.append('sweep.png')
-      plot_sweep(cfg, summary, out['runs'], os.path.join(workdir, plots[-1]))
+      plot_sweep(cfg, summary, out['runs'], r.path(plots[-1]))
     if out['maps']:
       plots += [os.path.basename(p) for p in plot_geometry(out['maps'], out['data'], workdir)]
-  timings = dict(out['timings'], total=timings['total'])
-  report.write_json(os.path.join(workdir, 'results.json'), {
-      'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'timings': timings,
-      'runs': out['runs'], 'summary': summary, 'claims': report.claims_json(found),
-      'final_train_metrics': out['train_metrics'],
-      'distances': {k: {n: [d.tolist() for d in v] for n, v in ev['distances'].items()}
-                    for k, ev in out['evals'].items()},
-      'plots': plots})
-  print(table(summary, cfg))
-  print(report.claims_text(found))
-  print(report.files_text(workdir, ['results.json'] + plots, timings))
+  r.finish({'seeds': [cfg.seed, cfg.num_seeds], 'runs': out['runs'], 'summary': summary,
+            'final_train_metrics': out['train_metrics'],
+            'distances': {k: {n: [d.tolist() for d in v] for n, v in ev['distances'].items()}
+                          for k, ev in out['evals'].items()}},
+           text=[table(summary, cfg)], claims=found, plots=plots,
+           files=[runner.TRAIN_CHECKPOINTS + '/'])
   return summary

@@ -1,4 +1,4 @@
-"""Spectral-norm penalties on chosen layers: none, rep-spectral and ll-spectral.
+"""Spectral-norm penalties on chosen layers: rep-spectral and ll-spectral (or none).
 
 Paper B's penalty is ``lam * sum_l sigma_max(W_l)^2`` (no 1/2) over
 
@@ -14,7 +14,8 @@ Paper B's penalty is ``lam * sum_l sigma_max(W_l)^2`` (no 1/2) over
 - ``ll_readout``: the readout only, chosen by ``readout_layers``: what the
   authors' ll code reaches in their single-hidden-layer model (its loop walks
   the model's direct children, and the hidden layer sits in a nested block);
-- ``none``: nothing.
+- ``clean``: nothing (the unregularised baseline; called ``clean`` in every
+  experiment, Paper B's "none").
 
 Each sigma_max comes from power iteration with its vector carried between
 steps (``power_iteration``). Dense kernels iterate on W^T W; conv kernels
@@ -52,14 +53,15 @@ import optax
 from robustjax.spectral import conv_norm, power_iteration
 from robustjax.spectral.capture import ConvLayer
 
-KINDS = ('none', 'rep', 'll', 'll_readout', 'rep_eig_ub')
+# 'clean': no penalty (the unregularised baseline; one name across the library).
+KINDS = ('clean', 'rep', 'll', 'll_readout', 'rep_eig_ub')
 REP_KINDS = ('rep', 'rep_eig_ub')   # kinds that penalise the layers up to the feature map
 
 
 @dataclasses.dataclass(frozen=True)
 class SpectralSpec:
   """The regularizer as config values; hashable, so jit can close over it."""
-  kind: str = 'none'            # one of KINDS
+  kind: str = 'clean'           # one of KINDS
   lam: float = 1e-3             # strength of sum sigma_max^2
   burn_in_steps: int = 0        # unpenalised updates before the switch-on
   every_k: int = 1              # penalise every k-th update after the burn-in
@@ -123,7 +125,7 @@ def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
 
   def pick(path, leaf):
     p = _path(path)
-    if kind == 'none' or not p.split('/')[-1] == 'kernel':
+    if kind == 'clean' or not p.split('/')[-1] == 'kernel':
       return False
     if not (kind == 'll' or _matches(p, prefixes)):
       return False
@@ -142,7 +144,7 @@ def layer_mask(params, kind: str, *, feature_layers: Sequence[str] = (),
                      f'got shape {jnp.shape(leaf)}')
 
   mask = jax.tree_util.tree_map_with_path(pick, params)
-  if kind not in ('none', 'll') and not any(jax.tree.leaves(mask)):
+  if kind not in ('clean', 'll') and not any(jax.tree.leaves(mask)):
     paths = [_path(p) for p, _ in jax.tree_util.tree_leaves_with_path(params)]
     raise ValueError(f'{kind}: no kernel under {prefixes}; parameter paths are {paths}')
   return mask
@@ -238,7 +240,7 @@ def penalize(spec: SpectralSpec, mask, key: jax.Array | None = None
       tx = optax.chain(penalize(spec, mask), make_optimizer(...))
 
   ``update(grads, state, params)`` needs params (flax's TrainState passes
-  them). ``kind='none'`` (or an all-False mask) adds nothing.
+  them). ``kind='clean'`` (or an all-False mask) adds nothing.
   """
   key = jax.random.PRNGKey(0) if key is None else key
 
@@ -274,7 +276,7 @@ def penalize(spec: SpectralSpec, mask, key: jax.Array | None = None
     updates, vectors, value, grad_norm = jax.lax.cond(active, on, off, None)
     return updates, SpectralState(count + 1, vectors, value, grad_norm)
 
-  if spec.kind == 'none' or not any(jax.tree.leaves(mask)):
+  if spec.kind == 'clean' or not any(jax.tree.leaves(mask)):
     return optax.identity()
   return optax.GradientTransformation(init, update)
 
