@@ -43,11 +43,11 @@ def test_claims_need_the_gap_to_exceed_the_spread():
   cfg.eval.eps = (0.5,)
   c = {claim.name: claim for claim in images.claims(summary, cfg)}
   assert c['A: probe robust acc at eps 0.5, adversarial > clean encoder'].holds
-  assert not c['B: adversarial distance, rep > none'].holds      # 0.02 gap < 0.03 spread
+  assert not c['B: adversarial distance, rep > clean'].holds      # 0.02 gap < 0.03 spread
   assert c['B: adversarial distance, rep > ll'].holds
   assert not c['A: first-layer filters smoother, adversarial < clean roughness'].holds
-  assert c['B: adversarial distance, rep > none'].numbers == {'rep': (0.32, 0.03),
-                                                              'none': (0.30, 0.01)}
+  assert c['B: adversarial distance, rep > clean'].numbers == {'rep': (0.32, 0.03),
+                                                              'clean': (0.30, 0.01)}
   del summary['adversarial']
   assert not any(c.name.startswith('A: probe') for c in images.claims(summary, cfg))
 

@@ -230,11 +230,10 @@ def _better(summary, a: str, b: str, field, name: str, higher=True) -> report.Cl
       (lambda k: summary[k][field])
   (ma, sa), (mb, sb) = get(a), get(b)
   diff = (ma - mb) if higher else (mb - ma)
-  label = lambda k: 'none' if k == 'clean' and name.startswith('B') else k
   return report.Claim(
       name, bool(diff > max(sa, sb)),
       f"mean over seeds {'higher' if higher else 'lower'} by more than either kind's "
-      'std over seeds', {label(a): (ma, sa), label(b): (mb, sb)})
+      'std over seeds', {a: (ma, sa), b: (mb, sb)})
 
 
 def claims(summary: dict, cfg) -> list[report.Claim]:
@@ -250,7 +249,7 @@ def claims(summary: dict, cfg) -> list[report.Claim]:
                      higher=False))
   for other in ('clean', 'll'):
     out.append(_better(summary, 'rep', other, 'distance',
-                       f'B: adversarial distance, rep > {"none" if other == "clean" else other}'))
+                       f'B: adversarial distance, rep > {other}'))
   out.append(_better(summary, 'rep', 'll', 'probe_acc', 'B: probe accuracy, rep > ll'))
   return [c for c in out if c is not None]
 

@@ -71,7 +71,7 @@ import optax
 from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
 from robustjax import losses, progress, report, spectral
-from robustjax.attacks import decision
+from robustjax.attacks import decision, registry
 from robustjax.data import images, toy
 from robustjax.experiments import runner
 from robustjax.metrics import certify, geometry, robustness
@@ -84,7 +84,7 @@ KINDS = spectral.KINDS
 DATASETS = ('xor',) + images.DATASETS
 HEADS = ('original', 'refit')
 ACC_SLACK = 0.01   # claims: rep's accuracy may fall at most 1 point below clean's
-ATTACKS = ('fmn', 'ddn', 'bisection', 'tangent', 'hopskipjump')
+ATTACKS = registry.names('minimal')  # eval.distance_attacks: the minimal-distance methods
 KIND_WORDS = {
     'clean': 'no penalty',
     'rep': 'hidden layers (up to the features)',

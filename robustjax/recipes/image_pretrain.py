@@ -1,7 +1,7 @@
 """Pre-training image encoders: supervised or self-supervised, clean, adversarial
 or spectrally regularised; every seed in one compile.
 
-A kind (``KINDS``) is a pair (adversarial?, spectral penalty): 'clean',
+A kind (``KINDS``) is a pair (adversarial?, spectral penalty or None): 'clean',
 'adversarial' (Madry PGD for supervised; RoCL's instance-wise attack for
 SSL), 'rep' and 'll' (Paper B). All kinds of a run share the data, the init
 and the batch keys: they differ only in the attack and the penalty.
@@ -39,7 +39,7 @@ from robustjax.models.ssl import SSLNet
 from robustjax.spectral import capture
 from robustjax.train import loop, sharding, state as state_lib
 
-KINDS = {'clean': (False, 'none'), 'adversarial': (True, 'none'), 'rep': (False, 'rep'),
+KINDS = {'clean': (False, None), 'adversarial': (True, None), 'rep': (False, 'rep'),
          'll': (False, 'll')}
 METHODS = ('supervised', 'simclr', 'barlow_twins')
 MODELS = ('resnet18', 'resnet34', 'small_cnn')
@@ -182,7 +182,7 @@ def spectral_tx(cfg, kind: str, net, params, batch_stats, example: jax.Array):
   size they see (recorded by one forward pass on ``example``).
   """
   _, penalty = KINDS[kind]
-  if penalty == 'none':
+  if penalty is None:
     return optax.identity()
   s = cfg.spectral
   convs = capture.conv_layers(net, {'params': params, 'batch_stats': batch_stats}, example)
