@@ -1,0 +1,142 @@
+"""Every figure on small synthetic inputs: it is written, and its structure reads
+at a glance (one panel per row, legends outside the data, bands drawn), not pixels."""
+import os
+
+import matplotlib
+import numpy as np
+import pytest
+
+matplotlib.use('Agg')
+import matplotlib.pyplot as plt  # noqa: E402
+from matplotlib.collections import PolyCollection  # noqa: E402
+
+from robustjax import report  # noqa: E402
+
+ROWS = ('clean', 'adversarial', 'contrastive_clean', 'contrastive_adversarial',
+        'contrastive_adv_negatives_only', 'contrastive_adv_positives_only', 'end_to_end_clean',
+        'end_to_end_adversarial')
+
+
+@pytest.fixture
+def figures(monkeypatch):
+  """Keeps each figure a plot function saves (path -> Figure) open for inspection."""
+  kept = {}
+
+  def save(fig, path, **kwargs):
+    fig.savefig(path, **kwargs)  # draws it: the layout the checks read
+    kept[os.path.basename(path)] = fig
+
+  monkeypatch.setattr(report, 'save_figure', save)
+  yield kept
+  for fig in kept.values():
+    plt.close(fig)
+
+
+def _written(path):
+  assert os.path.getsize(path) > 1000
+
+
+def _panels(fig):
+  return [ax for ax in fig.axes if ax.get_visible() and ax.get_label() != '<colorbar>']
+
+
+def _outside(legend, fig):
+  """The legend overlaps none of the figure's data panels."""
+  assert legend is not None
+  box = legend.get_window_extent()
+  for ax in _panels(fig):
+    assert not box.overlaps(ax.get_window_extent()), (legend, ax.get_title())
+
+
+def _disjoint_titles(fig):
+  boxes = [ax.title.get_window_extent() for ax in _panels(fig) if ax.get_title()]
+  for i, a in enumerate(boxes):
+    for b in boxes[i + 1:]:
+      assert not a.overlaps(b)
+
+
+def _bands(ax):
+  return [c for c in ax.collections if isinstance(c, PolyCollection)]
+
+
+def test_purity_is_one_row_of_two_panels_per_pretraining(tmp_path, figures):
+  rng = np.random.default_rng(0)
+  units = {n: {'purity': rng.uniform(0.3, 1, (2, 16)),
+               'participation_ratio': rng.uniform(1, 6, (2, 16))} for n in ROWS[:4]}
+  report.plot_purity(units, str(tmp_path / 'purity.png'))
+  _written(tmp_path / 'purity.png')
+  fig = figures['purity.png']
+  panels = _panels(fig)
+  assert len(panels) == 2 * 4
+  assert [ax.get_ylabel() for ax in panels[::2]] == list(ROWS[:4])  # each row named once
+  # The median of each row's purity is the dashed line of its panel.
+  line = panels[0].get_lines()[0]
+  assert line.get_xdata()[0] == pytest.approx(np.median(units[ROWS[0]]['purity']))
+
+
+def test_loadings_is_a_grid_with_titles_apart(tmp_path, figures):
+  rng = np.random.default_rng(1)
+  d, D, m = 8, 8, 16
+  encoders = {n: rng.standard_normal((d, m)) for n in ROWS[:5]}
+  report.plot_loadings(encoders, rng.standard_normal((d, D)), str(tmp_path / 'loadings.png'))
+  _written(tmp_path / 'loadings.png')
+  fig = figures['loadings.png']
+  assert len(_panels(fig)) == 5  # the grid's sixth cell hidden
+  assert len({ax.get_position().y0 for ax in _panels(fig)}) == 2  # 2 rows x 3, not a strip
+  width, height = fig.get_size_inches() * 120
+  assert width < 1600 and height < 1200
+  _disjoint_titles(fig)
+
+
+def test_curves_draw_a_band_per_row_and_the_legend_outside(tmp_path, figures):
+  eps = [0.0, 0.2, 0.4]
+  rng = np.random.default_rng(2)
+  per_run = {n: rng.uniform(0.5, 1.0, (4, 3)) for n in ROWS}
+  summary = {n: {'downstream_acc_curve': a.mean(0).tolist(),
+                 'downstream_robust_acc_per_run': a[:, 2].tolist()} for n, a in per_run.items()}
+  report.plot_curves(summary, eps, str(tmp_path / 'robustness.png'), acc_per_run=per_run,
+                     attack='l2 PGD')
+  _written(tmp_path / 'robustness.png')
+  fig = figures['robustness.png']
+  (ax,) = _panels(fig)
+  bands = _bands(ax)
+  assert len(bands) == len(ROWS)
+  # The band of the first row spans mean +- std over its runs at every eps.
+  ys = bands[0].get_paths()[0].vertices[:, 1]
+  a = per_run[ROWS[0]]
+  assert ys.max() == pytest.approx((a.mean(0) + a.std(0)).max())
+  assert ys.min() == pytest.approx((a.mean(0) - a.std(0)).min())
+  _outside(ax.get_legend(), fig)
+  assert 'l2 PGD' in ax.get_title() and '4 runs' in ax.get_title()
+
+
+def test_curves_without_per_run_values_draw_means_only(tmp_path, figures):
+  summary = {'clean': {'downstream_acc_curve': [0.9, 0.5], 'downstream_robust_acc_per_run': [0.5] * 4},
+             'end_to_end_clean': {'downstream_acc_curve': [0.8, 0.4],
+                                  'downstream_robust_acc_per_run': [0.4] * 2}}
+  report.plot_curves(summary, [0.0, 0.4], str(tmp_path / 'r.png'))
+  (ax,) = _panels(figures['r.png'])
+  assert not _bands(ax)
+  # Rows over different run counts name theirs in the legend.
+  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+      'clean (4 runs)', 'end_to_end_clean (2 runs)']
+
+
+def test_sweeps_draw_bands_and_legends_outside(tmp_path, figures):
+  sweep = {'alpha': [0.0, 0.5, 1.0]}
+  for k in ('similar', 'dissimilar'):
+    for c in ('clean', 'adversarial'):
+      sweep[f'{k}_{c}'] = [0.1, 0.2, 0.3]
+      sweep[f'{k}_{c}_std'] = [0.01, 0.02, 0.03]
+  report.plot_purification_sweep(sweep, str(tmp_path / 'p.png'))
+  widths = {'width': [8, 16, 32], 'purity_median_clean': [0.5, 0.6, 0.7],
+            'purity_median_adversarial': [0.6, 0.7, 0.8],
+            'purity_median_clean_per_seed': [[0.5, 0.5], [0.55, 0.65], [0.7, 0.7]],
+            'purity_median_adversarial_per_seed': [[0.6, 0.6], [0.7, 0.7], [0.75, 0.85]]}
+  report.plot_width_sweep(widths, str(tmp_path / 'w.png'))
+  for name, bands in (('p.png', 4), ('w.png', 2)):
+    _written(tmp_path / name)
+    (ax,) = _panels(figures[name])
+    assert len(_bands(ax)) == bands
+    _outside(ax.get_legend(), figures[name])
+  assert '2 seeds' in _panels(figures['w.png'])[0].get_title()
