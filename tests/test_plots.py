@@ -140,3 +140,70 @@ def test_sweeps_draw_bands_and_legends_outside(tmp_path, figures):
     assert len(_bands(ax)) == bands
     _outside(ax.get_legend(), figures[name])
   assert '2 seeds' in _panels(figures['w.png'])[0].get_title()
+
+
+def _spectral_evals(kinds, seeds=2, points=12):
+  rng = np.random.default_rng(3)
+  return {k: {'distances': {n: [rng.uniform(0.1, 1.0, points) for _ in range(seeds)]
+                            for n in ('refit/tangent', 'refit/certified')}} for k in kinds}
+
+
+def test_spectral_distances_name_heads_attacks_and_keep_the_legend_outside(tmp_path, figures):
+  from configs import mnist_spectral
+  from robustjax.experiments import spectral
+  kinds = ('none', 'll lam=0.01', 'll lam=0.1', 'rep lam=0.01', 'rep lam=0.1')
+  spectral.plot_distances(_spectral_evals(kinds), str(tmp_path / 'box.png'),
+                          cfg=mnist_spectral.get_config())
+  _written(tmp_path / 'box.png')
+  fig = figures['box.png']
+  panels = _panels(fig)
+  assert [ax.get_title() for ax in panels] == ['refit head: tangent',
+                                               'refit head: certified lower bound']
+  assert [t.get_text() for t in panels[0].get_xticklabels()] == list(kinds)
+  _outside(fig.legends[0], fig)
+  assert '2 seeds' in fig.get_suptitle()
+
+
+def test_spectral_sweep_has_one_legend_outside_both_panels(tmp_path, figures):
+  from configs import mnist_spectral
+  from robustjax.experiments import spectral
+  cfg = mnist_spectral.get_config()
+  cfg.regularizer.kinds = ('none', 'll', 'rep')
+  runs = {'none': {'kind': 'none', 'lam': 0.01}}
+  runs.update({f'{k} lam={lam:g}': {'kind': k, 'lam': lam} for k in ('ll', 'rep')
+               for lam in (0.01, 0.1)})
+  summary = {label: dict(adv_distance_mean=0.6, adv_distance_mean_std=0.05, test_acc=0.9,
+                         test_acc_std=0.01, refit_test_acc=0.9, refit_test_acc_std=0.01)
+             for label in runs}
+  spectral.plot_sweep(cfg, summary, runs, str(tmp_path / 'sweep.png'))
+  _written(tmp_path / 'sweep.png')
+  fig = figures['sweep.png']
+  assert len(_panels(fig)) == 2 and len(fig.legends) == 1
+  assert all(ax.get_legend() is None for ax in _panels(fig))
+  _outside(fig.legends[0], fig)
+  # Equal values of ll and rep sit apart (dodged), not on top of each other.
+  xs = [tuple(c.lines[0].get_xdata()) for c in _panels(fig)[0].containers]
+  assert len(set(xs)) == len(xs) == 2
+
+
+def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_path, figures):
+  from robustjax.experiments import spectral
+  rng = np.random.default_rng(4)
+  n, kinds = 6, ('none', 'll_readout', 'll', 'rep', 'rep_eig_ub')
+  maps = {k: dict(log_volume=rng.normal(size=(n, n)), log10_lambda_max=rng.normal(size=(n, n)),
+                  boundary=rng.normal(size=(n, n)) + 0.5, extent=(-2, 2, -2, 2), anchors=None)
+          for k in kinds}
+  data = {'image_shape': None, 'per_seed': False, 'x_train': rng.normal(size=(8, 2)),
+          'y_train': np.arange(8) % 2}
+  files = spectral.plot_geometry(maps, data, str(tmp_path))
+  assert [os.path.basename(f) for f in files] == [
+      'log_volume.png', 'log10_lambda_max.png', 'boundary.png']
+  for f in files:
+    _written(f)
+    fig = figures[os.path.basename(f)]
+    panels = _panels(fig)
+    assert [ax.get_title() for ax in panels] == list(kinds)
+    assert len({ax.get_position().y0 for ax in panels}) == 2  # 3 + 2, not a strip of 5
+    assert len(fig.axes) == len(kinds) + 1 + 1  # the grid's empty cell and one colorbar
+  lo, hi = _panels(figures['boundary.png'])[0].images[0].get_clim()
+  assert lo == pytest.approx(-hi)  # white = 0 = the boundary
