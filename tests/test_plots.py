@@ -82,7 +82,7 @@ def test_loadings_is_a_grid_with_titles_apart(tmp_path, figures):
   _written(tmp_path / 'loadings.png')
   fig = figures['loadings.png']
   assert len(_panels(fig)) == 5  # the grid's sixth cell hidden
-  assert len({ax.get_position().y0 for ax in _panels(fig)}) == 2  # 2 rows x 3, not a strip
+  assert len({round(ax.get_position().y0, 3) for ax in _panels(fig)}) == 2  # 2 rows x 3, not a strip
   width, height = fig.get_size_inches() * 120
   assert width < 1600 and height < 1200
   _disjoint_titles(fig)
@@ -203,7 +203,23 @@ def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_pat
     fig = figures[os.path.basename(f)]
     panels = _panels(fig)
     assert [ax.get_title() for ax in panels] == list(kinds)
-    assert len({ax.get_position().y0 for ax in panels}) == 2  # 3 + 2, not a strip of 5
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 3 + 2, not a strip of 5
     assert len(fig.axes) == len(kinds) + 1 + 1  # the grid's empty cell and one colorbar
   lo, hi = _panels(figures['boundary.png'])[0].images[0].get_clim()
   assert lo == pytest.approx(-hi)  # white = 0 = the boundary
+
+
+@pytest.mark.parametrize('c_in', [1, 3])
+def test_filters_one_block_per_kind_with_its_roughness(tmp_path, figures, c_in):
+  from robustjax.experiments import images
+  rng = np.random.default_rng(5)
+  kernels = {k: rng.normal(size=(3, 3, c_in, 20)) for k in ('clean', 'adversarial', 'rep')}
+  images.plot_filters(kernels, str(tmp_path / 'filters.png'))
+  _written(tmp_path / 'filters.png')
+  fig = figures['filters.png']
+  assert len(fig.subfigs) == 3
+  for block, (kind, k) in zip(fig.subfigs, kernels.items()):
+    assert block.get_suptitle() == f'{kind}: roughness {images.roughness(k).mean():.2f}'
+    shown = [ax for ax in block.axes if ax.get_visible()]
+    assert len(shown) == 20
+    assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2  # 16 to a row
