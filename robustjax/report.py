@@ -358,11 +358,14 @@ def plot_width_sweep(sweep: dict, path: str) -> None:
       ax.fill_between(w, m - sd, m + sd, color=f'C{i}', alpha=0.15, lw=0)
       seeds.add(p.shape[1])
   ax.set_xscale('log', base=2)
+  ax.set_xticks(w, [f'{v:g}' for v in w])
+  ax.xaxis.set_minor_locator(plt.NullLocator())
   ax.set_xlabel('width m (hidden units)')
   ax.set_ylabel('median unit purity (1 = one feature)')
   ax.set_ylim(0, 1)
   ax.grid(alpha=0.3)
-  over = f"mean +- std over {'/'.join(map(str, sorted(seeds)))} seeds" if seeds else 'mean over seeds'
+  over = (f"mean +- std over {'/'.join(map(str, sorted(seeds)))} seeds" if seeds
+          else 'mean over seeds')
   ax.set_title(f'contrastive pre-training: purity against width, clean vs adversarial\n{over}',
                fontsize=9)
   legend_outside(ax, title='pre-training', title_fontsize=8)

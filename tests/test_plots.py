@@ -62,13 +62,13 @@ def _bands(ax):
 def test_purity_is_one_row_of_two_panels_per_pretraining(tmp_path, figures):
   rng = np.random.default_rng(0)
   units = {n: {'purity': rng.uniform(0.3, 1, (2, 16)),
-               'participation_ratio': rng.uniform(1, 6, (2, 16))} for n in ROWS[:4]}
+               'participation_ratio': rng.uniform(1, 6, (2, 16))} for n in ROWS[:3]}
   report.plot_purity(units, str(tmp_path / 'purity.png'))
   _written(tmp_path / 'purity.png')
   fig = figures['purity.png']
   panels = _panels(fig)
-  assert len(panels) == 2 * 4
-  assert [ax.get_ylabel() for ax in panels[::2]] == list(ROWS[:4])  # each row named once
+  assert len(panels) == 2 * 3
+  assert [ax.get_ylabel() for ax in panels[::2]] == list(ROWS[:3])  # each row named once
   # The median of each row's purity is the dashed line of its panel.
   line = panels[0].get_lines()[0]
   assert line.get_xdata()[0] == pytest.approx(np.median(units[ROWS[0]]['purity']))
@@ -77,12 +77,13 @@ def test_purity_is_one_row_of_two_panels_per_pretraining(tmp_path, figures):
 def test_loadings_is_a_grid_with_titles_apart(tmp_path, figures):
   rng = np.random.default_rng(1)
   d, D, m = 8, 8, 16
-  encoders = {n: rng.standard_normal((d, m)) for n in ROWS[:5]}
+  encoders = {n: rng.standard_normal((d, m)) for n in ROWS[:4]}
   report.plot_loadings(encoders, rng.standard_normal((d, D)), str(tmp_path / 'loadings.png'))
   _written(tmp_path / 'loadings.png')
   fig = figures['loadings.png']
-  assert len(_panels(fig)) == 5  # the grid's sixth cell hidden
-  assert len({round(ax.get_position().y0, 3) for ax in _panels(fig)}) == 2  # 2 rows x 3, not a strip
+  assert len(_panels(fig)) == 4  # the grid's last two cells hidden
+  rows = {round(ax.get_position().y0, 3) for ax in _panels(fig)}
+  assert len(rows) == 2  # 2 rows x 3, not a strip
   width, height = fig.get_size_inches() * 120
   assert width < 1600 and height < 1200
   _disjoint_titles(fig)
@@ -111,7 +112,8 @@ def test_curves_draw_a_band_per_row_and_the_legend_outside(tmp_path, figures):
 
 
 def test_curves_without_per_run_values_draw_means_only(tmp_path, figures):
-  summary = {'clean': {'downstream_acc_curve': [0.9, 0.5], 'downstream_robust_acc_per_run': [0.5] * 4},
+  summary = {'clean': {'downstream_acc_curve': [0.9, 0.5],
+                       'downstream_robust_acc_per_run': [0.5] * 4},
              'end_to_end_clean': {'downstream_acc_curve': [0.8, 0.4],
                                   'downstream_robust_acc_per_run': [0.4] * 2}}
   report.plot_curves(summary, [0.0, 0.4], str(tmp_path / 'r.png'))
@@ -189,7 +191,7 @@ def test_spectral_sweep_has_one_legend_outside_both_panels(tmp_path, figures):
 def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_path, figures):
   from robustjax.experiments import spectral
   rng = np.random.default_rng(4)
-  n, kinds = 6, ('none', 'll_readout', 'll', 'rep', 'rep_eig_ub')
+  n, kinds = 4, ('none', 'll_readout', 'll', 'rep')
   maps = {k: dict(log_volume=rng.normal(size=(n, n)), log10_lambda_max=rng.normal(size=(n, n)),
                   boundary=rng.normal(size=(n, n)) + 0.5, extent=(-2, 2, -2, 2), anchors=None)
           for k in kinds}
@@ -203,8 +205,8 @@ def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_pat
     fig = figures[os.path.basename(f)]
     panels = _panels(fig)
     assert [ax.get_title() for ax in panels] == list(kinds)
-    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 3 + 2, not a strip of 5
-    assert len(fig.axes) == len(kinds) + 1 + 1  # the grid's empty cell and one colorbar
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 3 + 1, not a strip
+    assert len(fig.axes) == 6 + 1  # 2 x 3 cells (two hidden) and one colorbar
   lo, hi = _panels(figures['boundary.png'])[0].images[0].get_clim()
   assert lo == pytest.approx(-hi)  # white = 0 = the boundary
 
@@ -213,13 +215,13 @@ def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_pat
 def test_filters_one_block_per_kind_with_its_roughness(tmp_path, figures, c_in):
   from robustjax.experiments import images
   rng = np.random.default_rng(5)
-  kernels = {k: rng.normal(size=(3, 3, c_in, 20)) for k in ('clean', 'adversarial', 'rep')}
+  kernels = {k: rng.normal(size=(3, 3, c_in, 17)) for k in ('clean', 'rep')}
   images.plot_filters(kernels, str(tmp_path / 'filters.png'))
   _written(tmp_path / 'filters.png')
   fig = figures['filters.png']
-  assert len(fig.subfigs) == 3
+  assert len(fig.subfigs) == 2
   for block, (kind, k) in zip(fig.subfigs, kernels.items()):
     assert block.get_suptitle() == f'{kind}: roughness {images.roughness(k).mean():.2f}'
     shown = [ax for ax in block.axes if ax.get_visible()]
-    assert len(shown) == 20
+    assert len(shown) == 17
     assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2  # 16 to a row

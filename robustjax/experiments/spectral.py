@@ -649,7 +649,7 @@ def plot_geometry(maps: dict, data: dict, workdir: str, *, cfg=None) -> list[str
   else:
     pts = next(iter(maps.values()))['anchors']
     where = 'the plane through 3 test images of different classes (dots)'
-    axis_labels = ('plane coordinate 1 (l2, input units)', 'plane coordinate 2 (l2, input units)')
+    axis_labels = tuple(f'plane coordinate {i} (l2, input units)' for i in (1, 2))
   two_classes = all(np.nanmin(m['boundary']) < 0 for m in maps.values())
   contour = {k: m['boundary'] for k, m in maps.items()}
   name = f'{cfg.data.name}, ' if cfg is not None else ''
