@@ -281,44 +281,67 @@ def plot_loadings(encoders: dict, dictionary: np.ndarray, path: str) -> None:
   _save(fig, path)
 
 
+def _curve_panels(names: list[str]) -> list[tuple[str, list[str], list[str]]]:
+  """(title, rows, references) per panel: supervised and contrastive encoders
+  apart (at most four curves each), the end-to-end references in every panel."""
+  refs = [n for n in names if n.startswith('end_to_end')]
+  contrastive = [n for n in names if n.startswith('contrastive')]
+  supervised = [n for n in names if n not in refs and n not in contrastive]
+  panels = [(t, rows, refs) for t, rows in (('supervised pre-training', supervised),
+                                            ('contrastive pre-training', contrastive)) if rows]
+  return panels or [('end-to-end references', [], refs)]
+
+
 def plot_curves(summary: dict, eps: list, path: str, *, acc_per_run: dict | None = None,
                 attack: str = 'PGD') -> None:
-  """Downstream accuracy against the attack radius, one line per pre-training.
+  """Downstream accuracy against the attack radius, one line per pre-training:
+  supervised and contrastive encoders in two panels, the end-to-end references
+  (grey) in both, one legend outside.
 
   ``summary``: ``summarize``'s rows (their 'downstream_acc_curve', the mean
   over runs at each of ``eps``); ``acc_per_run``: optional name -> (runs,
   len(eps)) accuracies (``run``'s rows[name]['downstream_acc'], runs = seeds x
   tasks) drawing a mean +- std band; ``attack`` names the attack in the title.
   """
-  fig, ax = plt.subplots(figsize=(7.0, 3.8), layout='constrained')
   eps = np.asarray(eps, np.float64)
-  rows = [(n, s) for n, s in summary.items() if 'downstream_acc_curve' in s]
+  rows = {n: s for n, s in summary.items() if 'downstream_acc_curve' in s}
   counts = {}  # runs behind each row's mean
-  for i, (name, s) in enumerate(rows):
-    mean = np.asarray(s['downstream_acc_curve'], np.float64)
-    per_run = None if acc_per_run is None else acc_per_run.get(name)
-    if per_run is not None:
-      a = np.asarray(per_run, np.float64)
-      sd = a.std(axis=0)
-      ax.fill_between(eps, mean - sd, mean + sd, color=f'C{i % 10}', alpha=0.15, lw=0)
-      counts[name] = a.shape[0]
+  for name, s in rows.items():
+    if acc_per_run is not None and name in acc_per_run:
+      counts[name] = np.shape(acc_per_run[name])[0]
     elif 'downstream_robust_acc_per_run' in s:
       counts[name] = len(s['downstream_robust_acc_per_run'])
-    ax.plot(eps, mean, marker='o', ms=4, color=f'C{i % 10}', label=name)
   # One count in the title when every row has it, else each row's in the legend.
   same = len(set(counts.values())) == 1 and len(counts) == len(rows)
-  if not same:
-    for line, (name, _) in zip(ax.get_lines(), rows):
-      line.set_label(f"{name} ({counts.get(name, '?')} runs)")
-  ax.set_xlabel(f'eps: {attack} radius (input units)')
-  ax.set_ylabel('downstream accuracy (fraction)')
-  ax.set_ylim(0, 1)
-  ax.grid(alpha=0.3)
+  label = lambda n: n if same else f"{n} ({counts.get(n, '?')} runs)"
+  panels = _curve_panels(list(rows))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.6, 3.9), sharey=True,
+                           squeeze=False, layout='constrained')
+  colors = {n: f'C{i % 10}'
+            for i, n in enumerate(n for n in rows if not n.startswith('end_to_end'))}
+  for j, n in enumerate(n for n in rows if n.startswith('end_to_end')):
+    colors[n] = str(0.15 + 0.35 * (j % 2))  # greys: the references
+  handles = {}
+  for ax, (title, names, refs) in zip(axes[0], panels):
+    for name in names + refs:
+      mean = np.asarray(rows[name]['downstream_acc_curve'], np.float64)
+      if acc_per_run is not None and name in acc_per_run:
+        sd = np.asarray(acc_per_run[name], np.float64).std(axis=0)
+        ax.fill_between(eps, mean - sd, mean + sd, color=colors[name], alpha=0.12, lw=0)
+      handles[name], = ax.plot(eps, mean, marker='o', ms=4, color=colors[name],
+                               ls=':' if name in refs else '-')
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(f'eps: {attack} radius (input units)')
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('downstream accuracy (fraction)')
+  fig_legend_outside(fig, list(handles.values()), [label(n) for n in handles],
+                     title='pre-training', title_fontsize=8)
   band = 'mean +- std (bands)' if acc_per_run is not None else 'mean'
   over = f'{next(iter(counts.values()))} runs' if same else 'runs'
-  ax.set_title(f'downstream heads on each pre-trained encoder under {attack}\n'
-               f'{band} over {over} (seeds x tasks)', fontsize=9)
-  legend_outside(ax, title='pre-training', title_fontsize=8)
+  refs = ' (grey, dotted: end-to-end references)' if any(p[2] for p in panels) else ''
+  fig.suptitle(f'downstream heads on each pre-trained encoder{refs}\n'
+               f'accuracy under {attack}: {band} over {over} (seeds x tasks)', fontsize=9)
   _save(fig, path)
 
 

@@ -99,16 +99,20 @@ def test_curves_draw_a_band_per_row_and_the_legend_outside(tmp_path, figures):
                      attack='l2 PGD')
   _written(tmp_path / 'robustness.png')
   fig = figures['robustness.png']
-  (ax,) = _panels(fig)
-  bands = _bands(ax)
-  assert len(bands) == len(ROWS)
+  sup, con = _panels(fig)
+  # Supervised and contrastive encoders apart, the two end-to-end references in both.
+  assert [ax.get_title() for ax in (sup, con)] == ['supervised pre-training',
+                                                   'contrastive pre-training']
+  assert len(_bands(sup)) == 2 + 2 and len(_bands(con)) == 4 + 2
   # The band of the first row spans mean +- std over its runs at every eps.
-  ys = bands[0].get_paths()[0].vertices[:, 1]
+  ys = _bands(sup)[0].get_paths()[0].vertices[:, 1]
   a = per_run[ROWS[0]]
   assert ys.max() == pytest.approx((a.mean(0) + a.std(0)).max())
   assert ys.min() == pytest.approx((a.mean(0) - a.std(0)).min())
-  _outside(ax.get_legend(), fig)
-  assert 'l2 PGD' in ax.get_title() and '4 runs' in ax.get_title()
+  (legend,) = fig.legends
+  assert sorted(t.get_text() for t in legend.get_texts()) == sorted(ROWS)  # each row once
+  _outside(legend, fig)
+  assert 'l2 PGD' in fig.get_suptitle() and '4 runs' in fig.get_suptitle()
 
 
 def test_curves_without_per_run_values_draw_means_only(tmp_path, figures):
@@ -117,10 +121,11 @@ def test_curves_without_per_run_values_draw_means_only(tmp_path, figures):
              'end_to_end_clean': {'downstream_acc_curve': [0.8, 0.4],
                                   'downstream_robust_acc_per_run': [0.4] * 2}}
   report.plot_curves(summary, [0.0, 0.4], str(tmp_path / 'r.png'))
-  (ax,) = _panels(figures['r.png'])
+  fig = figures['r.png']
+  (ax,) = _panels(fig)
   assert not _bands(ax)
   # Rows over different run counts name theirs in the legend.
-  assert [t.get_text() for t in ax.get_legend().get_texts()] == [
+  assert [t.get_text() for t in fig.legends[0].get_texts()] == [
       'clean (4 runs)', 'end_to_end_clean (2 runs)']
 
 
