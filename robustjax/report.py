@@ -254,7 +254,7 @@ def plot_loadings(encoders: dict, dictionary: np.ndarray, path: str) -> None:
   their strongest latent feature, each row scaled to max 1: a pure unit is one
   bright cell."""
   names = list(encoders)
-  ncols = min(len(names), 3)
+  ncols = 2 if len(names) == 4 else min(len(names), 3)  # 2 x 2 rather than 3 + 1
   nrows = -(-len(names) // ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.0, 2.7 * nrows + 0.8),
                            squeeze=False, layout='constrained')

@@ -77,11 +77,11 @@ def test_purity_is_one_row_of_two_panels_per_pretraining(tmp_path, figures):
 def test_loadings_is_a_grid_with_titles_apart(tmp_path, figures):
   rng = np.random.default_rng(1)
   d, D, m = 8, 8, 16
-  encoders = {n: rng.standard_normal((d, m)) for n in ROWS[:4]}
+  encoders = {n: rng.standard_normal((d, m)) for n in ROWS[:5]}
   report.plot_loadings(encoders, rng.standard_normal((d, D)), str(tmp_path / 'loadings.png'))
   _written(tmp_path / 'loadings.png')
   fig = figures['loadings.png']
-  assert len(_panels(fig)) == 4  # the grid's last two cells hidden
+  assert len(_panels(fig)) == 5  # the grid's sixth cell hidden
   rows = {round(ax.get_position().y0, 3) for ax in _panels(fig)}
   assert len(rows) == 2  # 2 rows x 3, not a strip
   width, height = fig.get_size_inches() * 120
@@ -210,8 +210,8 @@ def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_pat
     fig = figures[os.path.basename(f)]
     panels = _panels(fig)
     assert [ax.get_title() for ax in panels] == list(kinds)
-    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 3 + 1, not a strip
-    assert len(fig.axes) == 6 + 1  # 2 x 3 cells (two hidden) and one colorbar
+    assert len({round(ax.get_position().y0, 3) for ax in panels}) == 2  # 2 x 2, not a strip
+    assert len(fig.axes) == 4 + 1  # one colorbar for all panels
   lo, hi = _panels(figures['boundary.png'])[0].images[0].get_clim()
   assert lo == pytest.approx(-hi)  # white = 0 = the boundary
 
@@ -230,3 +230,13 @@ def test_filters_one_block_per_kind_with_its_roughness(tmp_path, figures, c_in):
     shown = [ax for ax in block.axes if ax.get_visible()]
     assert len(shown) == 17
     assert len({round(ax.get_position().y0, 3) for ax in shown}) == 2  # 16 to a row
+
+
+def test_a_centred_map_that_is_never_negative_starts_its_scale_at_0(tmp_path, figures):
+  from robustjax.metrics import geometry
+  gap = np.linspace(0.0, 2.0, 16).reshape(4, 4)  # top logit - runner-up: 0 on a boundary
+  geometry.plot_maps({'none': gap}, (-1, 1, -1, 1), str(tmp_path / 'gap.png'), cmap='Reds',
+                     centered=True, colorbar_label='gap')
+  (ax,) = _panels(figures['gap.png'])
+  lo, hi = ax.images[0].get_clim()
+  assert lo == 0.0 and hi == pytest.approx(np.percentile(gap, 99))

@@ -659,13 +659,14 @@ def plot_geometry(maps: dict, data: dict, workdir: str, *, cfg=None) -> list[str
        'log sqrt(det g)'),
       ('log10_lambda_max', 'largest eigenvalue of g (squared local stretch of the features)',
        'log10 lambda_max(g)'),
-      ('boundary', 'decision function; white line: the decision boundary',
-       'logit 1 - logit 0' if two_classes else 'top logit - runner-up')):
+      ('boundary', 'decision function; white: the decision boundary',
+       'logit 1 - logit 0' if two_classes else 'top logit - runner-up (0 on a boundary)')):
     path = os.path.join(workdir, f'{key}.png')
     geometry.plot_maps({k: m[key] for k, m in maps.items()}, extent, path,
                        suptitle=f'{title}\nper regulariser kind ({name}seed 0), on {where}',
                        points=pts, labels=lbl, contour=contour,
-                       cmap='coolwarm' if key == 'boundary' else 'viridis',
+                       cmap=('viridis' if key != 'boundary' else
+                             'coolwarm' if two_classes else 'Reds'),
                        colorbar_label=label, centered=key == 'boundary',
                        axis_labels=axis_labels)
     files.append(path)

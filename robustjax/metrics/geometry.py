@@ -166,7 +166,8 @@ def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
   ``extent`` = (x_lo, x_hi, y_lo, y_hi); ``points`` (p, 2) are overlaid,
   coloured by ``labels``; ``contour`` (name -> (n, n)) draws its 0 level (a
   decision boundary) on the panel of the same name; ``centered`` puts 0 at
-  the middle of the colour scale (white in a diverging ``cmap``);
+  the middle of the colour scale (white in a diverging ``cmap``), or at its
+  bottom when no value is negative;
   ``colorbar_label`` and ``axis_labels`` say what the colours and axes are.
   """
   import matplotlib
@@ -175,16 +176,16 @@ def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
   from robustjax import report  # matplotlib too: only when plotting
 
   names = list(maps)
-  ncols = min(len(names), 3)
+  ncols = 2 if len(names) == 4 else min(len(names), 3)  # 2 x 2 rather than 3 + 1
   nrows = -(-len(names) // ncols)
   fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 1.2, 3.0 * nrows + 0.7),
                            squeeze=False, layout='constrained')
   finite = np.concatenate([np.ravel(np.asarray(m))[np.isfinite(np.ravel(np.asarray(m)))]
                            for m in maps.values()] or [np.zeros(1)])
   vmin, vmax = (np.percentile(finite, 1), np.percentile(finite, 99)) if finite.size else (0, 1)
-  if centered:
+  if centered:  # 0 at the middle of the scale, or at its bottom for a map that is never < 0
     vmax = max(abs(vmin), abs(vmax), 1e-12)
-    vmin = -vmax
+    vmin = 0.0 if finite.size and finite.min() >= 0 else -vmax
   im = None
   for i, ax in enumerate(axes.flat):
     if i >= len(names):
