@@ -176,75 +176,222 @@ def _jsonable(x):
 
 
 def _save(fig, path: str) -> None:
-  fig.tight_layout()
-  save_figure(fig, path, dpi=120)
+  # Figures made with layout='constrained' lay themselves out (legends outside
+  # the axes included); bbox_inches='tight' keeps what sits outside in the file.
+  if fig.get_layout_engine() is None:
+    fig.tight_layout()
+  save_figure(fig, path, dpi=120, bbox_inches='tight')
+
+
+def legend_outside(ax, **kwargs):
+  """``ax.legend`` to the right of ``ax``, outside its data area; returns the legend."""
+  return ax.legend(loc='upper left', bbox_to_anchor=(1.02, 1.0), borderaxespad=0.0,
+                   fontsize=8, **kwargs)
+
+
+def fig_legend_outside(fig, handles, labels, **kwargs):
+  """One legend for all of ``fig``'s panels, to the right of them (the figure
+  must use layout='constrained'); returns the legend."""
+  return fig.legend(handles, labels, loc='outside right upper', fontsize=8, **kwargs)
+
+
+def plain_log_ticks(axis) -> None:
+  """Tick labels of a log-scaled ``axis`` (``ax.xaxis`` / ``ax.yaxis``) as plain
+  numbers ('0.3', not '3 x 10^-1'), on the ticks matplotlib would label."""
+  from matplotlib import ticker  # pylint: disable=import-outside-toplevel
+
+  class Plain(ticker.LogFormatterSciNotation):
+    def __call__(self, x, pos=None):
+      return f'{x:.3g}' if super().__call__(x, pos) else ''
+
+  axis.set_major_formatter(Plain())
+  axis.set_minor_formatter(Plain(labelOnlyBase=False))
+
+
+def _num_seeds(units: dict) -> tuple[int, int]:
+  shape = np.shape(next(iter(units.values()))['purity'])
+  return (shape[0], shape[1]) if len(shape) == 2 else (1, shape[-1])
 
 
 def plot_purity(units: dict, path: str) -> None:
-  """Histograms of per-unit purity and participation ratio, one colour per row."""
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-  for name, u in units.items():
-    for ax, key in zip(axes, ('purity', 'participation_ratio')):
-      ax.hist(np.ravel(u[key]), bins=40, alpha=0.5, label=name, density=True)
-  axes[0].set_xlabel('purity max|c| / ||c||  (1 = one feature)')
-  axes[1].set_xlabel('participation ratio  (1 = one feature)')
-  axes[0].set_ylabel('density over units (all seeds)')
-  axes[0].legend()
+  """Small multiples: one row per pre-training (``units``: name -> {'purity',
+  'participation_ratio'}: (seeds, width) arrays), histograms of per-unit purity
+  (left) and participation ratio (right) over its units and seeds, the median
+  dashed; columns share their bins and x axis so rows compare by eye."""
+  names = list(units)
+  S, m = _num_seeds(units)
+  cols = (('purity', 'purity max|c| / ||c||  (1 = one feature)'),
+          ('participation_ratio', 'participation ratio  (1 = one feature)'))
+  fig, axes = plt.subplots(len(names), 2, figsize=(8.5, 0.85 * len(names) + 1.3),
+                           sharex='col', squeeze=False, layout='constrained')
+  for col, (key, xlabel) in enumerate(cols):
+    values = [np.ravel(np.asarray(units[n][key], np.float64)) for n in names]
+    finite = np.concatenate([v[np.isfinite(v)] for v in values] or [np.zeros(1)])
+    lo, hi = (float(finite.min()), float(finite.max())) if finite.size else (0.0, 1.0)
+    bins = np.linspace(lo, hi if hi > lo else lo + 1.0, 31)
+    for row, (name, v) in enumerate(zip(names, values)):
+      ax = axes[row, col]
+      v = v[np.isfinite(v)]
+      ax.hist(v, bins=bins, color=f'C{row % 10}', weights=np.full(v.size, 1 / max(v.size, 1)))
+      if v.size:
+        med = float(np.median(v))
+        ax.axvline(med, color='k', ls='--', lw=1)
+        ax.text(0.99, 0.9, f'median {med:.2f}', transform=ax.transAxes, ha='right', va='top',
+                fontsize=7)
+      ax.tick_params(labelsize=7)
+      if col == 0:
+        ax.set_ylabel(name, rotation=0, ha='right', va='center', fontsize=8)
+    axes[-1, col].set_xlabel(xlabel, fontsize=9)
+  fig.suptitle(f'per-unit purity and participation ratio, one row per pre-training\n'
+               f'share of units per bin ({S} seeds x {m} units pooled per row); dashed: median',
+               fontsize=9)
   _save(fig, path)
 
 
 def plot_loadings(encoders: dict, dictionary: np.ndarray, path: str) -> None:
-  """|M^T w_j| heatmaps, units (rows) sorted by their strongest feature."""
-  fig, axes = plt.subplots(1, len(encoders), figsize=(5 * len(encoders), 4), squeeze=False)
-  for ax, (name, w) in zip(axes[0], encoders.items()):
-    c = np.abs(dictionary.T @ w).T
+  """A grid of |M^T w_j| heatmaps (``encoders``: name -> w (d, width) of seed 0;
+  ``dictionary`` M (d, D)), one panel per pre-training, rows = units sorted by
+  their strongest latent feature, each row scaled to max 1: a pure unit is one
+  bright cell."""
+  names = list(encoders)
+  ncols = 2 if len(names) == 4 else min(len(names), 3)  # 2 x 2 rather than 3 + 1
+  nrows = -(-len(names) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.3 * ncols + 1.0, 2.7 * nrows + 0.8),
+                           squeeze=False, layout='constrained')
+  im = None
+  for i, ax in enumerate(axes.flat):
+    if i >= len(names):
+      ax.set_visible(False)
+      continue
+    c = np.abs(np.asarray(dictionary).T @ np.asarray(encoders[names[i]])).T
     c = c / np.maximum(c.max(axis=1, keepdims=True), 1e-12)
     order = np.lexsort((-c.max(axis=1), c.argmax(axis=1)))
-    ax.imshow(c[order], aspect='auto', cmap='viridis', interpolation='nearest')
-    ax.set_title(f'{name}: |loadings| per unit (seed 0)')
-    ax.set_xlabel('latent feature i')
-    ax.set_ylabel('unit j (sorted by top feature)')
+    im = ax.imshow(c[order], aspect='auto', cmap='viridis', interpolation='nearest',
+                   vmin=0.0, vmax=1.0)
+    ax.set_title(names[i], fontsize=9)
+    ax.tick_params(labelsize=7)
+    if i // ncols == nrows - 1 or i + ncols >= len(names):
+      ax.set_xlabel('latent feature i', fontsize=8)
+    if i % ncols == 0:
+      ax.set_ylabel('unit j (sorted)', fontsize=8)
+  if im is not None:
+    fig.colorbar(im, ax=axes, shrink=0.8, label='|M^T w_j| / its max over i')
+  fig.suptitle('loadings of each unit on the latent features (seed 0), units sorted by top '
+               'feature\none bright cell per row = a purified unit', fontsize=9)
   _save(fig, path)
 
 
-def plot_curves(summary: dict, eps: list, path: str) -> None:
-  """Downstream accuracy against the PGD radius, one line per row."""
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for name, s in summary.items():
-    if 'downstream_acc_curve' in s:
-      ax.plot(eps, s['downstream_acc_curve'], marker='o', label=name)
-  ax.set_xlabel('eps')
-  ax.set_ylabel('downstream accuracy under PGD')
-  ax.set_ylim(0, 1)
-  ax.legend()
+def _curve_panels(names: list[str]) -> list[tuple[str, list[str], list[str]]]:
+  """(title, rows, references) per panel: supervised and contrastive encoders
+  apart (at most four curves each), the end-to-end references in every panel."""
+  refs = [n for n in names if n.startswith('end_to_end')]
+  contrastive = [n for n in names if n.startswith('contrastive')]
+  supervised = [n for n in names if n not in refs and n not in contrastive]
+  panels = [(t, rows, refs) for t, rows in (('supervised pre-training', supervised),
+                                            ('contrastive pre-training', contrastive)) if rows]
+  return panels or [('end-to-end references', [], refs)]
+
+
+def plot_curves(summary: dict, eps: list, path: str, *, acc_per_run: dict | None = None,
+                attack: str = 'PGD') -> None:
+  """Downstream accuracy against the attack radius, one line per pre-training:
+  supervised and contrastive encoders in two panels, the end-to-end references
+  (grey) in both, one legend outside.
+
+  ``summary``: ``summarize``'s rows (their 'downstream_acc_curve', the mean
+  over runs at each of ``eps``); ``acc_per_run``: optional name -> (runs,
+  len(eps)) accuracies (``run``'s rows[name]['downstream_acc'], runs = seeds x
+  tasks) drawing a mean +- std band; ``attack`` names the attack in the title.
+  """
+  eps = np.asarray(eps, np.float64)
+  rows = {n: s for n, s in summary.items() if 'downstream_acc_curve' in s}
+  counts = {}  # runs behind each row's mean
+  for name, s in rows.items():
+    if acc_per_run is not None and name in acc_per_run:
+      counts[name] = np.shape(acc_per_run[name])[0]
+    elif 'downstream_robust_acc_per_run' in s:
+      counts[name] = len(s['downstream_robust_acc_per_run'])
+  # One count in the title when every row has it, else each row's in the legend.
+  same = len(set(counts.values())) == 1 and len(counts) == len(rows)
+  label = lambda n: n if same else f"{n} ({counts.get(n, '?')} runs)"
+  panels = _curve_panels(list(rows))
+  fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels) + 2.6, 3.9), sharey=True,
+                           squeeze=False, layout='constrained')
+  colors = {n: f'C{i % 10}'
+            for i, n in enumerate(n for n in rows if not n.startswith('end_to_end'))}
+  for j, n in enumerate(n for n in rows if n.startswith('end_to_end')):
+    colors[n] = str(0.15 + 0.35 * (j % 2))  # greys: the references
+  handles = {}
+  for ax, (title, names, refs) in zip(axes[0], panels):
+    for name in names + refs:
+      mean = np.asarray(rows[name]['downstream_acc_curve'], np.float64)
+      if acc_per_run is not None and name in acc_per_run:
+        sd = np.asarray(acc_per_run[name], np.float64).std(axis=0)
+        ax.fill_between(eps, mean - sd, mean + sd, color=colors[name], alpha=0.12, lw=0)
+      handles[name], = ax.plot(eps, mean, marker='o', ms=4, color=colors[name],
+                               ls=':' if name in refs else '-')
+    ax.set_title(title, fontsize=9)
+    ax.set_xlabel(f'eps: {attack} radius (input units)')
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+  axes[0][0].set_ylabel('downstream accuracy (fraction)')
+  fig_legend_outside(fig, list(handles.values()), [label(n) for n in handles],
+                     title='pre-training', title_fontsize=8)
+  band = 'mean +- std (bands)' if acc_per_run is not None else 'mean'
+  over = f'{next(iter(counts.values()))} runs' if same else 'runs'
+  refs = ' (grey, dotted: end-to-end references)' if any(p[2] for p in panels) else ''
+  fig.suptitle(f'downstream heads on each pre-trained encoder{refs}\n'
+               f'accuracy under {attack}: {band} over {over} (seeds x tasks)', fontsize=9)
   _save(fig, path)
 
 
-def plot_purification_sweep(sweep: dict, path: str) -> None:
-  """Paper A Fig. 4 (left): clean and adversarial pair loss against alpha."""
-  fig, ax = plt.subplots(figsize=(5.5, 3.8))
-  a = sweep['alpha']
+def plot_purification_sweep(sweep: dict, path: str, *, attack: str = 'PGD') -> None:
+  """Paper A Fig. 4 (left): clean and adversarial pair loss against alpha,
+  mean +- std over seeds (bands); ``sweep`` as ``purification_sweep`` returns it."""
+  fig, ax = plt.subplots(figsize=(7.0, 3.8), layout='constrained')
+  a = np.asarray(sweep['alpha'], np.float64)
   for kind, color in (('similar', 'tab:blue'), ('dissimilar', 'tab:red')):
     for cond, style in (('clean', '--'), ('adversarial', '-')):
       key = f'{kind}_{cond}'
-      ax.errorbar(a, sweep[key], yerr=sweep[f'{key}_std'], color=color, linestyle=style,
-                  marker='o', capsize=2, label=f'{kind} pairs, {cond}')
+      m, sd = np.asarray(sweep[key], np.float64), np.asarray(sweep[f'{key}_std'], np.float64)
+      ax.plot(a, m, color=color, linestyle=style, marker='o', ms=4, label=f'{kind} pairs, {cond}')
+      ax.fill_between(a, m - sd, m + sd, color=color, alpha=0.12, lw=0)
   ax.set_xlabel('alpha (0 = purified units, 1 = dense mixtures)')
-  ax.set_ylabel('contrastive test loss')
-  ax.legend(fontsize=8)
+  ax.set_ylabel('logistic pair loss on test pairs (nats)')
+  ax.grid(alpha=0.3)
+  ax.set_title(f'controlled purification: pair loss, clean vs under {attack}\n'
+               'mean +- std over seeds (bands)', fontsize=9)
+  legend_outside(ax)
   _save(fig, path)
 
 
 def plot_width_sweep(sweep: dict, path: str) -> None:
-  """Median unit purity after contrastive pre-training against the width m."""
-  fig, ax = plt.subplots(figsize=(5, 3.5))
-  for mode in ('clean', 'adversarial'):
-    ax.plot(sweep['width'], sweep[f'purity_median_{mode}'], marker='o', label=mode)
+  """Median unit purity after contrastive pre-training against the width m,
+  clean and adversarial: mean over seeds, +- std band when ``sweep`` has the
+  per-seed medians (``width_sweep``'s 'purity_median_<mode>_per_seed')."""
+  fig, ax = plt.subplots(figsize=(6.5, 3.6), layout='constrained')
+  w = np.asarray(sweep['width'], np.float64)
+  seeds = set()
+  for i, mode in enumerate(('clean', 'adversarial')):
+    ax.plot(w, sweep[f'purity_median_{mode}'], marker='o', ms=4, color=f'C{i}', label=mode)
+    per_seed = sweep.get(f'purity_median_{mode}_per_seed')
+    if per_seed is not None:
+      p = np.asarray(per_seed, np.float64)  # (widths, seeds)
+      m, sd = p.mean(axis=1), p.std(axis=1)
+      ax.fill_between(w, m - sd, m + sd, color=f'C{i}', alpha=0.15, lw=0)
+      seeds.add(p.shape[1])
   ax.set_xscale('log', base=2)
-  ax.set_xlabel('width m')
-  ax.set_ylabel('median unit purity')
+  ax.set_xticks(w, [f'{v:g}' for v in w])
+  ax.xaxis.set_minor_locator(plt.NullLocator())
+  ax.set_xlabel('width m (hidden units)')
+  ax.set_ylabel('median unit purity (1 = one feature)')
   ax.set_ylim(0, 1)
-  ax.legend()
+  ax.grid(alpha=0.3)
+  over = (f"mean +- std over {'/'.join(map(str, sorted(seeds)))} seeds" if seeds
+          else 'mean over seeds')
+  ax.set_title(f'contrastive pre-training: purity against width, clean vs adversarial\n{over}',
+               fontsize=9)
+  legend_outside(ax, title='pre-training', title_fontsize=8)
   _save(fig, path)
 
 

@@ -11,7 +11,7 @@ report, with spreads over seeds:
 
 - Paper A, robustness inheritance: the probe's robust accuracy on an
   adversarially pre-trained encoder against a clean one;
-- Paper B: the probe's adversarial distance for none (= clean) / rep / ll,
+- Paper B: the probe's adversarial distance for clean (no penalty) / rep / ll,
   and the accuracy each costs;
 - the first-layer filters of every kind (``filters.png``) and their
   roughness (relative energy of their finite differences; smoother filters
@@ -172,22 +172,36 @@ def roughness(kernel) -> np.ndarray:
   return num / np.maximum((k ** 2).sum(axis=(0, 1, 2)), 1e-30)
 
 
-def plot_filters(kernels: dict, path: str, max_filters: int = 32) -> None:
-  """Draws ``kernels`` ({kind: (kh, kw, c_in, c_out)}) to ``path`` (process 0
-  writes; returns None): one row per kind, the first ``max_filters``
-  filters, each scaled to [0, 1]."""
+def plot_filters(kernels: dict, path: str, max_filters: int = 32, *, cfg=None) -> None:
+  """One block per kind: the first layer's filters (``kernels``: kind -> (kh, kw,
+  c_in, c_out) of seed 0; process 0 writes, returns None), at most ``max_filters``, 16 to a row, each scaled to
+  its own [min, max]; the block's title gives the kind's mean ``roughness``.
+  ``cfg`` (optional) names the pre-training and data in the title."""
   import matplotlib.pyplot as plt
   n = min(max_filters, next(iter(kernels.values())).shape[-1])
-  fig, axes = plt.subplots(len(kernels), n, figsize=(0.55 * n, 0.7 * len(kernels) + 0.3),
-                           squeeze=False)
-  for row, (kind, k) in zip(axes, kernels.items()):
-    for j, ax in enumerate(row):
-      f = k[..., j]
-      f = (f - f.min()) / max(f.max() - f.min(), 1e-12)
-      ax.imshow(f[..., 0] if f.shape[-1] != 3 else f, cmap='gray', interpolation='nearest')
+  ncols = min(n, 16)
+  nrows = -(-n // ncols)
+  fig = plt.figure(figsize=(0.5 * ncols + 0.4, (0.55 * nrows + 0.35) * len(kernels) + 0.6),
+                   layout='constrained')
+  blocks = np.atleast_1d(fig.subfigures(len(kernels), 1))
+  rgb = next(iter(kernels.values())).shape[2] == 3
+  for block, (kind, k) in zip(blocks, kernels.items()):
+    axes = block.subplots(nrows, ncols, squeeze=False)
+    for j, ax in enumerate(axes.flat):
       ax.set_xticks([]), ax.set_yticks([])
-    row[0].set_ylabel(kind, rotation=0, ha='right', va='center')
-  fig.suptitle('first-layer filters (seed 0)')
+      if j >= n:
+        ax.set_visible(False)
+        continue
+      f = np.asarray(k[..., j], np.float64)
+      f = (f - f.min()) / max(f.max() - f.min(), 1e-12)
+      ax.imshow(f if rgb else f[..., 0], cmap=None if rgb else 'gray', interpolation='nearest')
+    block.suptitle(f'{kind}: roughness {roughness(k)[:n].mean():.2f}', fontsize=9, x=0.02,
+                   ha='left')
+  what = (f'{cfg.pretrain.method} pre-training on {cfg.data.name}: ' if cfg is not None else '')
+  channel = '' if rgb or next(iter(kernels.values())).shape[2] == 1 else ', input channel 0'
+  fig.suptitle(f'{what}first-layer filters per kind\n(seed 0{channel}), each scaled to its '
+               'own range;\nroughness: mean ||finite differences||^2 / ||K||^2\n'
+               '(higher = more high-frequency)', fontsize=9)
   report.save_figure(fig, path, dpi=110, bbox_inches='tight')
 
 
@@ -346,7 +360,7 @@ def main(cfg, workdir: str) -> dict:
     out = run(cfg, job_run)
     summary = summarize(out['results'])
     checks = claims(summary, cfg)
-    plot_filters(out['kernels'], job_run.path('filters.png'))
+    plot_filters(out['kernels'], job_run.path('filters.png'), cfg=cfg)
   job_run.finish({
       'seeds': [cfg.seed, cfg.num_seeds], 'summary': summary,
       'distances': {k: [d.tolist() for d in r['distances']] for k, r in out['results'].items()},

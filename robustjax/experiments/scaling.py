@@ -555,26 +555,37 @@ def fits_text(fit: dict) -> str:
   return '\n'.join(lines)
 
 
+def _seeds(rows: list[dict]) -> int:
+  return len(rows[0]['purity_median_per_seed']) if rows else 0
+
+
 def plot_distances(rows: list[dict], fit: dict, scfg, path: str) -> None:
   """Median FMN distance against k (log-log), one line per D (error bars: the
   seeds' range), clean (left) and adversarial (right) encoders at the fit
   width; dashed: the predicted slope, dotted: the fitted one, both through the
   points' log-centre; the fitted exponent and its 95% interval in the title."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
-  fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
+  fig, axes = plt.subplots(1, 2, figsize=(11.5, 4.2), layout='constrained')
+  colors = {D: f'C{i % 10}' for i, D in enumerate(scfg.Ds)}
+  drawn = []
   for ax, key, c in ((axes[0], 'clean_vs_k_over_D', 0.0),
                      (axes[1], 'adversarial_vs_k', float(scfg.fit_eps_factor))):
     f = fit[key]
+    ks = set()
     for D in scfg.Ds:
       pts = sorted((r for r in rows if r['D'] == D and r['c'] == c
                     and r['m'] == width(D, scfg.fit_width_factor)), key=lambda r: r['k'])
       if not pts:
         continue
+      if D not in drawn:
+        drawn.append(D)
       k = np.array([r['k'] for r in pts], np.float64)
+      ks |= set(k.tolist())
       per_seed = np.array([r['distance_median_per_seed'] for r in pts])
       mid = np.array([r['distance_median'] for r in pts])
-      line = ax.errorbar(k, mid, yerr=[mid - np.nanmin(per_seed, 1), np.nanmax(per_seed, 1) - mid],
-                         marker='o', capsize=3, label=f'D = {D}')
+      ax.errorbar(k, mid, yerr=[mid - np.nanmin(per_seed, 1), np.nanmax(per_seed, 1) - mid],
+                  marker='o', ms=4, capsize=3, color=colors[D])
       ok = np.isfinite(mid) & (mid > 0)
       if ok.sum() >= 1:  # predicted (dashed) and fitted (dotted) slopes through the log-centre
         lk, lm = np.log(k[ok]), np.log(mid[ok])
@@ -582,19 +593,29 @@ def plot_distances(rows: list[dict], fit: dict, scfg, path: str) -> None:
                              (f['interval']['exponent'] if f['interval'] else None, ':')):
           if slope is not None:
             ax.plot(k, np.exp(lm.mean() + slope * (np.log(k) - lk.mean())), style,
-                    color=line[0].get_color(), alpha=0.6)
+                    color=colors[D], alpha=0.6)
     iv = f['interval']
     fitted = (f"fitted {iv['exponent']:.2f} [{iv['lo']:.2f}, {iv['hi']:.2f}]" if iv
               else 'not fitted')
-    kind = 'clean encoders' if c == 0 else f'adversarial encoders, eps = {c:g}/sqrt(k)'
+    kind = ('clean pre-training' if c == 0 else
+            f'adversarial pre-training, eps = {c:g} / sqrt(k)')
     law = 'sqrt(k / D)' if c == 0 else 'flat'
-    ax.set_title(f"{kind}\npredicted {law} (dashed, exponent {f['predicted']:g}); {fitted} "
-                 '(dotted)', fontsize=9)
+    ax.set_title(f"{kind}\npredicted {law} (exponent {f['predicted']:g}); {fitted}", fontsize=9)
     ax.set_xscale('log', base=2)
     ax.set_yscale('log')
-    ax.set_xlabel('k (active features)')
-    ax.set_ylabel(f'median min l2 distance (FMN), m = {scfg.fit_width_factor:g} D')
-    ax.legend(fontsize=8)
+    ax.set_xticks(sorted(ks), [f'{v:g}' for v in sorted(ks)])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    report.plain_log_ticks(ax.yaxis)
+    ax.grid(alpha=0.3, which='both')
+    ax.set_xlabel('k (active features per example)')
+  axes[0].set_ylabel('median min l2 distance (FMN, input units)')
+  handles = [Line2D([], [], color=colors[D], marker='o', ms=4) for D in drawn] + [
+      Line2D([], [], color='gray', ls='--'), Line2D([], [], color='gray', ls=':')]
+  labels = [f'D = {D}' for D in drawn] + ['predicted slope', 'fitted slope']
+  report.fig_legend_outside(fig, handles, labels)
+  fig.suptitle(f'clean heads: median FMN distance against k, clean vs adversarial encoders '
+               f'(m = {scfg.fit_width_factor:g} D)\nmedian over correct test points of all '
+               f'{_seeds(rows)} seeds and tasks; bars: range of the per-seed medians', fontsize=9)
   report._save(fig, path)  # pylint: disable=protected-access
 
 
@@ -602,22 +623,36 @@ def plot_purity(rows: list[dict], scfg, path: str) -> None:
   """Median unit purity against m / D, one panel per k, clean (dashed) and
   adversarial at c = fit_eps_factor (solid), one colour per D."""
   import matplotlib.pyplot as plt  # pylint: disable=import-outside-toplevel
+  from matplotlib.lines import Line2D  # pylint: disable=import-outside-toplevel
   ks = list(scfg.ks)
-  fig, axes = plt.subplots(1, len(ks), figsize=(3.2 * len(ks), 3.4), squeeze=False)
+  c_adv = float(scfg.fit_eps_factor)
+  fig, axes = plt.subplots(1, len(ks), figsize=(2.9 * len(ks) + 1.8, 3.5), squeeze=False,
+                           sharey=True, layout='constrained')
+  factors = set()
   for ax, k in zip(axes[0], ks):
     for i, D in enumerate(scfg.Ds):
-      for c, style in ((0.0, '--'), (float(scfg.fit_eps_factor), '-')):
+      for c, style in ((0.0, '--'), (c_adv, '-')):
         pts = sorted((r for r in rows if r['D'] == D and r['k'] == k and r['c'] == c),
                      key=lambda r: r['m'])
+        factors |= {r['width_factor'] for r in pts}
         ax.plot([r['width_factor'] for r in pts], [r['purity_median'] for r in pts], style,
-                marker='o', color=f'C{i}',
-                label=f"D={D} {'clean' if c == 0 else 'adv'}")
+                marker='o', ms=4, color=f'C{i % 10}')
     ax.set_xscale('log', base=2)
+    ax.set_xticks(sorted(factors), [f'{v:g}' for v in sorted(factors)])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
     ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
     ax.set_title(f'k = {k}', fontsize=9)
     ax.set_xlabel('width m / D')
-  axes[0][0].set_ylabel('median unit purity')
-  axes[0][-1].legend(fontsize=7)
+  axes[0][0].set_ylabel('median unit purity (1 = one feature)')
+  handles = [Line2D([], [], color=f'C{i % 10}', marker='o', ms=4) for i, _ in
+             enumerate(scfg.Ds)] + [Line2D([], [], color='gray', ls='--'),
+                                    Line2D([], [], color='gray', ls='-')]
+  labels = [f'D = {D}' for D in scfg.Ds] + ['clean', f'adversarial, c = {c_adv:g}']
+  report.fig_legend_outside(fig, handles, labels, title='pre-training', title_fontsize=8)
+  fig.suptitle('median unit purity after pre-training against width, clean vs adversarial '
+               f'(eps = c / sqrt(k))\nmedian over the units of all {_seeds(rows)} seeds',
+               fontsize=9)
   report._save(fig, path)  # pylint: disable=protected-access
 
 
@@ -634,8 +669,9 @@ def plot_gaps(gaps: list[dict], rows: list[dict], scfg, path: str) -> None:
   ks, cs = list(scfg.ks), [float(c) for c in scfg.eps_factors]
   Ds = [D for D in scfg.Ds if any(g['D'] == D and g['m'] == width(D, scfg.fit_width_factor)
                                   for g in gaps)]
-  fig, axes = plt.subplots(1, max(len(Ds), 1), figsize=(4.2 * max(len(Ds), 1), 3.6),
-                           squeeze=False)
+  fig, axes = plt.subplots(1, max(len(Ds), 1), figsize=(3.6 * max(len(Ds), 1) + 1.2, 3.6),
+                           squeeze=False, layout='constrained')
+  im = None
   for ax, D in zip(axes[0], Ds):
     m = width(D, scfg.fit_width_factor)
     grid_ = np.full((len(ks), len(cs)), np.nan)
@@ -648,15 +684,19 @@ def plot_gaps(gaps: list[dict], rows: list[dict], scfg, path: str) -> None:
     im = ax.imshow(grid_, vmin=-1, vmax=1, cmap='RdBu', origin='lower', aspect='auto')
     for i, j in zip(*np.nonzero(np.isfinite(grid_))):  # cells the grid did not run stay blank
       ax.text(j, i, f"{grid_[i, j]:.2f}{'*' if flag[i, j] else ''}", ha='center', va='center',
-              fontsize=8)
+              fontsize=8, color='w' if abs(grid_[i, j]) > 0.6 else 'k')  # legible on dark cells
     ax.set_xticks(range(len(cs)), [f'{c:g}' for c in cs])
     ax.set_yticks(range(len(ks)), [str(k) for k in ks])
-    ax.set_xlabel('c (training and test eps = c / sqrt(k))')
-    ax.set_ylabel('k')
-    ax.set_title(f'D = {D}, m = {m}: robust acc, adv - clean encoder\n'
-                 f'* FMN failed on > {FAILED_FLAG:.0%} of points (near-constant heads)',
-                 fontsize=8)
-    fig.colorbar(im, ax=ax, shrink=0.8)
+    ax.set_xlabel('c (eps = c / sqrt(k), training and test)')
+    ax.set_title(f'D = {D}, m = {m}', fontsize=9)
+  axes[0][0].set_ylabel('k (active features)')
+  if im is not None:
+    fig.colorbar(im, ax=axes, shrink=0.85,
+                 label='robust acc: adv - clean encoder (fraction)')
+  fig.suptitle('inheritance gap: robust accuracy of clean heads on the adversarial minus the '
+               f'clean encoder at eps = c / sqrt(k)\nmean over {_seeds(rows)} seeds; blank: not '
+               f'run; * FMN failed on > {FAILED_FLAG:.0%} of points (near-constant heads)',
+               fontsize=9)
   report._save(fig, path)  # pylint: disable=protected-access
 
 

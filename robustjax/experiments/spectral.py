@@ -598,70 +598,126 @@ def table(summary: dict, cfg) -> str:
       + '\nkinds: ' + '; '.join(f'{k} = {KIND_WORDS[k]}' for k in kinds))
 
 
-def plot_distances(evals: dict, path: str) -> None:
-  """Box plots of per-point distances (all seeds pooled), one panel per head/attack."""
+def _combo_title(name: str) -> str:
+  head, method = name.split('/')
+  return f"{head} head: {'certified lower bound' if method == 'certified' else method}"
+
+
+def plot_distances(evals: dict, path: str, *, cfg=None) -> None:
+  """Box plots of per-point distances (all seeds pooled), one panel per
+  head/attack, one box per run (kind, lam); dots: each seed's mean. ``cfg``
+  (optional) names the data in the title."""
   import matplotlib.pyplot as plt
+  from matplotlib.lines import Line2D
+  from matplotlib.patches import Patch
+  kinds = list(evals)
   names = list(next(iter(evals.values()))['distances'])
-  fig, axes = plt.subplots(1, len(names), figsize=(4 * len(names), 3.6), squeeze=False)
-  for ax, n in zip(axes[0], names):
-    data = [np.concatenate([_finite(d) for d in evals[k]['distances'][n]]) for k in evals]
-    ax.boxplot(data, showfliers=False)
-    ax.set_xticks(range(1, len(evals) + 1), list(evals))
-    for i, k in enumerate(evals):  # per-seed means as dots
-      ax.scatter(np.full(len(evals[k]['distances'][n]), i + 1.25),
-                 [_stat(d, np.mean) for d in evals[k]['distances'][n]], s=12, c='k')
-    ax.set_title(n)
-    ax.set_ylabel('adversarial distance (l2)')
-  fig.tight_layout()
-  report.save_figure(fig, path, dpi=110)
+  seeds = len(next(iter(evals.values()))['distances'][names[0]])
+  long = len(kinds) > 4 or max(len(k) for k in kinds) > 8
+  ncols = min(len(names), 2)  # a grid, not a strip, when there are many head/attack pairs
+  nrows = -(-len(names) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(max(3.2, 0.75 * len(kinds) + 1.2) * ncols + 2.0,
+                                                  3.4 * nrows + 0.6), squeeze=False,
+                           layout='constrained')
+  for ax in axes.flat[len(names):]:
+    ax.set_visible(False)
+  for ax, n in zip(axes.flat, names):
+    data = [np.concatenate([_finite(d) for d in evals[k]['distances'][n]]) for k in kinds]
+    ax.boxplot(data, showfliers=False, widths=0.5)
+    for i, k in enumerate(kinds):  # per-seed means as dots, beside the box
+      ax.scatter(np.full(len(evals[k]['distances'][n]), i + 1.35),
+                 [_stat(d, np.mean) for d in evals[k]['distances'][n]], s=12, c='k', zorder=3)
+    ax.set_xticks(range(1, len(kinds) + 1), kinds, rotation=30 if long else 0,
+                  ha='right' if long else 'center', fontsize=8)
+    ax.set_title(_combo_title(n), fontsize=9)
+    ax.grid(alpha=0.3, axis='y')
+  for row in axes:
+    row[0].set_ylabel('l2 distance to the nearest\nadversarial point (input units)', fontsize=9)
+  report.fig_legend_outside(
+      fig, [Patch(facecolor='w', edgecolor='k'), Line2D([], [], color='C1'),
+            Line2D([], [], ls='', marker='o', ms=4, color='k')],
+      ['quartiles, whiskers 1.5 IQR\n(points of all seeds)', 'median', "one seed's mean"])
+  data = f' on {cfg.data.name}' if cfg is not None else ''
+  fig.suptitle(f'adversarial distance per regulariser kind{data}: {seeds} seeds, correctly '
+               'classified test points, failed attacks left out', fontsize=9)
+  report.save_figure(fig, path, dpi=110, bbox_inches='tight')
 
 
 def plot_sweep(cfg, summary: dict, runs: dict, path: str) -> None:
   """Primary distance and accuracy against lam per kind (mean +- seed std); clean as a band."""
   import matplotlib.pyplot as plt
   acc_key = 'refit_test_acc' if cfg.eval.primary_head == 'refit' else 'test_acc'
-  fig, axes = plt.subplots(1, 2, figsize=(10, 3.8))
+  fig, axes = plt.subplots(1, 2, figsize=(10.5, 3.9), layout='constrained')
   lams = sorted({r['lam'] for r in runs.values() if r['kind'] != 'clean'})
-  for ax, (key, std, ylabel) in zip(axes, [
+  penalised = [k for k in cfg.regularizer.kinds if k != 'clean']
+  for ax, (key, std, title, ylabel) in zip(axes, [
       ('adv_distance_mean', 'adv_distance_mean_std',
-       f'{cfg.eval.primary_head}/{cfg.eval.primary_attack} distance (l2)'),
-      (acc_key, acc_key + '_std', acc_key.replace('_', ' '))]):
+       f'adversarial distance ({cfg.eval.primary_head} head, {cfg.eval.primary_attack})',
+       'mean l2 distance (input units)'),
+      (acc_key, acc_key + '_std', f"test accuracy ({acc_key.split('_')[0]} head)"
+       if acc_key != 'test_acc' else 'test accuracy (trained readout)', 'accuracy (fraction)')]):
     for kind in cfg.regularizer.kinds:
       labels = [next(l for l, r in runs.items() if r['kind'] == kind and
                      (kind == 'clean' or r['lam'] == lam)) for lam in lams]
       m = np.array([summary[l][key] for l in labels])
       sd = np.array([summary[l][std] for l in labels])
       if kind == 'clean':
-        ax.axhline(m[0], color='k', lw=1, label='clean')
+        ax.axhline(m[0], color='k', lw=1, label='clean (no penalty): mean +- std')
         ax.axhspan(m[0] - sd[0], m[0] + sd[0], color='k', alpha=0.1)
       else:
-        ax.errorbar(lams, m, yerr=sd, marker='o', capsize=3, label=kind)
+        # Kinds side by side around each lam (a few % apart on the log axis), so
+        # equal values do not hide each other's bars.
+        i = penalised.index(kind)
+        shift = 1.06 ** (i - (len(penalised) - 1) / 2)
+        ax.errorbar(np.asarray(lams) * shift, m, yerr=sd, marker='o', ms=4, capsize=3,
+                    color=f'C{i % 10}', label=kind)
     ax.set_xscale('log')
-    ax.set_xlabel('lam')
+    ax.set_xticks(lams, [f'{v:g}' for v in lams])
+    ax.xaxis.set_minor_locator(plt.NullLocator())
+    ax.set_xlabel('lam (penalty weight)')
     ax.set_ylabel(ylabel)
-    ax.legend(fontsize=8)
-  fig.suptitle(f'mean +- std over {cfg.num_seeds} seeds')
-  fig.tight_layout()
-  report.save_figure(fig, path, dpi=110)
+    ax.set_title(title, fontsize=9)
+    ax.grid(alpha=0.3)
+  handles, labels = axes[0].get_legend_handles_labels()
+  report.fig_legend_outside(fig, handles, labels, title='regulariser', title_fontsize=8)
+  fig.suptitle(f'{cfg.data.name}: penalised kinds against lam vs no penalty; mean +- std over '
+               f'{cfg.num_seeds} seeds', fontsize=9)
+  report.save_figure(fig, path, dpi=110, bbox_inches='tight')
 
 
-def plot_geometry(maps: dict, data: dict, workdir: str) -> list[str]:
-  """Decision boundaries and volume-element / lambda_max maps, one panel per kind."""
+def plot_geometry(maps: dict, data: dict, workdir: str, *, cfg=None) -> list[str]:
+  """Decision boundaries and volume-element / lambda_max maps, one panel per
+  kind, written to ``<workdir>/{log_volume,log10_lambda_max,boundary}.png``;
+  returns their paths. ``cfg`` (optional) names the data in the titles."""
   extent = next(iter(maps.values()))['extent']
   pts = lbl = None
   if data['image_shape'] is None:
     pts, lbl = np.asarray(of_seed(data, 'x_train', 0)), np.asarray(of_seed(data, 'y_train', 0))
+    where = 'the input plane; dots: training points'
+    axis_labels = ('input x1', 'input x2')
   else:
     pts = next(iter(maps.values()))['anchors']
+    where = 'the plane through 3 test images of different classes (dots)'
+    axis_labels = tuple(f'plane coordinate {i} (l2, input units)' for i in (1, 2))
+  two_classes = all(np.nanmin(m['boundary']) < 0 for m in maps.values())
   contour = {k: m['boundary'] for k, m in maps.items()}
+  name = f'{cfg.data.name}, ' if cfg is not None else ''
   files = []
-  for key, title in (('log_volume', 'log volume element log sqrt(det g)'),
-                     ('log10_lambda_max', 'log10 lambda_max(g)'),
-                     ('boundary', 'decision function (white: boundary)')):
+  for key, title, label in (
+      ('log_volume', "log volume element of the features' pullback metric g",
+       'log sqrt(det g)'),
+      ('log10_lambda_max', 'largest eigenvalue of g (squared local stretch of the features)',
+       'log10 lambda_max(g)'),
+      ('boundary', 'decision function; white: the decision boundary',
+       'logit 1 - logit 0' if two_classes else 'top logit - runner-up (0 on a boundary)')):
     path = os.path.join(workdir, f'{key}.png')
-    geometry.plot_maps({k: m[key] for k, m in maps.items()}, extent, path, suptitle=title,
+    geometry.plot_maps({k: m[key] for k, m in maps.items()}, extent, path,
+                       suptitle=f'{title}\nper regulariser kind ({name}seed 0), on {where}',
                        points=pts, labels=lbl, contour=contour,
-                       cmap='coolwarm' if key == 'boundary' else 'viridis')
+                       cmap=('viridis' if key != 'boundary' else
+                             'coolwarm' if two_classes else 'Reds'),
+                       colorbar_label=label, centered=key == 'boundary',
+                       axis_labels=axis_labels)
     files.append(path)
   return files
 
@@ -752,12 +808,12 @@ def main(cfg, workdir: str) -> dict:
     summary = summarize(cfg, out['evals'])
     found = claims(cfg, summary, out['runs'])
     plots = ['adv_distance_box.png']
-    plot_distances(out['evals'], r.path(plots[0]))
+    plot_distances(out['evals'], r.path(plots[0]), cfg=cfg)
     if tuple(cfg.sweep.lams):
       plots.append('sweep.png')
       plot_sweep(cfg, summary, out['runs'], r.path(plots[-1]))
     if out['maps']:
-      plots += [os.path.basename(p) for p in plot_geometry(out['maps'], out['data'], workdir)]
+      plots += [os.path.basename(p) for p in plot_geometry(out['maps'], out['data'], workdir, cfg=cfg)]
   r.finish({'seeds': [cfg.seed, cfg.num_seeds], 'runs': out['runs'], 'summary': summary,
             'final_train_metrics': out['train_metrics'],
             'distances': {k: {n: [d.tolist() for d in v] for n, v in ev['distances'].items()}

@@ -157,12 +157,18 @@ def plane_through(x0: jax.Array, x1: jax.Array, x2: jax.Array, n: int, margin: f
 
 
 def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
-              labels=None, contour: dict | None = None, cmap: str = 'viridis') -> None:
-  """One heat map per entry of ``maps`` (name -> (n, n) array, row i = y index).
+              labels=None, contour: dict | None = None, cmap: str = 'viridis',
+              colorbar_label: str = '', centered: bool = False,
+              axis_labels: tuple[str, str] = ('x1', 'x2')) -> None:
+  """A grid (at most 3 columns) of heat maps, one per entry of ``maps`` (name ->
+  (n, n) array, row i = y index), on one colour scale with one colorbar.
 
   ``extent`` = (x_lo, x_hi, y_lo, y_hi); ``points`` (p, 2) are overlaid,
   coloured by ``labels``; ``contour`` (name -> (n, n)) draws its 0 level (a
-  decision boundary) on the panel of the same name.
+  decision boundary) on the panel of the same name; ``centered`` puts 0 at
+  the middle of the colour scale (white in a diverging ``cmap``), or at its
+  bottom when no value is negative;
+  ``colorbar_label`` and ``axis_labels`` say what the colours and axes are.
   """
   import matplotlib
   matplotlib.use('Agg')
@@ -170,25 +176,43 @@ def plot_maps(maps: dict, extent, path: str, *, suptitle: str = '', points=None,
   from robustjax import report  # matplotlib too: only when plotting
 
   names = list(maps)
-  fig, axes = plt.subplots(1, len(names), figsize=(4.2 * len(names), 3.8), squeeze=False)
+  ncols = 2 if len(names) == 4 else min(len(names), 3)  # 2 x 2 rather than 3 + 1
+  nrows = -(-len(names) // ncols)
+  fig, axes = plt.subplots(nrows, ncols, figsize=(3.4 * ncols + 1.2, 3.0 * nrows + 0.7),
+                           squeeze=False, layout='constrained')
   finite = np.concatenate([np.ravel(np.asarray(m))[np.isfinite(np.ravel(np.asarray(m)))]
                            for m in maps.values()] or [np.zeros(1)])
   vmin, vmax = (np.percentile(finite, 1), np.percentile(finite, 99)) if finite.size else (0, 1)
-  for ax, name in zip(axes[0], names):
+  if centered:  # 0 at the middle of the scale, or at its bottom for a map that is never < 0
+    vmax = max(abs(vmin), abs(vmax), 1e-12)
+    vmin = 0.0 if finite.size and finite.min() >= 0 else -vmax
+  im = None
+  for i, ax in enumerate(axes.flat):
+    if i >= len(names):
+      ax.set_visible(False)
+      continue
+    name = names[i]
     im = ax.imshow(np.asarray(maps[name]), origin='lower', extent=extent, aspect='auto',
                    cmap=cmap, vmin=vmin, vmax=vmax)
     if contour is not None and name in contour:
       c = np.asarray(contour[name])
       xs = np.linspace(extent[0], extent[1], c.shape[1])
       ys = np.linspace(extent[2], extent[3], c.shape[0])
-      ax.contour(xs, ys, c, levels=[0.0], colors='w', linewidths=1.5)
+      if np.nanmin(c) < 0 < np.nanmax(c):  # a level that is not there draws nothing but a warning
+        ax.contour(xs, ys, c, levels=[0.0], colors='w', linewidths=1.5)
     if points is not None:
       p = np.asarray(points)
-      colour = dict(c='w') if labels is None else dict(c=np.asarray(labels), cmap='coolwarm')
-      ax.scatter(p[:, 0], p[:, 1], s=10, edgecolors='k', linewidths=0.3, **colour)
-    ax.set_title(name)
-    fig.colorbar(im, ax=ax, fraction=0.046)
+      # Labels in white to black (not the maps' colours, where they would vanish).
+      colour = dict(c='w') if labels is None else dict(c=np.asarray(labels), cmap='Greys')
+      ax.scatter(p[:, 0], p[:, 1], s=12, edgecolors='0.5', linewidths=0.6, **colour)
+    ax.set_title(name, fontsize=9)
+    ax.tick_params(labelsize=7)
+    if i // ncols == nrows - 1 or i + ncols >= len(names):
+      ax.set_xlabel(axis_labels[0], fontsize=8)
+    if i % ncols == 0:
+      ax.set_ylabel(axis_labels[1], fontsize=8)
+  if im is not None:
+    fig.colorbar(im, ax=axes, shrink=0.8, label=colorbar_label)
   if suptitle:
-    fig.suptitle(suptitle)
-  fig.tight_layout()
-  report.save_figure(fig, path, dpi=110)
+    fig.suptitle(suptitle, fontsize=9)
+  report.save_figure(fig, path, dpi=110, bbox_inches='tight')
