@@ -34,7 +34,8 @@ UNRECORDED = ('eval', 'probe', 'probe_data', 'progress', 'resume', 'checkpoint_e
               'regularizer.kinds', 'sweep.lams', 'pretrain.kinds')
 RESUME = ('check', 'overwrite')
 CHECKPOINTS = ('checkpoints', 'train_checkpoints')  # the experiments' checkpoint folders
-_MADE = CHECKPOINTS + ('results.json', 'metrics.jsonl', 'training_curves.png', RECORD)  # what overwrite clears
+# What a run writes, and overwrite clears.
+_MADE = CHECKPOINTS + ('results.json', 'metrics.jsonl', 'training_curves.png', RECORD)
 
 
 def fingerprint(config: dict) -> dict:

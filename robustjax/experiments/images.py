@@ -174,9 +174,10 @@ def roughness(kernel) -> np.ndarray:
 
 def plot_filters(kernels: dict, path: str, max_filters: int = 32, *, cfg=None) -> None:
   """One block per kind: the first layer's filters (``kernels``: kind -> (kh, kw,
-  c_in, c_out) of seed 0; process 0 writes, returns None), at most ``max_filters``, 16 to a row, each scaled to
+  c_in, c_out) of seed 0), at most ``max_filters``, 16 to a row, each scaled to
   its own [min, max]; the block's title gives the kind's mean ``roughness``.
-  ``cfg`` (optional) names the pre-training and data in the title."""
+  ``cfg`` (optional) names the pre-training and data in the title. Process 0
+  writes ``path``; returns None."""
   import matplotlib.pyplot as plt
   n = min(max_filters, next(iter(kernels.values())).shape[-1])
   ncols = min(n, 16)

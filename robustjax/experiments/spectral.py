@@ -813,7 +813,8 @@ def main(cfg, workdir: str) -> dict:
       plots.append('sweep.png')
       plot_sweep(cfg, summary, out['runs'], r.path(plots[-1]))
     if out['maps']:
-      plots += [os.path.basename(p) for p in plot_geometry(out['maps'], out['data'], workdir, cfg=cfg)]
+      plots += [os.path.basename(p)
+                for p in plot_geometry(out['maps'], out['data'], workdir, cfg=cfg)]
   r.finish({'seeds': [cfg.seed, cfg.num_seeds], 'runs': out['runs'], 'summary': summary,
             'final_train_metrics': out['train_metrics'],
             'distances': {k: {n: [d.tolist() for d in v] for n, v in ev['distances'].items()}
