@@ -15,15 +15,45 @@ from robustjax.experiments import sparse_coding
 from robustjax.train import loop, state as state_lib
 from tests.helpers import TINY, launch
 
+GOLDEN = os.path.join(os.path.dirname(__file__), 'data', 'golden_sparse_coding_tiny.json')
 KEYS = ('purity_median', 'participation_ratio_median', 'pretrain_clean_acc',
         'pretrain_robust_acc', 'downstream_clean_acc', 'downstream_robust_acc')
+
+
+def assert_matches_golden(res: dict, stdout: str):
+  """The tiny pipeline's numbers and printed table are those recorded before
+  the experiment moved onto the runner (tests/data, rtol 1e-6: the same
+  programs on the same keys; the recording is of this repository's XLA:CPU)."""
+  with open(GOLDEN) as f:
+    want = json.load(f)
+  assert res['eval_eps'] == want['eval_eps']
+  assert list(res['summary']) == list(want['summary'])  # rows, in order
+  close = lambda got, ref, what: np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7,
+                                                            err_msg=what)
+  for row, s in want['summary'].items():
+    assert set(res['summary'][row]) == set(s), row
+    for k, v in s.items():
+      close(res['summary'][row][k], v, f'summary {row} {k}')
+  assert [(c['name'], c['holds']) for c in res['claims']] == [
+      (c['name'], c['holds']) for c in want['claims']]
+  for c, w in zip(res['claims'], want['claims']):
+    assert list(c['numbers']) == list(w['numbers']), c['name']
+    close(np.array(list(c['numbers'].values()), float),
+          np.array(list(w['numbers'].values()), float), c['name'])
+  assert set(res['sweeps']) == set(want['sweeps'])
+  for k, v in want['sweeps']['purification'].items():
+    close(res['sweeps']['purification'][k], v, f'sweep {k}')
+  out = stdout.splitlines()
+  at = out.index(want['printed'][0])
+  assert out[at:at + len(want['printed'])] == want['printed']
 
 
 def test_launch_tiny_pipeline(tmp_path):
   proc = launch('--config=configs/sparse_coding.py', f'--workdir={tmp_path}', *TINY)
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'downstream robust acc' in proc.stdout  # the table was printed
   res = json.loads((tmp_path / 'results.json').read_text())
+  assert_matches_golden(res, proc.stdout)
+  assert 'downstream robust acc' in proc.stdout  # the table was printed
   assert res['config']['data']['d'] == 8 and res['config']['num_seeds'] == 2
   assert set(res['summary']) == {
       'clean', 'adversarial', 'end_to_end_clean', 'end_to_end_adversarial',
