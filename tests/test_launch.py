@@ -11,7 +11,7 @@ import optax
 import pytest
 
 from robustjax import timing
-from robustjax.experiments import sparse_coding
+from robustjax.experiments import runner, sparse_coding
 from robustjax.train import loop, state as state_lib
 from tests.helpers import TINY, launch
 
@@ -83,13 +83,23 @@ def test_launch_tiny_pipeline(tmp_path):
   for c, line in zip(res['claims'], out[at + 1:]):
     assert line.startswith(f"  {'holds' if c['holds'] else 'does not hold'}: {c['name']}: ")
   assert out[at + 7:at + 9] == ['files written:', f'  {tmp_path / "results.json"}']
-  assert res['plots'] == ['purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png']
+  assert res['plots'] == ['purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png',
+                         'training_curves.png']
+  # metrics.jsonl: one line per training chunk per job (20 steps in chunks of 10), in run order.
+  records = runner.read_metrics(str(tmp_path / 'metrics.jsonl'))
+  jobs = ['pretrain_clean', 'pretrain_adversarial', 'pretrain_contrastive_clean',
+          'pretrain_contrastive_adversarial_modes', 'downstream_heads', 'end_to_end_clean',
+          'end_to_end_adversarial']
+  assert [(r['job'], r['step']) for r in records] == [(j, s) for j in jobs for s in (10, 20)]
+  # Runs per fit: seeds; 3 adversarial contrastive modes x seeds; encoders x seeds x tasks.
+  runs = {'pretrain_contrastive_adversarial_modes': 3 * 2, 'downstream_heads': 6 * 2 * 2}
+  assert [len(r['loss_per_run']) for r in records] == [runs.get(r['job'], 2) for r in records]
   sweep = res['sweeps']['purification']
   assert sweep['alpha'] == [0.0, 1.0]
   for kind in ('similar', 'dissimilar'):  # the attack never lowers the pair loss
     assert np.all(np.array(sweep[f'{kind}_adversarial']) >= np.array(sweep[f'{kind}_clean']))
   assert 'controlled purification' in proc.stdout
-  for png in ('purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png'):
+  for png in res['plots']:
     assert (tmp_path / png).stat().st_size > 1000
   assert (tmp_path / 'checkpoints' / 'encoder_adversarial').is_dir()
   # The run recorded its config; a rerun with another training field refuses

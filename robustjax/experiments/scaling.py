@@ -59,7 +59,7 @@ import ml_collections
 import numpy as np
 
 from robustjax import config_validation as cv
-from robustjax import losses, progress, report, timing
+from robustjax import losses, progress, report, run_record, timing
 from robustjax.analysis import power_law
 from robustjax.attacks import health, minimal
 from robustjax.attacks.pgd import PGDSpec, pgd
@@ -359,7 +359,8 @@ def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> li
     params, _ = supervised.train_two_layer(
         scfg, (_tile(worlds, P), _tile(worlds.theta0, P), ks, eps), _tile(keys['pretrain'], P),
         loss_fn, opt_cfg=cfg.pretrain, desc=f'pre-train {prog.name} ({P * S} runs)',
-        checkpoint_dir=os.path.join(workdir, 'train_checkpoints', prog.name))
+        checkpoint_dir=os.path.join(workdir, 'train_checkpoints', prog.name),
+        fingerprint=run_record.fingerprint(scfg.to_dict()))
     jax.block_until_ready(params)
   points = [(k, c, s) for k, c in prog.points for s in range(S)]
   enc = {'w': params['w'], 'b': params['b']}                                  # (R, ...)
