@@ -145,6 +145,21 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, c
   assert len(again) == 0
 
 
+def test_recipes_refuse_a_checkpoint_dir_without_the_config_fingerprint(
+    tmp_path, tiny_sparse_coding_config):
+  # A checkpoint without the fingerprint could be resumed by a changed config.
+  from robustjax.recipes import contrastive, downstream, supervised
+  cfg, where = tiny_sparse_coding_config, str(tmp_path / 'ck')
+  for train in (lambda: supervised.train(cfg, None, None, None, adversarial=False,
+                                         checkpoint_dir=where),
+                lambda: contrastive.train(cfg, None, np.zeros((1, 2), np.uint32),
+                                          modes=('clean',), checkpoint_dir=where),
+                lambda: downstream.train_heads(cfg, None, None, None, None, checkpoint_dir=where)):
+    with pytest.raises(ValueError, match='^fingerprint: required with checkpoint_dir'):
+      train()
+  assert not os.path.exists(where)
+
+
 @pytest.mark.slow  # the tiny pipeline above runs both halves in the default suite
 @pytest.mark.parametrize('variant,rows', [
     ('supervised', {'clean', 'adversarial', 'end_to_end_clean', 'end_to_end_adversarial'}),

@@ -149,43 +149,32 @@ def _flat(tree, axes: int):
   return jax.tree.map(lambda a: np.reshape(a, (-1,) + np.shape(a)[axes:]), tree)
 
 
+def _by_name(tree, names) -> dict:
+  """Leaves (len(names) * n, ...), name-major -> {name: leaves (n, ...)}."""
+  split = jax.tree.map(lambda a: np.asarray(a).reshape((len(names), -1) + a.shape[1:]), tree)
+  return {name: jax.tree.map(lambda a: a[i], split) for i, name in enumerate(names)}
+
+
 def _per_task(tree, T: int):
   """Leaves (S, ...) -> (S, T, ...): seed s's leaf once per task."""
   return jax.tree.map(lambda a: np.repeat(np.asarray(a)[:, None], T, axis=1), tree)
 
 
-@functools.partial(jax.tree_util.register_dataclass,
-                   data_fields=('worlds', 'thetas', 'train_keys', 'eval_keys'), meta_fields=())
-@dataclasses.dataclass(frozen=True)
-class Tasks:
-  """Every seed's downstream tasks, leaves (S, T, ...), seed-major.
-
-  ``worlds``: seed s's world once per task; ``thetas`` (S, T, D) the tasks;
-  ``train_keys`` (S, T, 2) train their heads (and the references),
-  ``eval_keys`` (S, T, 2) draw their test sets and attacks.
-  """
-  worlds: sc.SparseCodingWorld
-  thetas: np.ndarray
-  train_keys: np.ndarray
-  eval_keys: np.ndarray
-
-  @classmethod
-  def draw(cls, keys: dict, worlds: sc.SparseCodingWorld, spec: sc.SparseCodingSpec,
-           T: int) -> 'Tasks':
-    """The T tasks of each seed from its key streams (``STREAMS``)."""
-    return cls(_per_task(worlds, T), *(np.asarray(a) for a in _task_draws(keys, spec, T)))
-
-  def first(self, R: int) -> 'Tasks':
-    """The first R tasks of each seed, leaves (S, R, ...)."""
-    return jax.tree.map(lambda a: a[:, :R], self)
-
-  def runs(self) -> 'Tasks':
-    """Leaves (S * T, ...): one run per (seed, task), as vmapped programs take them."""
-    return _flat(self, 2)
+def draw_tasks(keys: dict, worlds: sc.SparseCodingWorld, spec: sc.SparseCodingSpec,
+               T: int) -> dict:
+  """Every seed's T downstream tasks from its key streams (``STREAMS``), leaves
+  (S, T, ...), seed-major: {'worlds': seed s's world once per task, 'thetas':
+  (S, T, D) the tasks, 'train_keys': (S, T, 2) train their heads (and the
+  references), 'eval_keys': (S, T, 2) draw their test sets and attacks}.
+  ``_flat(tasks, 2)``: one run per (seed, task), as vmapped programs take them."""
+  thetas, train_keys, eval_keys = (np.asarray(a) for a in _task_draws(keys, spec, T))
+  return {'worlds': _per_task(worlds, T), 'thetas': thetas, 'train_keys': train_keys,
+          'eval_keys': eval_keys}
 
 
 def eval_eps(cfg) -> list[float]:
-  """The evaluation radii: the config's list plus the training radius."""
+  """The evaluation radii, sorted and distinct: ``eval.eps`` plus 0 (clean)
+  and the training radius ``attack.eps`` (same norm, ``attack.norm``)."""
   return sorted(set(float(e) for e in cfg.eval.eps) | {0.0, float(cfg.attack.eps)})
 
 
@@ -248,16 +237,22 @@ _unit_reports = jax.jit(jax.vmap(purification.unit_report))
 
 
 def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
-  """Per-unit purity / participation ratio / loading norm, (seeds, width)."""
+  """Per-unit metrics of the loadings c_j = M^T w_j (``purification.unit_report``):
+  {'purity': in (0, 1], 'participation_ratio': in [1, D], 'norm': ||c_j||_2},
+  each (S, width) for encoders {'w': (S, d, width)} and worlds of S seeds."""
   return jax.tree.map(np.asarray, _unit_reports(encoders['w'], worlds.dictionary))
 
 
 def save_encoders(path: str, encoders, worlds) -> None:
+  """Saves {'params': encoders, 'world': worlds} (leaves (S, ...)) to the
+  orbax directory ``path``, replacing what is there; returns None."""
   with progress.deferred_interrupts(), ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.abspath(path), {'params': encoders, 'world': worlds}, force=True)
 
 
-def load_encoders(path: str):
+def load_encoders(path: str) -> tuple[dict, sc.SparseCodingWorld]:
+  """What ``save_encoders`` wrote to ``path``: (params, worlds), jax arrays,
+  leaves (S, ...)."""
   with ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.restore(os.path.abspath(path))
   world = sc.SparseCodingWorld(**tree['world'])
@@ -302,15 +297,13 @@ def pretrain(cfg, run: runner.Run, worlds, keys: dict) -> dict:
   """Runs the pre-training jobs in ``run`` (each in ``run.job(name)``, resumable
   from ``run.checkpoint_dir(name)``) and saves every encoder, with the
   worlds, to ``<workdir>/checkpoints/encoder_<row>`` for the downstream stage.
-  Returns {row: params {'w': (S, width, d), 'b': (S, width), 'a': (S, width)}}."""
+  Returns {row: params {'w': (S, d, width), 'b': (S, width), 'a': (S, width)}}."""
   encoders = {}
   for job in pretraining_jobs(cfg, worlds, keys['pretrain']):
     params, _ = run.timed(job.name, job.train, checkpoint_dir=run.checkpoint_dir(job.name),
                           fingerprint=run.fingerprint)
-    by_row = jax.tree.map(lambda a: np.asarray(a).reshape((len(job.rows), -1) + a.shape[1:]),
-                          params)
-    for i, row in enumerate(job.rows):
-      encoders[row] = jax.tree.map(lambda a: a[i], by_row)
+    encoders.update(_by_name(params, job.rows))
+    for row in job.rows:
       save_encoders(run.path(os.path.join('checkpoints', f'encoder_{row}')), encoders[row], worlds)
   return encoders
 
@@ -325,27 +318,26 @@ def load_pretrained(path: str) -> tuple[dict, sc.SparseCodingWorld]:
   return encoders, worlds
 
 
-def downstream_heads(cfg, encoders: dict, tasks: Tasks, *, checkpoint_dir: str | None = None,
+def downstream_heads(cfg, encoders: dict, tasks: dict, *, checkpoint_dir: str | None = None,
                      fingerprint: dict | None = None) -> dict:
   """Clean linear heads on every frozen encoder for every task of its seed.
 
   All heads train in ONE vmapped fit over (encoders, seeds, tasks): one
-  compile however many encoders. ``encoders``: {row: params, leaves (S, ...)}.
-  Returns {row: the composed model's params {'encoder': {'w', 'b'}, 'head':
-  {'a': (S * T, width), 'c': (S * T,)}}, leaves (S * T, ...)}, as ``evaluate``
-  takes them with ``tasks.runs()``.
+  compile however many encoders. ``encoders``: {row: params, leaves (S, ...)};
+  ``tasks``: ``draw_tasks``'s. Returns {row: the composed model's params
+  {'encoder': {'w', 'b'}, 'head': {'a': (S * T, width), 'c': (S * T,)}},
+  leaves (S * T, ...)}, as ``evaluate`` takes them with ``_flat(tasks, 2)``.
   """
-  T = tasks.thetas.shape[1]
+  T = tasks['thetas'].shape[1]
   stack = lambda trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # (encoders, S, T, ...)
   frozen = {n: _per_task({'w': p['w'], 'b': p['b']}, T) for n, p in encoders.items()}
   runs = _flat(stack([tasks] * len(frozen)), 3)
   heads, _ = downstream.train_heads(
-      cfg, _flat(stack(list(frozen.values())), 3), runs.worlds, runs.thetas, runs.train_keys,
-      desc=f'downstream heads on {len(frozen)} encoders', checkpoint_dir=checkpoint_dir,
-      fingerprint=fingerprint)
-  heads = jax.tree.map(lambda a: np.asarray(a).reshape((len(frozen), -1) + a.shape[1:]), heads)
-  return {n: {'encoder': _flat(e, 2), 'head': jax.tree.map(lambda a: a[i], heads)}
-          for i, (n, e) in enumerate(frozen.items())}
+      cfg, _flat(stack(list(frozen.values())), 3), runs['worlds'], runs['thetas'],
+      runs['train_keys'], desc=f'downstream heads on {len(frozen)} encoders',
+      checkpoint_dir=checkpoint_dir, fingerprint=fingerprint)
+  return {n: {'encoder': _flat(frozen[n], 2), 'head': h}
+          for n, h in _by_name(heads, list(frozen)).items()}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec', 'ccfg', 'attack', 'num_examples'))
@@ -355,9 +347,14 @@ def _sweep_over_seeds(keys, worlds, alpha, **statics):
 
 
 def purification_sweep(cfg, worlds, keys) -> dict:
-  """Pair losses of units at each purification level alpha, (alphas,) means over seeds.
+  """Paper A, Fig. 4 (left): pair losses of units at each purification level
+  alpha (``contrastive.controlled_purification``, at the training radius).
 
-  One compiled program over the seeds, called once per alpha (alpha is traced).
+  Returns {'alpha': [A floats], and for each of 'similar_clean',
+  'similar_adversarial', 'dissimilar_clean', 'dissimilar_adversarial' (mean
+  logistic pair loss, nats) and 'scale' (the fitted score scale): [A] means
+  over seeds, and '<name>_std': [A] stds over seeds}. One compiled program
+  over the seeds, called once per alpha (alpha is traced).
   """
   alphas = [float(a) for a in cfg.contrastive.sweep_alphas]
   statics = dict(
@@ -378,7 +375,13 @@ def purification_sweep(cfg, worlds, keys) -> dict:
 
 
 def width_sweep(cfg, worlds, keys) -> dict:
-  """Median unit purity after contrastive pre-training, clean and adversarial, per width."""
+  """Median unit purity after contrastive pre-training, clean and adversarial,
+  per width of ``contrastive.width_sweep`` (W widths, S seeds).
+
+  Returns {'width': [W], 'purity_median_<mode>': [W] means over seeds of the
+  median purity, 'purity_median_<mode>_per_seed': [W][S]} for mode clean and
+  adversarial. The fits keep no checkpoints (they rerun on a resume).
+  """
   out = {'width': list(cfg.contrastive.width_sweep)}
   for mode in ('clean', 'adversarial'):
     meds = []
@@ -404,7 +407,8 @@ def run_jobs(cfg, run: runner.Run) -> dict:
   'downstream_acc': (runs, len(eps)) accuracies in [0, 1]}}, runs = seeds
   for pre-training, seeds x tasks downstream), 'units' ({row: ``unit_stats``,
   (S, width)}), 'sweeps' ({'purification', 'width'} where run),
-  'dictionary_seed0' (d, D) and 'encoders_seed0' ({row: (width, d) weights}).
+  'dictionary_seed0' (d, D) and 'encoders_seed0' ({row: (d, width) weights w}).
+  Raises ``progress.Interrupted`` on Ctrl-C (finished jobs keep their checkpoints).
   """
   spec = sc.SparseCodingSpec.from_config(cfg.data)
   model = supervised.model_from_config(cfg)
@@ -437,17 +441,18 @@ def run_jobs(cfg, run: runner.Run) -> dict:
       sweeps['width'] = run.timed('width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
   if cfg.stage != 'pretrain' and encoders:
-    tasks = Tasks.draw(keys, worlds, spec, T)
+    tasks = draw_tasks(keys, worlds, spec, T)
     heads = run.timed('downstream_heads', downstream_heads, cfg, encoders, tasks,
                       checkpoint_dir=run.checkpoint_dir('downstream'),
                       fingerprint=run.fingerprint)
-    test = tasks.runs()
+    test = _flat(tasks, 2)
     # One encoder's heads at a time (one compile for all: equal shapes), for progress.
     with run.job('eval_downstream'), progress.tracked(
         'evaluate downstream heads', len(heads), cfg.progress) as bar:
       for name, params in heads.items():
         rows.setdefault(name, {})['downstream_acc'] = evaluate(
-            cfg, downstream.head_logits, model, params, test.worlds, test.thetas, test.eval_keys)
+            cfg, downstream.head_logits, model, params, test['worlds'], test['thetas'],
+            test['eval_keys'])
         units.setdefault(name, unit_stats(encoders[name], worlds))
         bar.update()
     if cfg.stage == 'pipeline':
@@ -455,18 +460,19 @@ def run_jobs(cfg, run: runner.Run) -> dict:
       # tasks of each seed only (the same tasks, test sets and keys as the heads).
       # With reference_tasks = 1 they have the pre-training's shapes, and
       # supervised.train's loss compares by value: they reuse its compiled programs.
-      ref_tasks = tasks.first(min(cfg.downstream.reference_tasks, T)).runs()
+      R = min(cfg.downstream.reference_tasks, T)
+      refs = _flat(jax.tree.map(lambda a: a[:, :R], tasks), 2)
       for ref in cfg.downstream.references:
-        params, _ = run.timed(ref, supervised.train, cfg, ref_tasks.worlds, ref_tasks.thetas,
-                              ref_tasks.train_keys, adversarial=ref == 'end_to_end_adversarial',
+        params, _ = run.timed(ref, supervised.train, cfg, refs['worlds'], refs['thetas'],
+                              refs['train_keys'], adversarial=ref == 'end_to_end_adversarial',
                               desc=ref, checkpoint_dir=run.checkpoint_dir(ref),
                               fingerprint=run.fingerprint)
         with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
           acc = run.timed(f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
-                          ref_tasks.worlds, ref_tasks.thetas, ref_tasks.eval_keys)
+                          refs['worlds'], refs['thetas'], refs['eval_keys'])
           bar.update()
         rows[ref] = {'downstream_acc': acc}
-        units[ref] = unit_stats(params, ref_tasks.worlds)
+        units[ref] = unit_stats(params, refs['worlds'])
 
   return {'eps': eps, 'train_eps': float(cfg.attack.eps), 'i_eps': eps.index(float(cfg.attack.eps)),
           'rows': rows, 'units': units, 'sweeps': sweeps,
@@ -490,7 +496,8 @@ def _pm(s: dict, key: str) -> tuple[float, float]:
 
 
 def claims(summary: dict, sweeps: dict) -> list[report.Claim]:
-  """Paper A's claims the run's rows allow, each tested by the rule it states.
+  """Paper A's claims the run's rows allow, each tested by the rule it states:
+  a list of ``report.Claim`` (name, holds, rule, numbers), in the order below.
 
   purification (per pre-training kind): median unit purity, adversarial
   minus clean, > PURITY_GAIN. inheritance: clean heads on the frozen
