@@ -11,19 +11,49 @@ import optax
 import pytest
 
 from robustjax import timing
-from robustjax.experiments import sparse_coding
+from robustjax.experiments import runner, sparse_coding
 from robustjax.train import loop, state as state_lib
 from tests.helpers import launch
 
+GOLDEN = os.path.join(os.path.dirname(__file__), 'data', 'golden_sparse_coding_tiny.json')
 KEYS = ('purity_median', 'participation_ratio_median', 'pretrain_clean_acc',
         'pretrain_robust_acc', 'downstream_clean_acc', 'downstream_robust_acc')
+
+
+def assert_matches_golden(res: dict, stdout: str):
+  """The tiny pipeline's numbers and printed table are those recorded before
+  the experiment moved onto the runner (tests/data, rtol 1e-6: the same
+  programs on the same keys; the recording is of this repository's XLA:CPU)."""
+  with open(GOLDEN) as f:
+    want = json.load(f)
+  assert res['eval_eps'] == want['eval_eps']
+  assert list(res['summary']) == list(want['summary'])  # rows, in order
+  close = lambda got, ref, what: np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7,
+                                                            err_msg=what)
+  for row, s in want['summary'].items():
+    assert set(res['summary'][row]) == set(s), row
+    for k, v in s.items():
+      close(res['summary'][row][k], v, f'summary {row} {k}')
+  assert [(c['name'], c['holds']) for c in res['claims']] == [
+      (c['name'], c['holds']) for c in want['claims']]
+  for c, w in zip(res['claims'], want['claims']):
+    assert list(c['numbers']) == list(w['numbers']), c['name']
+    close(np.array(list(c['numbers'].values()), float),
+          np.array(list(w['numbers'].values()), float), c['name'])
+  assert set(res['sweeps']) == set(want['sweeps'])
+  for k, v in want['sweeps']['purification'].items():
+    close(res['sweeps']['purification'][k], v, f'sweep {k}')
+  out = stdout.splitlines()
+  at = out.index(want['printed'][0])
+  assert out[at:at + len(want['printed'])] == want['printed']
 
 
 def test_launch_tiny_pipeline(tmp_path):
   proc = launch('--config=configs/sparse_coding.py:tiny', f'--workdir={tmp_path}')
   assert proc.returncode == 0, proc.stderr[-3000:]
-  assert 'downstream robust acc' in proc.stdout  # the table was printed
   res = json.loads((tmp_path / 'results.json').read_text())
+  assert_matches_golden(res, proc.stdout)
+  assert 'downstream robust acc' in proc.stdout  # the table was printed
   assert res['config']['data']['d'] == 8 and res['config']['num_seeds'] == 2
   assert set(res['summary']) == {
       'clean', 'adversarial', 'end_to_end_clean', 'end_to_end_adversarial',
@@ -53,13 +83,23 @@ def test_launch_tiny_pipeline(tmp_path):
   for c, line in zip(res['claims'], out[at + 1:]):
     assert line.startswith(f"  {'holds' if c['holds'] else 'does not hold'}: {c['name']}: ")
   assert out[at + 7:at + 9] == ['files written:', f'  {tmp_path / "results.json"}']
-  assert res['plots'] == ['purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png']
+  assert res['plots'] == ['purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png',
+                         'training_curves.png']
+  # metrics.jsonl: one line per training chunk per job (20 steps in chunks of 10), in run order.
+  records = runner.read_metrics(str(tmp_path / 'metrics.jsonl'))
+  jobs = ['pretrain_clean', 'pretrain_adversarial', 'pretrain_contrastive_clean',
+          'pretrain_contrastive_adversarial_modes', 'downstream_heads', 'end_to_end_clean',
+          'end_to_end_adversarial']
+  assert [(r['job'], r['step']) for r in records] == [(j, s) for j in jobs for s in (10, 20)]
+  # Runs per fit: seeds; 3 adversarial contrastive modes x seeds; encoders x seeds x tasks.
+  runs = {'pretrain_contrastive_adversarial_modes': 3 * 2, 'downstream_heads': 6 * 2 * 2}
+  assert [len(r['loss_per_run']) for r in records] == [runs.get(r['job'], 2) for r in records]
   sweep = res['sweeps']['purification']
   assert sweep['alpha'] == [0.0, 1.0]
   for kind in ('similar', 'dissimilar'):  # the attack never lowers the pair loss
     assert np.all(np.array(sweep[f'{kind}_adversarial']) >= np.array(sweep[f'{kind}_clean']))
   assert 'controlled purification' in proc.stdout
-  for png in ('purity.png', 'loadings.png', 'robustness.png', 'purification_sweep.png'):
+  for png in res['plots']:
     assert (tmp_path / png).stat().st_size > 1000
   assert (tmp_path / 'checkpoints' / 'encoder_adversarial').is_dir()
   # The run recorded its config; a rerun with another training field refuses
@@ -103,6 +143,21 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, c
   with timing.compiled_programs() as again:
     assert sparse_coding.main(cfg, str(tmp_path / 'down_again')) == down
   assert len(again) == 0
+
+
+def test_recipes_refuse_a_checkpoint_dir_without_the_config_fingerprint(
+    tmp_path, tiny_sparse_coding_config):
+  # A checkpoint without the fingerprint could be resumed by a changed config.
+  from robustjax.recipes import contrastive, downstream, supervised
+  cfg, where = tiny_sparse_coding_config, str(tmp_path / 'ck')
+  for train in (lambda: supervised.train(cfg, None, None, None, adversarial=False,
+                                         checkpoint_dir=where),
+                lambda: contrastive.train(cfg, None, np.zeros((1, 2), np.uint32),
+                                          modes=('clean',), checkpoint_dir=where),
+                lambda: downstream.train_heads(cfg, None, None, None, None, checkpoint_dir=where)):
+    with pytest.raises(ValueError, match='^fingerprint: required with checkpoint_dir'):
+      train()
+  assert not os.path.exists(where)
 
 
 @pytest.mark.slow  # the tiny pipeline above runs both halves in the default suite

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings, strategies as st
 
 from configs import sparse_coding as sparse_coding_config
+from robustjax import report
 from robustjax.attacks.exact import affine_min_distance
 from robustjax.attacks.pgd import PGDSpec
 from robustjax.config_validation import ConfigError
@@ -268,7 +269,7 @@ def _synthetic_records(cfg, rng):
   return recs
 
 
-def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
+def test_report_of_a_sweep_end_to_end(tmp_path):
   # Everything after training, fast: summaries, gaps, fits, claims, plots, the table.
   cfg = tiny_config()
   cfg.scaling.Ds, cfg.scaling.ks, cfg.scaling.full_Ds = (8, 16), (1, 2, 4), (8,)
@@ -281,7 +282,7 @@ def test_report_of_a_sweep_end_to_end(tmp_path, capsys):
   for name in scaling.PLOTS:
     assert (tmp_path / name).stat().st_size > 1000
   json.dumps(out['payload'])  # JSON-ready
-  text = capsys.readouterr().out
+  text = '\n'.join(out['text']) + '\n' + report.claims_text(out['claims'])  # what main prints
   assert 'fitted exponents' in text and 'claims this run tests' in text
   assert 'compiled: 12 sweep programs' in text
 

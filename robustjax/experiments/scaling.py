@@ -60,11 +60,12 @@ import numpy as np
 
 from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
-from robustjax import losses, progress, report, timing
+from robustjax import losses, progress, report, run_record
 from robustjax.analysis import power_law
 from robustjax.attacks import health, minimal
 from robustjax.attacks.pgd import PGDSpec, pgd
 from robustjax.data import sparse_coding as sc
+from robustjax.experiments import runner
 from robustjax.metrics import certify, purification
 from robustjax.models import heads as heads_lib
 from robustjax.models.apply import bind, logits as logits_fn
@@ -311,12 +312,9 @@ def certified_radii(logits: np.ndarray, y: np.ndarray, head_a: np.ndarray,
 
 # --- The sweep -------------------------------------------------------------------
 
-def _keys(seed: int, num_seeds: int) -> dict:
-  """Per-seed keys (S, 2) for the worlds, tasks, pre-training, heads and evaluation."""
-  k = jax.vmap(lambda s: jax.random.split(s, 5))(
-      jax.random.split(jax.random.PRNGKey(seed), num_seeds))
-  return dict(zip(('world', 'tasks', 'pretrain', 'downstream', 'eval'),
-                  (k[:, i] for i in range(5))))
+# Each seed's key streams (``runner.key_streams``, (S, 2) each): the worlds,
+# tasks, pre-training, heads and evaluation; the same as sparse_coding's.
+STREAMS = ('world', 'tasks', 'pretrain', 'downstream', 'eval')
 
 
 def _tile(tree, times: int):
@@ -329,9 +327,13 @@ def _per_task(tree, T: int):
   return jax.tree.map(lambda a: jnp.repeat(a, T, axis=0), tree)
 
 
-def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> list[dict]:
-  """Pre-trains, fits heads and evaluates every point of one shape; one record per
-  (point, seed): its k, c, per-unit purity and per-task test arrays."""
+def run_shape(cfg, prog: Program, keys: dict, run: runner.Run) -> list[dict]:
+  """Pre-trains, fits heads and evaluates every point of one shape in ``run``
+  (jobs ``pretrain_<shape>``, checkpoints in ``train_checkpoints/<shape>``,
+  ``heads_D<D>_m<m>``, ``eval_D<D>_m<m>``); one record per (point, seed): its
+  D, m, k, c, seed, per-unit purity (m,), head_converged (T,) and the per-task
+  test arrays margin, fmn, zero_grad (T, n), pgd_broken (T, C, n), certified
+  (T, n) (distances in l2 units of the observation)."""
   D, m = prog.D, prog.width
   scfg = shape_config(cfg, D, m)
   spec = sc.SparseCodingSpec.from_config(scfg.data)
@@ -349,11 +351,13 @@ def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> li
   eps = jnp.repeat(jnp.asarray([c / math.sqrt(k) for k, c in prog.points], jnp.float32), S)
   loss_fn = functools.partial(pretrain_loss, model=model, spec=spec,
                               batch_size=cfg.pretrain.batch_size, attack=attack)
-  with timing.stage(timings, f'pretrain_{prog.name}'):
+  with run.job(f'pretrain_{prog.name}'):
+    # The shape's own config fingerprint (as before the runner: old runs resume).
     params, _ = supervised.train_two_layer(
         scfg, (_tile(worlds, P), _tile(worlds.theta0, P), ks, eps), _tile(keys['pretrain'], P),
         loss_fn, opt_cfg=cfg.pretrain, desc=f'pre-train {prog.name} ({P * S} runs)',
-        checkpoint_dir=os.path.join(workdir, 'train_checkpoints', prog.name))
+        checkpoint_dir=run.checkpoint_dir(prog.name),
+        fingerprint=run_record.fingerprint(scfg.to_dict()))
     jax.block_until_ready(params)
   points = [(k, c, s) for k, c in prog.points for s in range(S)]
   enc = {'w': params['w'], 'b': params['b']}                                  # (R, ...)
@@ -365,7 +369,7 @@ def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> li
   aux = (_per_task(run_worlds, T), thetas[seed_of].reshape(R * T, D), _per_task(ks, T))
   head_keys = jax.vmap(lambda k: jax.random.split(k, T))(keys['downstream'])[seed_of]
   dcfg = cfg.downstream
-  with timing.stage(timings, f'heads_D{D}_m{m}'), warnings.catch_warnings():
+  with run.job(f'heads_D{D}_m{m}'), warnings.catch_warnings():
     # One line per shape below, not one per head.
     warnings.filterwarnings('ignore', message='fit_logistic_regression: L-BFGS stopped',
                             category=RuntimeWarning)
@@ -380,7 +384,7 @@ def run_shape(cfg, prog: Program, keys: dict, workdir: str, timings: dict) -> li
                   f'{grad_norm.size} heads (gradient norm up to {np.nanmax(grad_norm):.3g}; '
                   "results.json: points' head_unconverged)", RuntimeWarning)
   eval_keys = jax.vmap(lambda k: jax.random.split(k, T))(keys['eval'])[seed_of]
-  with timing.stage(timings, f'eval_D{D}_m{m}'):
+  with run.job(f'eval_D{D}_m{m}'):
     out = _evaluate_runs(
         _per_task(enc, T), heads, *aux, eval_keys.reshape(R * T, -1),
         jnp.asarray(cfg.scaling.eps_factors, jnp.float32), model=model, spec=spec,
@@ -716,10 +720,13 @@ class _CompileCounter:
 _COUNTER = _CompileCounter()
 
 
-def sweep(cfg, workdir: str, timings: dict) -> tuple[list[dict], dict]:
-  """Runs every program of ``grid``; returns (records, compile counts)."""
+def sweep(cfg, run: runner.Run) -> tuple[list[dict], dict]:
+  """Runs every program of ``grid`` in ``run``; returns (records, one per
+  (point, seed) as ``run_shape``'s; compile counts {'pretraining', 'heads',
+  'evaluation', 'sweep_programs', 'jax_backend_compiles',
+  'jax_compiles_over_1s'})."""
   programs = grid(cfg.scaling)
-  keys = _keys(cfg.seed, cfg.num_seeds)
+  keys = runner.key_streams(cfg.seed, cfg.num_seeds, STREAMS)
   records = []
   if not _COUNTER.registered:  # one listener for the process, registered on first use
     jax.monitoring.register_event_duration_secs_listener(_COUNTER)
@@ -729,7 +736,7 @@ def sweep(cfg, workdir: str, timings: dict) -> tuple[list[dict], dict]:
   try:
     with progress.tracked('scaling sweep: shapes (D, m)', len(programs), cfg.progress) as bar:
       for prog in programs:
-        records += run_shape(cfg, prog, keys, workdir, timings)
+        records += run_shape(cfg, prog, keys, run)
         bar.update()
   finally:
     _COUNTER.active = False
@@ -743,9 +750,12 @@ PLOTS = ('distance_vs_k.png', 'purity_vs_width.png', 'inheritance_gap.png')
 
 
 def report_sweep(cfg, workdir: str, records: list[dict], compiled: dict) -> dict:
-  """Summaries, fits, claims and plots of a finished sweep's records; prints the
-  table, the fits, the compile counts and the claims; returns them with
-  ``payload``, the content of results.json but its timings."""
+  """Summaries, fits, claims and plots (``PLOTS``, drawn into ``workdir``) of a
+  finished sweep's records. Returns {'points': per-point summary rows,
+  'gaps': inheritance gaps, 'fits': the power-law fits, 'claims':
+  [report.Claim], 'text': the printed blocks (table, fits, compile counts),
+  'payload': results.json's content but config, timings, claims and plots
+  ('seeds', 'grid', 'programs', 'points', 'inheritance_gaps', 'fits')}."""
   rows = summarize(records, cfg.scaling.eps_factors)
   gaps = inheritance_gaps(rows, cfg.scaling.eps_factors)
   fit = fits(rows, cfg.scaling)
@@ -754,28 +764,28 @@ def report_sweep(cfg, workdir: str, records: list[dict], compiled: dict) -> dict
   plot_purity(rows, cfg.scaling, os.path.join(workdir, PLOTS[1]))
   plot_gaps(gaps, rows, cfg.scaling, os.path.join(workdir, PLOTS[2]))
   payload = {
-      'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds],
+      'seeds': [cfg.seed, cfg.num_seeds],
       'grid': [dataclasses.asdict(p) for p in grid(cfg.scaling)], 'programs': compiled,
-      'points': rows, 'inheritance_gaps': gaps, 'fits': fit,
-      'claims': report.claims_json(checks), 'plots': list(PLOTS)}
-  print(table(rows, cfg.scaling.eps_factors))
-  print(fits_text(fit))
-  print(f"compiled: {compiled['sweep_programs']} sweep programs ({compiled['pretraining']} "
-        f"pre-training, {compiled['heads']} heads, {compiled['evaluation']} evaluation); jax "
-        f"backend compiles in all {compiled['jax_backend_compiles']} "
-        f"({compiled['jax_compiles_over_1s']} over 1 s)")
-  print(report.claims_text(checks))
-  return {'points': rows, 'gaps': gaps, 'fits': fit, 'claims': checks, 'payload': payload}
+      'points': rows, 'inheritance_gaps': gaps, 'fits': fit}
+  text = [table(rows, cfg.scaling.eps_factors), fits_text(fit),
+          f"compiled: {compiled['sweep_programs']} sweep programs ({compiled['pretraining']} "
+          f"pre-training, {compiled['heads']} heads, {compiled['evaluation']} evaluation); jax "
+          f"backend compiles in all {compiled['jax_backend_compiles']} "
+          f"({compiled['jax_compiles_over_1s']} over 1 s)"]
+  return {'points': rows, 'gaps': gaps, 'fits': fit, 'claims': checks, 'text': text,
+          'payload': payload}
 
 
 def main(cfg, workdir: str) -> dict:
-  """Runs the sweep (``sweep``), reports it (``report_sweep``) and writes
-  results.json (with per-stage and total timings) and the plots."""
-  os.makedirs(workdir, exist_ok=True)
-  timings = {}
-  with timing.stage(timings, 'total'):
-    records, compiled = sweep(cfg, workdir, timings)
+  """Runs the sweep (``sweep``) in a ``runner.Run``, reports it
+  (``report_sweep``), prints the table, fits, compile counts, claims and
+  files written, and writes results.json (``report_sweep``'s payload with
+  'config', 'timings' (seconds per job and 'total'), 'claims', 'plots'),
+  metrics.jsonl, training_curves.png and the plots. Returns ``report_sweep``'s
+  dict."""
+  run = runner.Run(cfg, workdir)
+  with run.job('total'):
+    records, compiled = sweep(cfg, run)
     out = report_sweep(cfg, workdir, records, compiled)
-  report.write_json(os.path.join(workdir, 'results.json'), dict(out['payload'], timings=timings))
-  print(report.files_text(workdir, ['results.json'] + list(PLOTS), timings))
+  run.finish(out['payload'], text=out['text'], claims=out['claims'], plots=PLOTS)
   return out

@@ -1,21 +1,32 @@
-"""Paper A's supervised pipeline on the sparse-coding model.
+"""Paper A's pipeline on the sparse-coding model, as a list of named jobs.
 
-pre-train {clean, adversarial} x seeds -> freeze the hidden layer -> clean
-linear heads on fresh downstream tasks -> clean and PGD accuracy, purity.
-References: the downstream task trained end to end, cleanly and adversarially.
+pre-train {clean, adversarial} (supervised and contrastive) x seeds -> freeze
+the hidden layer -> clean linear heads on fresh downstream tasks -> clean and
+PGD accuracy, purity. References: the downstream task trained end to end,
+cleanly and adversarially.
 
 Stages (``config.stage``):
   pipeline    everything above, one results table.
-  supervised  pre-training and its evaluation only; saves encoder checkpoints.
+  pretrain    pre-training and its evaluation only; saves encoder checkpoints.
   downstream  heads on encoders loaded from ``config.downstream.encoder_dir``.
 
-Seeds are vmapped: each stage compiles once for all seeds (and tasks).
+The jobs (``run_jobs``; each times into results.json's timings and logs its
+training chunks to metrics.jsonl under its name, ``runner.Run.job``):
+``pretrain_<mode>`` per supervised mode, ``pretrain_contrastive_clean`` and
+``pretrain_contrastive_adversarial_modes`` (all adversarial contrastive modes
+in one fit), ``eval_pretrain``, ``purification_sweep``, ``width_sweep``,
+``downstream_heads`` (every encoder's heads in one fit), ``eval_downstream``,
+and per reference ``<ref>`` and ``eval_<ref>``. A job's draws come from its
+seed's named key streams (``STREAMS``), never from which other jobs run.
+Seeds are vmapped: each job compiles once for all seeds (and tasks).
 After the table the run states which of Paper A's claims hold (``claims``).
 """
 from __future__ import annotations
 
+import dataclasses
 import functools
 import os
+from typing import Callable
 
 import jax
 import jax.numpy as jnp
@@ -25,9 +36,10 @@ import orbax.checkpoint as ocp
 
 from robustjax import config_blocks as blocks
 from robustjax import config_validation as cv
-from robustjax import progress, report, timing
+from robustjax import progress, report
 from robustjax.attacks.pgd import NORMS, PGDSpec
 from robustjax.data import sparse_coding as sc
+from robustjax.experiments import runner
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.metrics import purification, robustness
 from robustjax.recipes import contrastive, downstream, supervised
@@ -87,42 +99,13 @@ def validate(cfg) -> None:
   blocks.mesh(cfg)  # scale and durability: the mesh must fit the devices this process sees
 
 
-# Set-up array shuffling runs in numpy on the host: the arrays are small, and
-# jax would compile a program per primitive and shape for it.
-
-def _repeat(tree, times: int):
-  """(S, ...) -> (S * times, ...): seed s's leaves for each of its tasks."""
-  return jax.tree.map(lambda a: np.repeat(np.asarray(a), times, axis=0), tree)
-
-
-def _concat(trees):
-  """A list of trees -> one tree, leaves concatenated along the leading axis."""
-  return jax.tree.map(lambda *a: np.concatenate([np.asarray(x) for x in a]), *trees)
-
-
-def _split(tree, n: int):
-  """(n * S, ...) -> n trees of (S, ...)."""
-  return [jax.tree.map(lambda a: np.asarray(a).reshape((n, -1) + a.shape[1:])[i], tree)
-          for i in range(n)]
-
-
-def _first_tasks(tree, S: int, T: int, R: int):
-  """(S * T, ...) -> (S * R, ...): the first R tasks of each seed."""
-  return jax.tree.map(lambda a: np.asarray(a).reshape((S, T) + a.shape[1:])[:, :R].reshape(
-      (S * R,) + a.shape[1:]), tree)
+# The key streams of every seed (``runner.key_streams``): what is drawn from
+# each, in this fixed order, whichever jobs the config selects.
+STREAMS = ('world', 'tasks', 'pretrain', 'downstream', 'eval')
 
 
 # The random draws of the set-up, jitted: a few programs instead of one per
 # primitive and shape (as they would compile op by op).
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _keys(seed: int, num_seeds: int):
-  """Per-seed keys for the world, the downstream tasks, training and evaluation."""
-  seeds = jax.random.split(jax.random.PRNGKey(seed), num_seeds)
-  k = jax.vmap(lambda s: jax.random.split(s, 5))(seeds)
-  return {'world': k[:, 0], 'tasks': k[:, 1], 'pretrain': k[:, 2], 'downstream': k[:, 3],
-          'eval': k[:, 4]}
-
 
 @functools.partial(jax.jit, static_argnums=1)
 def _worlds(keys, spec: sc.SparseCodingSpec):
@@ -133,19 +116,52 @@ _fold_in = jax.jit(jax.vmap(jax.random.fold_in, in_axes=(0, None)))
 
 
 @functools.partial(jax.jit, static_argnums=(1, 2))
-def _tasks(keys, spec: sc.SparseCodingSpec, T: int):
-  """The downstream tasks: thetas (S * T, D) and per-task training and
-  evaluation keys (S * T, 2)."""
-  S = keys['tasks'].shape[0]
+def _task_draws(keys, spec: sc.SparseCodingSpec, T: int):
+  """Each seed's T downstream tasks: thetas (S, T, D) and per-task training
+  and evaluation keys (S, T, 2), split from the seed's 'tasks', 'downstream'
+  and 'eval' streams."""
+  per_task = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name])
   thetas = jax.vmap(lambda k: jax.vmap(lambda t: sc.new_task(t, spec))(
-      jax.random.split(k, T)))(keys['tasks']).reshape(S * T, spec.D)
-  per_task = lambda name: jax.vmap(lambda k: jax.random.split(k, T))(keys[name]).reshape(
-      S * T, -1)
+      jax.random.split(k, T)))(keys['tasks'])
   return thetas, per_task('downstream'), per_task('eval')
 
 
+# The downstream tasks and the encoders keep their (seed, task) axes; they
+# are flattened to one runs axis only where a vmapped program takes them.
+# Set-up array shuffling runs in numpy on the host: the arrays are small, and
+# jax would compile a program per primitive and shape for it.
+
+def _flat(tree, axes: int):
+  """Leaves (n1, ..., n_axes, ...) -> (n1 * ... * n_axes, ...), row-major."""
+  return jax.tree.map(lambda a: np.reshape(a, (-1,) + np.shape(a)[axes:]), tree)
+
+
+def _by_name(tree, names) -> dict:
+  """Leaves (len(names) * n, ...), name-major -> {name: leaves (n, ...)}."""
+  split = jax.tree.map(lambda a: np.asarray(a).reshape((len(names), -1) + a.shape[1:]), tree)
+  return {name: jax.tree.map(lambda a: a[i], split) for i, name in enumerate(names)}
+
+
+def _per_task(tree, T: int):
+  """Leaves (S, ...) -> (S, T, ...): seed s's leaf once per task."""
+  return jax.tree.map(lambda a: np.repeat(np.asarray(a)[:, None], T, axis=1), tree)
+
+
+def draw_tasks(keys: dict, worlds: sc.SparseCodingWorld, spec: sc.SparseCodingSpec,
+               T: int) -> dict:
+  """Every seed's T downstream tasks from its key streams (``STREAMS``), leaves
+  (S, T, ...), seed-major: {'worlds': seed s's world once per task, 'thetas':
+  (S, T, D) the tasks, 'train_keys': (S, T, 2) train their heads (and the
+  references), 'eval_keys': (S, T, 2) draw their test sets and attacks}.
+  ``_flat(tasks, 2)``: one run per (seed, task), as vmapped programs take them."""
+  thetas, train_keys, eval_keys = (np.asarray(a) for a in _task_draws(keys, spec, T))
+  return {'worlds': _per_task(worlds, T), 'thetas': thetas, 'train_keys': train_keys,
+          'eval_keys': eval_keys}
+
+
 def eval_eps(cfg) -> list[float]:
-  """The evaluation radii: the config's list plus the training radius."""
+  """The evaluation radii, sorted and distinct: ``eval.eps`` plus 0 (clean)
+  and the training radius ``attack.eps`` (same norm, ``attack.norm``)."""
   return sorted(set(float(e) for e in cfg.eval.eps) | {0.0, float(cfg.attack.eps)})
 
 
@@ -208,40 +224,107 @@ _unit_reports = jax.jit(jax.vmap(purification.unit_report))
 
 
 def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
-  """Per-unit purity / participation ratio / loading norm, (seeds, width)."""
+  """Per-unit metrics of the loadings c_j = M^T w_j (``purification.unit_report``):
+  {'purity': in (0, 1], 'participation_ratio': in [1, D], 'norm': ||c_j||_2},
+  each (S, width) for encoders {'w': (S, d, width)} and worlds of S seeds."""
   return jax.tree.map(np.asarray, _unit_reports(encoders['w'], worlds.dictionary))
 
 
 def save_encoders(path: str, encoders, worlds) -> None:
+  """Saves {'params': encoders, 'world': worlds} (leaves (S, ...)) to the
+  orbax directory ``path``, replacing what is there; returns None."""
   with progress.deferred_interrupts(), ocp.StandardCheckpointer() as ckptr:
     ckptr.save(os.path.abspath(path), {'params': encoders, 'world': worlds}, force=True)
 
 
-def load_encoders(path: str):
+def load_encoders(path: str) -> tuple[dict, sc.SparseCodingWorld]:
+  """What ``save_encoders`` wrote to ``path``: (params, worlds), jax arrays,
+  leaves (S, ...)."""
   with ocp.StandardCheckpointer() as ckptr:
     tree = ckptr.restore(os.path.abspath(path))
   world = sc.SparseCodingWorld(**tree['world'])
   return jax.tree.map(jnp.asarray, tree['params']), jax.tree.map(jnp.asarray, world)
 
 
-def pretraining_jobs(cfg, worlds, keys):
-  """(row names, thunk) per compiled pre-training program.
+@dataclasses.dataclass(frozen=True)
+class Pretraining:
+  """One pre-training job: one compiled fit that trains the encoders ``rows``.
 
-  A thunk returns params with a leading axis of len(names) * seeds; the
-  adversarial contrastive modes differ only in which pairs are attacked, so
-  they share one vmapped program.
+  ``name``: the job in timings and metrics.jsonl, and its checkpoint directory
+  ``train_checkpoints/<name>``; ``rows``: the encoders it trains (rows of the
+  results), in the order of its runs axis; ``train(checkpoint_dir=...,
+  fingerprint=...)`` returns (params with leaves (len(rows) * S, ...),
+  rows-major, and the last chunk's metrics).
   """
-  jobs = [((mode,), functools.partial(supervised.train, cfg, worlds, worlds.theta0, keys,
-                                      adversarial=mode == 'adversarial',
-                                      desc=f'pre-train {mode}'))
-          for mode in cfg.pretrain.modes]
-  clean = [m for m in cfg.contrastive.modes if contrastive.MODES[m] is None]
-  adv = [m for m in cfg.contrastive.modes if contrastive.MODES[m] is not None]
-  for group, desc in ((clean, 'contrastive clean'), (adv, 'contrastive adversarial')):
-    if group:
-      jobs.append((tuple(f'contrastive_{m}' for m in group), functools.partial(
-          contrastive.train, cfg, worlds, keys, modes=tuple(group), desc=desc)))
+  name: str
+  rows: tuple[str, ...]
+  train: Callable
+
+
+def pretraining_jobs(cfg, worlds, keys) -> list[Pretraining]:
+  """The config's pre-training jobs, in run order: one per ``pretrain.modes``
+  entry, then the clean and the adversarial ``contrastive.modes`` as one job
+  each (the adversarial modes differ only in which pairs are attacked, so
+  they share one vmapped program). ``keys``: the (S, 2) 'pretrain' stream."""
+  jobs = [Pretraining(f'pretrain_{m}', (m,), functools.partial(
+      supervised.train, cfg, worlds, worlds.theta0, keys, adversarial=m == 'adversarial',
+      desc=f'pre-train {m}')) for m in cfg.pretrain.modes]
+  for kind in ('clean', 'adversarial'):
+    group = tuple(m for m in cfg.contrastive.modes
+                  if (contrastive.MODES[m] is None) == (kind == 'clean'))
+    if group:  # one mode keeps its own name (and checkpoint directory)
+      rows = tuple(f'contrastive_{m}' for m in group)
+      name = f'pretrain_{rows[0]}' if len(rows) == 1 else 'pretrain_contrastive_adversarial_modes'
+      jobs.append(Pretraining(name, rows, functools.partial(
+          contrastive.train, cfg, worlds, keys, modes=group, desc=f'contrastive {kind}')))
   return jobs
+
+
+def pretrain(cfg, run: runner.Run, worlds, keys: dict) -> dict:
+  """Runs the pre-training jobs in ``run`` (each in ``run.job(name)``, resumable
+  from ``run.checkpoint_dir(name)``) and saves every encoder, with the
+  worlds, to ``<workdir>/checkpoints/encoder_<row>`` for the downstream stage.
+  Returns {row: params {'w': (S, d, width), 'b': (S, width), 'a': (S, width)}}."""
+  encoders = {}
+  for job in pretraining_jobs(cfg, worlds, keys['pretrain']):
+    params, _ = run.timed(job.name, job.train, checkpoint_dir=run.checkpoint_dir(job.name),
+                          fingerprint=run.fingerprint)
+    encoders.update(_by_name(params, job.rows))
+    for row in job.rows:
+      save_encoders(run.path(os.path.join('checkpoints', f'encoder_{row}')), encoders[row], worlds)
+  return encoders
+
+
+def load_pretrained(path: str) -> tuple[dict, sc.SparseCodingWorld]:
+  """The encoders a pre-training run saved under ``path`` (its
+  ``<workdir>/checkpoints``): ({row: params, leaves (S, ...)}, worlds, leaves (S, ...))."""
+  encoders = {}
+  for name in sorted(os.listdir(path)):
+    if name.startswith('encoder_'):
+      encoders[name[len('encoder_'):]], worlds = load_encoders(os.path.join(path, name))
+  return encoders, worlds
+
+
+def downstream_heads(cfg, encoders: dict, tasks: dict, *, checkpoint_dir: str | None = None,
+                     fingerprint: dict | None = None) -> dict:
+  """Clean linear heads on every frozen encoder for every task of its seed.
+
+  All heads train in ONE vmapped fit over (encoders, seeds, tasks): one
+  compile however many encoders. ``encoders``: {row: params, leaves (S, ...)};
+  ``tasks``: ``draw_tasks``'s. Returns {row: the composed model's params
+  {'encoder': {'w', 'b'}, 'head': {'a': (S * T, width), 'c': (S * T,)}},
+  leaves (S * T, ...)}, as ``evaluate`` takes them with ``_flat(tasks, 2)``.
+  """
+  T = tasks['thetas'].shape[1]
+  stack = lambda trees: jax.tree.map(lambda *a: np.stack(a), *trees)  # (encoders, S, T, ...)
+  frozen = {n: _per_task({'w': p['w'], 'b': p['b']}, T) for n, p in encoders.items()}
+  runs = _flat(stack([tasks] * len(frozen)), 3)
+  heads, _ = downstream.train_heads(
+      cfg, _flat(stack(list(frozen.values())), 3), runs['worlds'], runs['thetas'],
+      runs['train_keys'], desc=f'downstream heads on {len(frozen)} encoders',
+      checkpoint_dir=checkpoint_dir, fingerprint=fingerprint)
+  return {n: {'encoder': _flat(frozen[n], 2), 'head': h}
+          for n, h in _by_name(heads, list(frozen)).items()}
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'spec', 'ccfg', 'attack', 'num_examples'))
@@ -251,9 +334,14 @@ def _sweep_over_seeds(keys, worlds, alpha, **statics):
 
 
 def purification_sweep(cfg, worlds, keys) -> dict:
-  """Pair losses of units at each purification level alpha, (alphas,) means over seeds.
+  """Paper A, Fig. 4 (left): pair losses of units at each purification level
+  alpha (``contrastive.controlled_purification``, at the training radius).
 
-  One compiled program over the seeds, called once per alpha (alpha is traced).
+  Returns {'alpha': [A floats], and for each of 'similar_clean',
+  'similar_adversarial', 'dissimilar_clean', 'dissimilar_adversarial' (mean
+  logistic pair loss, nats) and 'scale' (the fitted score scale): [A] means
+  over seeds, and '<name>_std': [A] stds over seeds}. One compiled program
+  over the seeds, called once per alpha (alpha is traced).
   """
   alphas = [float(a) for a in cfg.contrastive.sweep_alphas]
   statics = dict(
@@ -274,7 +362,13 @@ def purification_sweep(cfg, worlds, keys) -> dict:
 
 
 def width_sweep(cfg, worlds, keys) -> dict:
-  """Median unit purity after contrastive pre-training, clean and adversarial, per width."""
+  """Median unit purity after contrastive pre-training, clean and adversarial,
+  per width of ``contrastive.width_sweep`` (W widths, S seeds).
+
+  Returns {'width': [W], 'purity_median_<mode>': [W] means over seeds of the
+  median purity, 'purity_median_<mode>_per_seed': [W][S]} for mode clean and
+  adversarial. The fits keep no checkpoints (they rerun on a resume).
+  """
   out = {'width': list(cfg.contrastive.width_sweep)}
   for mode in ('clean', 'adversarial'):
     meds = []
@@ -288,45 +382,35 @@ def width_sweep(cfg, worlds, keys) -> dict:
   return out
 
 
-def _timed(timings, name, fn, *args, **kwargs):
-  """fn(*args, **kwargs), timed into ``timings[name]`` (wall, compile, run)."""
-  with timing.stage(timings, name):
-    out = fn(*args, **kwargs)
-    jax.block_until_ready(out)
-  return out
+def run_jobs(cfg, run: runner.Run) -> dict:
+  """Runs the jobs of ``cfg.stage`` in ``run``, in this order: pre-training,
+  its evaluation ('eval_pretrain'), the purification and width sweeps, the
+  downstream heads ('downstream_heads', checkpoints in
+  ``train_checkpoints/downstream``), their evaluation ('eval_downstream'),
+  and the end-to-end references (``<ref>`` and ``eval_<ref>``).
 
-
-def run(cfg, workdir: str) -> dict:
-  """Runs ``cfg.stage``; returns rows, per-unit metrics, sweeps and timings for ``main``."""
-  timings, rows, units, sweeps = {}, {}, {}, {}
-  keys = _keys(cfg.seed, cfg.num_seeds)
+  Returns what ``main`` reports: 'eps' (``eval_eps``), 'train_eps', 'i_eps'
+  (its index in 'eps'), 'rows' ({row: {'pretrain_acc' and/or
+  'downstream_acc': (runs, len(eps)) accuracies in [0, 1]}}, runs = seeds
+  for pre-training, seeds x tasks downstream), 'units' ({row: ``unit_stats``,
+  (S, width)}), 'sweeps' ({'purification', 'width'} where run),
+  'dictionary_seed0' (d, D) and 'encoders_seed0' ({row: (d, width) weights w}).
+  Raises ``progress.Interrupted`` on Ctrl-C (finished jobs keep their checkpoints).
+  """
   spec = sc.SparseCodingSpec.from_config(cfg.data)
-  S, T = cfg.num_seeds, cfg.downstream.num_tasks
-  ckpt_dir = os.path.join(workdir, 'checkpoints')
-  eps_list = eval_eps(cfg)
-  i_eps = eps_list.index(float(cfg.attack.eps))
   model = supervised.model_from_config(cfg)
-
+  eps, T = eval_eps(cfg), cfg.downstream.num_tasks
+  rows, units, sweeps = {}, {}, {}
   if cfg.stage == 'downstream':
-    encoders = {}
-    for name in sorted(os.listdir(cfg.downstream.encoder_dir)):
-      if name.startswith('encoder_'):
-        encoders[name[len('encoder_'):]], worlds = load_encoders(
-            os.path.join(cfg.downstream.encoder_dir, name))
-    S = worlds.theta0.shape[0]  # the checkpoint's seeds, whatever num_seeds says
-    keys = _keys(cfg.seed, S)
+    encoders, worlds = load_pretrained(cfg.downstream.encoder_dir)
+    # The checkpoint's seeds, whatever num_seeds says.
+    keys = runner.key_streams(cfg.seed, worlds.theta0.shape[0], STREAMS)
   else:
+    keys = runner.key_streams(cfg.seed, cfg.num_seeds, STREAMS)
     worlds = _worlds(keys['world'], spec)
+    encoders = pretrain(cfg, run, worlds, keys)
     test_keys = _fold_in(keys['eval'], T)
-    encoders = {}
-    for names, train in pretraining_jobs(cfg, worlds, keys['pretrain']):
-      job = names[0] if len(names) == 1 else names[0].split('_')[0] + '_adversarial_modes'
-      params, _ = _timed(timings, f'pretrain_{job}', train, checkpoint_dir=os.path.join(
-          workdir, 'train_checkpoints', f'pretrain_{job}'))
-      for name, p in zip(names, _split(params, len(names))):
-        encoders[name] = p
-        save_encoders(os.path.join(ckpt_dir, f'encoder_{name}'), p, worlds)
-    with timing.stage(timings, 'eval_pretrain'), progress.tracked(
+    with run.job('eval_pretrain'), progress.tracked(
         'evaluate pre-training', len(encoders), cfg.progress) as bar:
       for name, p in encoders.items():
         if name in PRETRAIN_MODES:  # accuracy on the pre-training task
@@ -338,29 +422,24 @@ def run(cfg, workdir: str) -> dict:
         units[name] = unit_stats(p, worlds)
         bar.update()
     if cfg.stage == 'pipeline' and cfg.contrastive.modes and cfg.contrastive.sweep_alphas:
-      sweeps['purification'] = _timed(timings, 'purification_sweep', purification_sweep, cfg,
-                                      worlds, keys['eval'])
+      sweeps['purification'] = run.timed('purification_sweep', purification_sweep, cfg, worlds,
+                                         keys['eval'])
     if cfg.contrastive.width_sweep:
-      sweeps['width'] = _timed(timings, 'width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
+      sweeps['width'] = run.timed('width_sweep', width_sweep, cfg, worlds, keys['pretrain'])
 
   if cfg.stage != 'pretrain' and encoders:
-    thetas, train_keys, eval_keys = _tasks(keys, spec, T)
-    worlds_st = _repeat(worlds, T)
-    # Every encoder's heads train in one vmapped program: (encoders x seeds x tasks).
-    names = list(encoders)
-    enc = _concat([_repeat({'w': encoders[n]['w'], 'b': encoders[n]['b']}, T) for n in names])
-    worlds_all, thetas_all = _concat([worlds_st] * len(names)), _concat([thetas] * len(names))
-    heads, _ = _timed(timings, 'downstream_heads', downstream.train_heads, cfg, enc, worlds_all,
-                      thetas_all, _concat([train_keys] * len(names)),
-                      desc=f'downstream heads on {len(names)} encoders',
-                      checkpoint_dir=os.path.join(workdir, 'train_checkpoints', 'downstream'))
+    tasks = draw_tasks(keys, worlds, spec, T)
+    heads = run.timed('downstream_heads', downstream_heads, cfg, encoders, tasks,
+                      checkpoint_dir=run.checkpoint_dir('downstream'),
+                      fingerprint=run.fingerprint)
+    test = _flat(tasks, 2)
     # One encoder's heads at a time (one compile for all: equal shapes), for progress.
-    with timing.stage(timings, 'eval_downstream'), progress.tracked(
-        'evaluate downstream heads', len(names), cfg.progress) as bar:
-      for name, e, h in zip(names, _split(enc, len(names)), _split(heads, len(names))):
+    with run.job('eval_downstream'), progress.tracked(
+        'evaluate downstream heads', len(heads), cfg.progress) as bar:
+      for name, params in heads.items():
         rows.setdefault(name, {})['downstream_acc'] = evaluate(
-            cfg, downstream.head_logits, model, {'encoder': e, 'head': h}, worlds_st, thetas,
-            eval_keys)
+            cfg, downstream.head_logits, model, params, test['worlds'], test['thetas'],
+            test['eval_keys'])
         units.setdefault(name, unit_stats(encoders[name], worlds))
         bar.update()
     if cfg.stage == 'pipeline':
@@ -368,22 +447,22 @@ def run(cfg, workdir: str) -> dict:
       # tasks of each seed only (the same tasks, test sets and keys as the heads).
       # With reference_tasks = 1 they have the pre-training's shapes, and
       # supervised.train's loss compares by value: they reuse its compiled programs.
-      pick = functools.partial(_first_tasks, S=S, T=T, R=min(cfg.downstream.reference_tasks, T))
-      ref_worlds, ref_thetas = pick(worlds_st), pick(thetas)
+      R = min(cfg.downstream.reference_tasks, T)
+      refs = _flat(jax.tree.map(lambda a: a[:, :R], tasks), 2)
       for ref in cfg.downstream.references:
-        params, _ = _timed(timings, ref, supervised.train, cfg, ref_worlds, ref_thetas,
-                           pick(train_keys), adversarial=ref == 'end_to_end_adversarial',
-                           desc=ref,
-                           checkpoint_dir=os.path.join(workdir, 'train_checkpoints', ref))
+        params, _ = run.timed(ref, supervised.train, cfg, refs['worlds'], refs['thetas'],
+                              refs['train_keys'], adversarial=ref == 'end_to_end_adversarial',
+                              desc=ref, checkpoint_dir=run.checkpoint_dir(ref),
+                              fingerprint=run.fingerprint)
         with progress.tracked(f'evaluate {ref}', 1, cfg.progress) as bar:
-          acc = _timed(timings, f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
-                       ref_worlds, ref_thetas, pick(eval_keys))
+          acc = run.timed(f'eval_{ref}', evaluate, cfg, logits_fn, model, params,
+                          refs['worlds'], refs['thetas'], refs['eval_keys'])
           bar.update()
         rows[ref] = {'downstream_acc': acc}
-        units[ref] = unit_stats(params, ref_worlds)
+        units[ref] = unit_stats(params, refs['worlds'])
 
-  return {'eps': eps_list, 'train_eps': float(cfg.attack.eps), 'i_eps': i_eps,
-          'rows': rows, 'units': units, 'timings': timings, 'sweeps': sweeps,
+  return {'eps': eps, 'train_eps': float(cfg.attack.eps), 'i_eps': eps.index(float(cfg.attack.eps)),
+          'rows': rows, 'units': units, 'sweeps': sweeps,
           'dictionary_seed0': np.asarray(worlds.dictionary)[0],
           'encoders_seed0': {m: np.asarray(p['w'])[0] for m, p in encoders.items()}}
 
@@ -404,7 +483,8 @@ def _pm(s: dict, key: str) -> tuple[float, float]:
 
 
 def claims(summary: dict, sweeps: dict) -> list[report.Claim]:
-  """Paper A's claims the run's rows allow, each tested by the rule it states.
+  """Paper A's claims the run's rows allow, each tested by the rule it states:
+  a list of ``report.Claim`` (name, holds, rule, numbers), in the order below.
 
   purification (per pre-training kind): median unit purity, adversarial
   minus clean, > PURITY_GAIN. inheritance: clean heads on the frozen
@@ -473,53 +553,65 @@ def claims(summary: dict, sweeps: dict) -> list[report.Claim]:
   return out
 
 
+def plots(out: dict, summary: dict, workdir: str) -> list[str]:
+  """Draws the figures the run has data for into ``workdir``; returns their
+  file names, in order: purity.png (per-unit purity of every row),
+  loadings.png (seed 0's unit loadings on the dictionary), robustness.png
+  (downstream accuracy vs eps), purification_sweep.png, width_sweep.png."""
+  sweeps, drawn = out['sweeps'], []
+  for name, has_data, draw, args in (
+      ('purity.png', out['units'], report.plot_purity, (out['units'],)),
+      ('loadings.png', out['encoders_seed0'], report.plot_loadings,
+       (out['encoders_seed0'], out['dictionary_seed0'])),
+      ('robustness.png', any('downstream_acc_curve' in s for s in summary.values()),
+       report.plot_curves, (summary, out['eps'])),
+      ('purification_sweep.png', 'purification' in sweeps, report.plot_purification_sweep,
+       (sweeps.get('purification'),)),
+      ('width_sweep.png', 'width' in sweeps, report.plot_width_sweep, (sweeps.get('width'),))):
+    if has_data:
+      draw(*args, os.path.join(workdir, name))
+      drawn.append(name)
+  return drawn
+
+
+def sweeps_text(sweeps: dict, train_eps: float) -> list[str]:
+  """The printed tables of the sweeps that ran: the controlled-purification
+  pair losses and the median purity per width."""
+  out = []
+  if 'purification' in sweeps:
+    out.append(f'controlled purification (pair loss at eps = {train_eps:g}):\n'
+               + report.sweep_table(sweeps['purification']))
+  if 'width' in sweeps:
+    w = sweeps['width']
+    out.append('\n'.join(['width | median purity clean | adversarial'] + [
+        f"{m:5d} | {w['purity_median_clean'][i]:.3f} | {w['purity_median_adversarial'][i]:.3f}"
+        for i, m in enumerate(w['width'])]))
+  return out
+
+
 def main(cfg, workdir: str) -> dict:
-  """Runs the stage; prints the table, the claims and the files written; writes
-  results.json and the plots."""
-  os.makedirs(workdir, exist_ok=True)
-  timings = {}
-  with timing.stage(timings, 'total'):
-    out = run(cfg, workdir)
+  """Runs ``cfg.stage`` in ``workdir`` (a ``runner.Run``); prints the table, the
+  sweeps, the claims and the files written.
+
+  Writes results.json ('config', 'seeds' [seed, num_seeds], 'eval_eps',
+  'summary', 'sweeps', 'units' ({row: {'purity', 'participation_ratio':
+  (S, width)}}), 'timings' (seconds per job and 'total'), 'claims', 'plots'),
+  metrics.jsonl, training_curves.png, the plots and the encoder checkpoints.
+  Returns the summary: {row: ``report.summarize``'s numbers, accuracies as
+  fractions in [0, 1]}.
+  """
+  run = runner.Run(cfg, workdir)
+  with run.job('total'):
+    out = run_jobs(cfg, run)
     summary = report.summarize(out)
     checks = claims(summary, out['sweeps'])
-    plots = []
-    if out['units']:
-      report.plot_purity(out['units'], os.path.join(workdir, 'purity.png'))
-      plots.append('purity.png')
-    if out['encoders_seed0']:
-      report.plot_loadings(out['encoders_seed0'], out['dictionary_seed0'],
-                           os.path.join(workdir, 'loadings.png'))
-      plots.append('loadings.png')
-    if any('downstream_acc_curve' in s for s in summary.values()):
-      report.plot_curves(summary, out['eps'], os.path.join(workdir, 'robustness.png'))
-      plots.append('robustness.png')
-    if 'purification' in out['sweeps']:
-      report.plot_purification_sweep(out['sweeps']['purification'],
-                                     os.path.join(workdir, 'purification_sweep.png'))
-      plots.append('purification_sweep.png')
-    if 'width' in out['sweeps']:
-      report.plot_width_sweep(out['sweeps']['width'], os.path.join(workdir, 'width_sweep.png'))
-      plots.append('width_sweep.png')
-  timings = dict(out['timings'], total=timings['total'])
-  report.write_json(os.path.join(workdir, 'results.json'), {
-      'config': cfg.to_dict(), 'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'],
-      'timings': timings, 'summary': summary, 'claims': report.claims_json(checks),
-      'sweeps': out['sweeps'], 'plots': plots,
+    drawn = plots(out, summary, workdir)
+  run.finish({
+      'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'], 'summary': summary,
+      'sweeps': out['sweeps'],
       'units': {k: {m: np.asarray(v).tolist() for m, v in u.items() if m != 'norm'}
-                for k, u in out['units'].items()}})
-  if summary:
-    print(report.table(summary, out['train_eps']))
-  if 'purification' in out['sweeps']:
-    print('controlled purification (pair loss at eps = %g):' % out['train_eps'])
-    print(report.sweep_table(out['sweeps']['purification']))
-  if 'width' in out['sweeps']:
-    w = out['sweeps']['width']
-    print('width | median purity clean | adversarial')
-    for i, m in enumerate(w['width']):
-      print(f"{m:5d} | {w['purity_median_clean'][i]:.3f} | {w['purity_median_adversarial'][i]:.3f}")
-  if checks:
-    print(report.claims_text(checks))
-  written = ['results.json'] + plots + (['checkpoints/'] if os.path.isdir(
-      os.path.join(workdir, 'checkpoints')) else [])
-  print(report.files_text(workdir, written, timings))
+                for k, u in out['units'].items()}},
+      text=[report.table(summary, out['train_eps']) if summary else '',
+            *sweeps_text(out['sweeps'], out['train_eps'])],
+      claims=checks, plots=drawn, files=['checkpoints/'])
   return summary

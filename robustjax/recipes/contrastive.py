@@ -75,11 +75,13 @@ def contrastive_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCoding
 
 
 def train(cfg, worlds: sc.SparseCodingWorld, keys: jax.Array, *, modes, desc: str = 'contrastive',
-          checkpoint_dir: str | None = None):
+          checkpoint_dir: str | None = None, fingerprint: dict | None = None):
   """Contrastive pre-training of one encoder per (mode, world, key).
 
-  ``modes`` must be all clean or all adversarial (one program). Returns params
-  with a leading axis of len(modes) * seeds, mode-major.
+  ``modes`` must be all clean or all adversarial (one program). Returns
+  (params with a leading axis of len(modes) * seeds, mode-major; the last
+  chunk's metrics). ``checkpoint_dir``, ``fingerprint``: as in
+  ``supervised.train_two_layer``.
   """
   ccfg = cfg.contrastive
   adversarial = MODES[modes[0]] is not None
@@ -95,7 +97,8 @@ def train(cfg, worlds: sc.SparseCodingWorld, keys: jax.Array, *, modes, desc: st
       spec=sc.SparseCodingSpec.from_config(cfg.data), ccfg=ml_collections.FrozenConfigDict(ccfg),
       attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
   return train_two_layer(cfg, aux, np.concatenate([np.asarray(keys)] * n), loss_fn,
-                         opt_cfg=ccfg, desc=desc, checkpoint_dir=checkpoint_dir)
+                         opt_cfg=ccfg, desc=desc, checkpoint_dir=checkpoint_dir,
+                         fingerprint=fingerprint)
 
 
 def pair_logits(model_and_scale, params, pairs):

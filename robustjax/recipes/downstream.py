@@ -11,10 +11,11 @@ import functools
 import jax
 import jax.numpy as jnp
 
-from robustjax import losses, run_record
+from robustjax import losses
 from robustjax.data import sparse_coding as sc
 from robustjax.models.two_layer import TwoLayer
-from robustjax.recipes.supervised import StaticLoss, model_from_config, optimizer
+from robustjax.recipes.supervised import (StaticLoss, model_from_config, optimizer,
+                                          require_fingerprint)
 from robustjax.train import loop, sharding, state as state_lib
 
 
@@ -35,8 +36,13 @@ def head_loss(head, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec, bat
 
 
 def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
-                keys: jax.Array, desc: str = 'downstream heads', checkpoint_dir: str | None = None):
-  """One clean head per leading index of (encoders, worlds, thetas, keys)."""
+                keys: jax.Array, desc: str = 'downstream heads', checkpoint_dir: str | None = None,
+                fingerprint: dict | None = None):
+  """One clean head per leading index of (encoders, worlds, thetas, keys);
+  returns (heads {'a': (runs, width), 'c': (runs,)}, the last chunk's
+  metrics). ``checkpoint_dir``, ``fingerprint``: as in
+  ``supervised.train_two_layer``."""
+  require_fingerprint(checkpoint_dir, fingerprint)
   dcfg = cfg.downstream
   spec = sc.SparseCodingSpec.from_config(cfg.data)
   model = model_from_config(cfg)
@@ -48,7 +54,7 @@ def train_heads(cfg, encoders, worlds: sc.SparseCodingWorld, thetas: jax.Array,
                              desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_every=cfg.get('checkpoint_every'),
-                             fingerprint=run_record.fingerprint(cfg.to_dict()))
+                             fingerprint=fingerprint)
   return states.params, metrics
 
 

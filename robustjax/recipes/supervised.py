@@ -13,7 +13,7 @@ from typing import Any, Callable
 import jax
 import jax.numpy as jnp
 
-from robustjax import losses, run_record
+from robustjax import losses
 from robustjax.attacks import PGDSpec
 from robustjax.data import sparse_coding as sc
 from robustjax.models.apply import bind, logits as logits_fn
@@ -84,10 +84,12 @@ def supervised_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCodingS
 
 def train(cfg, worlds: sc.SparseCodingWorld, thetas: jax.Array, keys: jax.Array, *,
           adversarial: bool, opt_cfg=None, desc: str = 'supervised',
-          checkpoint_dir: str | None = None):
-  """Trains one net per leading index of (worlds, thetas, keys); returns params.
+          checkpoint_dir: str | None = None, fingerprint: dict | None = None):
+  """Trains one net per leading index of (worlds, thetas, keys); returns
+  (params with leaves (runs, ...), the last chunk's metrics).
 
   All runs share one compile (vmap). ``opt_cfg`` defaults to ``cfg.pretrain``.
+  ``checkpoint_dir``, ``fingerprint``: as in ``train_two_layer``.
   """
   opt_cfg = cfg.pretrain if opt_cfg is None else opt_cfg
   loss_fn = StaticLoss.of(
@@ -95,17 +97,23 @@ def train(cfg, worlds: sc.SparseCodingWorld, thetas: jax.Array, keys: jax.Array,
       spec=sc.SparseCodingSpec.from_config(cfg.data), batch_size=opt_cfg.batch_size,
       attack=PGDSpec.from_config(cfg.attack) if adversarial else None)
   return train_two_layer(cfg, (worlds, thetas), keys, loss_fn, opt_cfg=opt_cfg, desc=desc,
-                         checkpoint_dir=checkpoint_dir)
+                         checkpoint_dir=checkpoint_dir, fingerprint=fingerprint)
 
 
 def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str,
-                    checkpoint_dir: str | None = None):
-  """Initialises and trains one TwoLayer per key on ``loss_fn(params, key, aux)``.
+                    checkpoint_dir: str | None = None, fingerprint: dict | None = None):
+  """Initialises and trains one TwoLayer per key on ``loss_fn(params, key, aux)``;
+  returns (params with leaves (runs, ...), the last chunk's metrics).
 
   Shared by every stage that trains the two-layer net (supervised,
   contrastive): init from the first half of each key, data and attacks from
-  the second.
+  the second. ``checkpoint_dir``: the fit's own resumable directory; it needs
+  the ``fingerprint`` of the config that determines the fit (the
+  experiment's ``runner.Run.fingerprint``), saved with every checkpoint so a
+  changed config never resumes it (``loop.fit``). Raises ValueError on a
+  ``checkpoint_dir`` without a fingerprint.
   """
+  require_fingerprint(checkpoint_dir, fingerprint)
   trainable = (('a', True), ('b', bool(cfg.model.train_bias)), ('w', True))
   tx = optimizer(opt_cfg.optimizer, float(opt_cfg.learning_rate), float(opt_cfg.weight_decay),
                  trainable)
@@ -115,8 +123,16 @@ def train_two_layer(cfg, aux, keys: jax.Array, loss_fn, *, opt_cfg, desc: str,
                              desc=desc, progress=cfg.progress, mesh=cfg.get('mesh'),
                              checkpoint_dir=checkpoint_dir,
                              checkpoint_every=cfg.get('checkpoint_every'),
-                             fingerprint=run_record.fingerprint(cfg.to_dict()))
+                             fingerprint=fingerprint)
   return states.params, metrics
+
+
+def require_fingerprint(checkpoint_dir: str | None, fingerprint: dict | None) -> None:
+  """Refuses (ValueError) a fit's ``checkpoint_dir`` without the config
+  ``fingerprint`` that checks a resume; returns None."""
+  if checkpoint_dir and fingerprint is None:
+    raise ValueError('fingerprint: required with checkpoint_dir (the run\'s config '
+                     'fingerprint, runner.Run.fingerprint), so a changed config never resumes')
 
 
 @functools.partial(jax.jit, static_argnames=('model', 'tx', 'd'))
