@@ -553,19 +553,24 @@ def claims(summary: dict, sweeps: dict) -> list[report.Claim]:
   return out
 
 
-def plots(out: dict, summary: dict, workdir: str) -> list[str]:
+def plots(cfg, out: dict, summary: dict, workdir: str) -> list[str]:
   """Draws the figures the run has data for into ``workdir``; returns their
   file names, in order: purity.png (per-unit purity of every row),
   loadings.png (seed 0's unit loadings on the dictionary), robustness.png
-  (downstream accuracy vs eps), purification_sweep.png, width_sweep.png."""
+  (downstream accuracy vs eps, mean +- std over seeds x tasks),
+  purification_sweep.png, width_sweep.png."""
   sweeps, drawn = out['sweeps'], []
+  attack = f'{cfg.attack.norm} PGD-{cfg.eval.attack_steps}'
+  per_run = {n: r['downstream_acc'] for n, r in out['rows'].items() if 'downstream_acc' in r}
   for name, has_data, draw, args in (
       ('purity.png', out['units'], report.plot_purity, (out['units'],)),
       ('loadings.png', out['encoders_seed0'], report.plot_loadings,
        (out['encoders_seed0'], out['dictionary_seed0'])),
       ('robustness.png', any('downstream_acc_curve' in s for s in summary.values()),
-       report.plot_curves, (summary, out['eps'])),
-      ('purification_sweep.png', 'purification' in sweeps, report.plot_purification_sweep,
+       functools.partial(report.plot_curves, acc_per_run=per_run, attack=attack),
+       (summary, out['eps'])),
+      ('purification_sweep.png', 'purification' in sweeps,
+       functools.partial(report.plot_purification_sweep, attack=attack),
        (sweeps.get('purification'),)),
       ('width_sweep.png', 'width' in sweeps, report.plot_width_sweep, (sweeps.get('width'),))):
     if has_data:
@@ -605,7 +610,7 @@ def main(cfg, workdir: str) -> dict:
     out = run_jobs(cfg, run)
     summary = report.summarize(out)
     checks = claims(summary, out['sweeps'])
-    drawn = plots(out, summary, workdir)
+    drawn = plots(cfg, out, summary, workdir)
   run.finish({
       'seeds': [cfg.seed, cfg.num_seeds], 'eval_eps': out['eps'], 'summary': summary,
       'sweeps': out['sweeps'],
