@@ -158,7 +158,7 @@ def _spectral_evals(kinds, seeds=2, points=12):
 def test_spectral_distances_name_heads_attacks_and_keep_the_legend_outside(tmp_path, figures):
   from configs import mnist_spectral
   from robustjax.experiments import spectral
-  kinds = ('none', 'll lam=0.01', 'll lam=0.1', 'rep lam=0.01', 'rep lam=0.1')
+  kinds = ('clean', 'll lam=0.01', 'll lam=0.1', 'rep lam=0.01', 'rep lam=0.1')
   spectral.plot_distances(_spectral_evals(kinds), str(tmp_path / 'box.png'),
                           cfg=mnist_spectral.get_config())
   _written(tmp_path / 'box.png')
@@ -175,8 +175,8 @@ def test_spectral_sweep_has_one_legend_outside_both_panels(tmp_path, figures):
   from configs import mnist_spectral
   from robustjax.experiments import spectral
   cfg = mnist_spectral.get_config()
-  cfg.regularizer.kinds = ('none', 'll', 'rep')
-  runs = {'none': {'kind': 'none', 'lam': 0.01}}
+  cfg.regularizer.kinds = ('clean', 'll', 'rep')
+  runs = {'clean': {'kind': 'clean', 'lam': 0.01}}
   runs.update({f'{k} lam={lam:g}': {'kind': k, 'lam': lam} for k in ('ll', 'rep')
                for lam in (0.01, 0.1)})
   summary = {label: dict(adv_distance_mean=0.6, adv_distance_mean_std=0.05, test_acc=0.9,
@@ -196,7 +196,7 @@ def test_spectral_sweep_has_one_legend_outside_both_panels(tmp_path, figures):
 def test_geometry_maps_are_a_grid_on_one_scale_with_the_boundary_centred(tmp_path, figures):
   from robustjax.experiments import spectral
   rng = np.random.default_rng(4)
-  n, kinds = 4, ('none', 'll_readout', 'll', 'rep')
+  n, kinds = 4, ('clean', 'll_readout', 'll', 'rep')
   maps = {k: dict(log_volume=rng.normal(size=(n, n)), log10_lambda_max=rng.normal(size=(n, n)),
                   boundary=rng.normal(size=(n, n)) + 0.5, extent=(-2, 2, -2, 2), anchors=None)
           for k in kinds}
@@ -235,7 +235,7 @@ def test_filters_one_block_per_kind_with_its_roughness(tmp_path, figures, c_in):
 def test_a_centred_map_that_is_never_negative_starts_its_scale_at_0(tmp_path, figures):
   from robustjax.metrics import geometry
   gap = np.linspace(0.0, 2.0, 16).reshape(4, 4)  # top logit - runner-up: 0 on a boundary
-  geometry.plot_maps({'none': gap}, (-1, 1, -1, 1), str(tmp_path / 'gap.png'), cmap='Reds',
+  geometry.plot_maps({'clean': gap}, (-1, 1, -1, 1), str(tmp_path / 'gap.png'), cmap='Reds',
                      centered=True, colorbar_label='gap')
   (ax,) = _panels(figures['gap.png'])
   lo, hi = ax.images[0].get_clim()
