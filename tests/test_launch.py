@@ -10,7 +10,7 @@ import numpy as np
 import optax
 import pytest
 
-from robustjax import timing
+from robustjax import config_validation as cv, timing
 from robustjax.experiments import runner, sparse_coding
 from robustjax.train import loop, state as state_lib
 from tests.helpers import launch
@@ -132,6 +132,12 @@ def test_supervised_then_downstream_stage(tmp_path, tiny_sparse_coding_config, c
   cfg.stage = 'downstream'
   cfg.downstream.encoder_dir = str(tmp_path / 'pre' / 'checkpoints')
   sparse_coding.validate(cfg)
+  # Heads train on the checkpoint's encoders: other seeds or shapes are refused before any work.
+  for field, value, want in (('num_seeds', 3, 2), ('model.width', 32, 16), ('data.D', 4, 8)):
+    bad = cfg.copy_and_resolve_references()
+    bad.update_from_flattened_dict({field: value})
+    with pytest.raises(cv.ConfigError, match=f'^config.{field}: must be {want}, as the encoders'):
+      sparse_coding.validate(bad)
   down = sparse_coding.main(cfg, str(tmp_path / 'down'))
   # The downstream stage reads the encoders back: same units, same purity.
   assert set(down) == set(pre)

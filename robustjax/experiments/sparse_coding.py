@@ -96,7 +96,31 @@ def validate(cfg) -> None:
     if not (d and os.path.isdir(d) and any(n.startswith('encoder_') for n in os.listdir(d))):
       raise cv.ConfigError('downstream.encoder_dir', "a run's <workdir>/checkpoints holding "
                            'encoder_<name>/ directories', d)
+    _check_encoders(cfg, d)
   blocks.mesh(cfg)  # scale and durability: the mesh must fit the devices this process sees
+
+
+def encoder_shapes(encoder_dir: str) -> dict:
+  """{'seeds', 'd', 'D', 'width'} of the first ``encoder_<name>`` checkpoint in
+  ``encoder_dir``, read from orbax's metadata (no array is loaded)."""
+  name = sorted(n for n in os.listdir(encoder_dir) if n.startswith('encoder_'))[0]
+  with ocp.StandardCheckpointer() as ckptr:
+    meta = ckptr.metadata(os.path.abspath(os.path.join(encoder_dir, name))).item_metadata
+  tree = getattr(meta, 'tree', meta)
+  seeds, d, width = tree['params']['w'].shape
+  return {'seeds': seeds, 'd': d, 'D': tree['world']['dictionary'].shape[-1], 'width': width}
+
+
+def _check_encoders(cfg, encoder_dir: str) -> None:
+  """The downstream stage trains heads on the checkpoint's encoders and worlds:
+  the config's seeds and shapes must be theirs (else one line naming the field)."""
+  got = encoder_shapes(encoder_dir)
+  for field, key in (('num_seeds', 'seeds'), ('data.d', 'd'), ('data.D', 'D'),
+                     ('model.width', 'width')):
+    value = cfg.num_seeds if field == 'num_seeds' else cfg[field.split('.')[0]][field.split('.')[1]]
+    if value != got[key]:
+      raise cv.ConfigError(field, f'{got[key]}, as the encoders in downstream.encoder_dir '
+                           f'({encoder_dir}) were pre-trained with', value)
 
 
 # The key streams of every seed (``runner.key_streams``): what is drawn from
@@ -403,8 +427,8 @@ def run_jobs(cfg, run: runner.Run) -> dict:
   rows, units, sweeps = {}, {}, {}
   if cfg.stage == 'downstream':
     encoders, worlds = load_pretrained(cfg.downstream.encoder_dir)
-    # The checkpoint's seeds, whatever num_seeds says.
-    keys = runner.key_streams(cfg.seed, worlds.theta0.shape[0], STREAMS)
+    # validate checked that num_seeds and the shapes are the checkpoint's.
+    keys = runner.key_streams(cfg.seed, cfg.num_seeds, STREAMS)
   else:
     keys = runner.key_streams(cfg.seed, cfg.num_seeds, STREAMS)
     worlds = _worlds(keys['world'], spec)
