@@ -133,7 +133,7 @@ def enable_compilation_cache(enabled: bool, directory: str, environ) -> None:
     jax.config.update('jax_enable_compilation_cache', False)
     return
   if os.path.exists(directory) and not os.path.isdir(directory):
-    raise config_validation.ConfigError(
+    raise config_validation.FlagError(
         'compilation_cache_dir', 'a directory (or a path that does not exist yet)', directory)
   jax.config.update('jax_enable_compilation_cache', True)
   jax.config.update('jax_compilation_cache_dir', directory)

@@ -113,6 +113,15 @@ def nonnegative_list(cfg, field: str):
     raise ConfigError(field, 'a list of finite numbers >= 0', v)
 
 
+class FlagError(ConfigError):
+  """A command-line flag (not a config field) the run cannot use: one line
+  '--flag: must be ALLOWED, got VALUE'."""
+
+  def __init__(self, flag: str, allowed: str, got: Any):
+    ValueError.__init__(self, f'--{flag}: must be {allowed}, got {got!r}')
+
+
 def workdir(path: str):
+  """Refuses (FlagError) a --workdir that exists and is not a directory."""
   if os.path.exists(path) and not os.path.isdir(path):
-    raise ConfigError('workdir', 'a directory (or a path that does not exist yet)', path)
+    raise FlagError('workdir', 'a directory (or a path that does not exist yet)', path)

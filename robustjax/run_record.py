@@ -104,9 +104,15 @@ def check(workdir: str, config: dict) -> None:
 
 def clear(workdir: str) -> None:
   """``--config.resume=overwrite``: deletes what an earlier run wrote that a
-  rerun would read or mistake for its own (checkpoints, results.json, the
-  record); plots are overwritten by the new run."""
-  for name in _MADE:
+  rerun would read or mistake for its own: checkpoints, results.json and the
+  plots it lists (a new run may draw fewer), metrics.jsonl, the record.
+  Other files in ``workdir`` stay."""
+  try:
+    with open(os.path.join(workdir, 'results.json')) as f:
+      plots = json.load(f).get('plots', [])
+  except (OSError, ValueError, AttributeError):
+    plots = []
+  for name in [p for p in plots if isinstance(p, str) and os.path.basename(p) == p] + list(_MADE):
     p = os.path.join(workdir, name)
     if os.path.isdir(p):
       shutil.rmtree(p)

@@ -121,7 +121,7 @@ def test_cli_workdir_that_is_a_file(tmp_path):
   f = tmp_path / 'file'
   f.write_text('x')
   proc = launch('--config=configs/sparse_coding.py', f'--workdir={f}')
-  assert proc.returncode == 2 and 'config.workdir' in proc.stderr
+  assert proc.returncode == 2 and 'error: --workdir: must be a directory' in proc.stderr
   assert f.read_text() == 'x'
 
 

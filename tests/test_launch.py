@@ -355,7 +355,7 @@ def test_compilation_cache_directory_default_and_precedence(tmp_path):
   f = tmp_path / 'file'
   f.write_text('x')
   from robustjax.config_validation import ConfigError
-  with pytest.raises(ConfigError, match='^config.compilation_cache_dir: must be a directory'):
+  with pytest.raises(ConfigError, match='^--compilation_cache_dir: must be a directory'):
     launch.enable_compilation_cache(True, str(f), {})
 
 

@@ -67,7 +67,8 @@ def test_checkpoints_without_a_record_or_a_broken_record_refuse(tmp_path):
 def test_overwrite_clears_the_old_run_only(tmp_path):
   run_record.write(str(tmp_path), _config(), ENV)
   (tmp_path / 'checkpoints' / 'encoder_clean').mkdir(parents=True)
-  (tmp_path / 'results.json').write_text('{}')
+  (tmp_path / 'results.json').write_text('{"plots": ["robustness.png", "../outside.png"]}')
+  (tmp_path / 'robustness.png').write_text('old figure')  # a new run may not draw it again
   (tmp_path / 'notes.txt').write_text('mine')
   run_record.clear(str(tmp_path))
   assert sorted(p.name for p in tmp_path.iterdir()) == ['notes.txt']

@@ -87,6 +87,9 @@ def test_the_log_reads_while_training_and_after_a_kill(tmp_path):
   with open(path, 'a') as f:
     f.write('{"job": "job", "fit": "tra')  # a writer killed mid-line
   assert len(runner.read_metrics(path)) == 3
+  # The resumed run's lines start on a line of their own and are all read.
+  run._log('job', metric_log.record('train', 12, {'loss': np.float32(1.0)}, 3, 1.0))
+  assert [r['step'] for r in runner.read_metrics(path)] == [3, 6, 9, 12]
 
 
 def test_resumed_fit_appends_and_curves_keep_the_last_record_per_step(tmp_path):

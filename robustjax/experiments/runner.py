@@ -54,8 +54,9 @@ def key_streams(seed: int, num_seeds: int, names: tuple[str, ...]) -> dict[str, 
 def read_metrics(path: str) -> list[dict]:
   """The records of a ``metrics.jsonl`` (one dict per line: ``job``, ``fit``,
   ``step``, each metric's mean over runs and ``<metric>_per_run``,
-  ``steps_per_s``), in the order written. A last line cut short by a killed
-  run is skipped; a missing file reads as []."""
+  ``steps_per_s``), in the order written. A line cut short by a killed run
+  is skipped (the records a resumed run appended after it are kept); a
+  missing file reads as []."""
   if not os.path.exists(path):
     return []
   out = []
@@ -63,8 +64,8 @@ def read_metrics(path: str) -> list[dict]:
     for line in f:
       try:
         out.append(json.loads(line))
-      except json.JSONDecodeError:  # only a killed writer leaves half a line, at the end
-        break
+      except json.JSONDecodeError:  # only a killed writer leaves half a line
+        continue
   return out
 
 
@@ -133,8 +134,11 @@ class Run:
 
   def _log(self, job: str, record: dict) -> None:
     if report.writer():  # one line per chunk, flushed: a run in progress can be followed
-      with open(self.path(METRICS), 'a') as f:
-        f.write(json.dumps({'job': job, **record}, allow_nan=False) + '\n')
+      with open(self.path(METRICS), 'a+b') as f:
+        f.seek(0, os.SEEK_END)
+        cut = f.tell() > 0 and (f.seek(-1, os.SEEK_END) or f.read(1) != b'\n')
+        line = json.dumps({'job': job, **record}, allow_nan=False) + '\n'
+        f.write((('\n' + line) if cut else line).encode())  # after a killed run's half line
 
   @contextlib.contextmanager
   def job(self, name: str):

@@ -53,7 +53,8 @@ def record(desc: str, step: int, metrics: dict, steps: int, seconds: float) -> d
 
   ``metrics``: name (nested dicts as 'a/b') -> the chunk's mean per run, shape () or (runs,) (what
   ``loop.fit`` returns); non-finite values become None. ``steps_per_s``
-  counts the chunk's steps over its wall time (of every run together).
+  counts the chunk's steps over its wall time (of every run together; a
+  fit's first chunk includes its compile, so it reads lower).
   """
   out = {'fit': desc, 'step': int(step)}
   for name, v in _flat(metrics).items():
