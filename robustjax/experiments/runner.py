@@ -125,6 +125,7 @@ class Run:
       os.makedirs(workdir, exist_ok=True)
 
   def path(self, name: str) -> str:
+    """``<workdir>/<name>``: the path (a str) of a file or folder of this run."""
     return os.path.join(self.workdir, name)
 
   def checkpoint_dir(self, job: str) -> str:
