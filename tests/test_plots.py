@@ -113,6 +113,12 @@ def test_curves_draw_a_band_per_row_and_the_legend_outside(tmp_path, figures):
   assert sorted(t.get_text() for t in legend.get_texts()) == sorted(ROWS)  # each row once
   _outside(legend, fig)
   assert 'l2 PGD' in fig.get_suptitle() and '4 runs' in fig.get_suptitle()
+  # The title's 'grey, dotted' references are drawn so: equal r, g, b well above black.
+  assert 'grey, dotted: end-to-end references' in fig.get_suptitle()
+  assert len(sup.get_lines()) == 4
+  for line in sup.get_lines()[2:]:
+    r, g, b, _ = matplotlib.colors.to_rgba(line.get_color())
+    assert r == g == b and 0.3 <= r <= 0.75 and line.get_linestyle() == ':'
 
 
 def test_curves_without_per_run_values_draw_means_only(tmp_path, figures):
