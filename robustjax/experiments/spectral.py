@@ -99,6 +99,7 @@ KIND_WORDS = {
 def validate(cfg) -> None:
   """Raises ConfigError on the first field the run cannot use."""
   blocks.run(cfg)
+  blocks.mesh(cfg)
   cv.positive_int(cfg, 'train.batch_size', 'train.epochs', 'regularizer.every_k', 'regularizer.iters',
                   'regularizer.warmup_iters', 'eval.max_points', 'eval.grid_size')
   cv.one_of(cfg, 'data.name', DATASETS)
