@@ -233,6 +233,7 @@ def test_digits_sweep_end_to_end(tmp_path):
     ('model.widths', ()),
     ('data.max_test', -1),
     ('checkpoint_every', 0),
+    ('mesh.data', 0),
 ])
 def test_validate_names_the_bad_field(field, value):
   from configs import mnist_spectral
