@@ -345,7 +345,8 @@ def test_a_head_attack_that_failed_everywhere_reads_all_failed_without_numpy_war
     warnings.simplefilter('error', RuntimeWarning)
     summary = spectral_stage.summarize(cfg, evals)
   d = summary['clean']['distances']
-  assert math.isnan(d['original/fmn']['mean']) and d['original/fmn']['num_failed_per_seed'] == [7, 7]
+  assert math.isnan(d['original/fmn']['mean'])
+  assert d['original/fmn']['num_failed_per_seed'] == [7, 7]
   # The seed with no points is left out of the mean, not counted as failed.
   assert d['refit/tangent']['mean'] == pytest.approx(np.mean(evals['clean']['distances'][
       'refit/tangent'][0])) and d['refit/tangent']['num_failed_per_seed'] == [0, 0]
