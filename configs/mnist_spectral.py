@@ -70,6 +70,9 @@ def get_config(arg: str | None = None):
   c.progress = True
   c.resume = 'check'  # a rerun in a workdir of another config refuses; 'overwrite' starts afresh
   c.checkpoint_every = 500   # steps between checkpoints (workdir/checkpoints/<kind>)
+  # Device mesh (robustjax/train/sharding.py, loop.fit): 'data' splits the seeds, 'model'
+  # the MLP's widest kernel dimension (its hidden units); 1 x 1 = one device.
+  c.mesh = common.mesh(data=1, model=1)
 
   c.data = ml_collections.ConfigDict(dict(
       name='mnist',

@@ -296,7 +296,7 @@ def plot_curves(summary: dict, eps: list, path: str, *, acc_per_run: dict | None
                 attack: str = 'PGD') -> None:
   """Downstream accuracy against the attack radius, one line per pre-training:
   supervised and contrastive encoders in two panels, the end-to-end references
-  (grey) in both, one legend outside.
+  (grey, dotted) in both, one legend outside.
 
   ``summary``: ``summarize``'s rows (their 'downstream_acc_curve', the mean
   over runs at each of ``eps``); ``acc_per_run``: optional name -> (runs,
@@ -320,7 +320,8 @@ def plot_curves(summary: dict, eps: list, path: str, *, acc_per_run: dict | None
   colors = {n: f'C{i % 10}'
             for i, n in enumerate(n for n in rows if not n.startswith('end_to_end'))}
   for j, n in enumerate(n for n in rows if n.startswith('end_to_end')):
-    colors[n] = str(0.15 + 0.35 * (j % 2))  # greys: the references
+    # Two greys, both plainly lighter than black: the title calls them grey.
+    colors[n] = str(0.35 + 0.25 * (j % 2))
   handles = {}
   for ax, (title, names, refs) in zip(axes[0], panels):
     for name in names + refs:

@@ -1,6 +1,7 @@
 """Every figure on small synthetic inputs: it is written, and its structure reads
 at a glance (one panel per row, legends outside the data, bands drawn), not pixels."""
 import os
+import warnings
 
 import matplotlib
 import numpy as np
@@ -113,6 +114,12 @@ def test_curves_draw_a_band_per_row_and_the_legend_outside(tmp_path, figures):
   assert sorted(t.get_text() for t in legend.get_texts()) == sorted(ROWS)  # each row once
   _outside(legend, fig)
   assert 'l2 PGD' in fig.get_suptitle() and '4 runs' in fig.get_suptitle()
+  # The title's 'grey, dotted' references are drawn so: equal r, g, b well above black.
+  assert 'grey, dotted: end-to-end references' in fig.get_suptitle()
+  assert len(sup.get_lines()) == 4
+  for line in sup.get_lines()[2:]:
+    r, g, b, _ = matplotlib.colors.to_rgba(line.get_color())
+    assert r == g == b and 0.3 <= r <= 0.75 and line.get_linestyle() == ':'
 
 
 def test_curves_without_per_run_values_draw_means_only(tmp_path, figures):
@@ -169,6 +176,26 @@ def test_spectral_distances_name_heads_attacks_and_keep_the_legend_outside(tmp_p
   assert [t.get_text() for t in panels[0].get_xticklabels()] == list(kinds)
   _outside(fig.legends[0], fig)
   assert '2 seeds' in fig.get_suptitle()
+
+
+def test_spectral_distances_say_where_every_attack_failed_and_the_title_clears_the_legend(
+    tmp_path, figures):
+  from configs import mnist_spectral
+  from robustjax.experiments import spectral
+  evals = _spectral_evals(('clean', 'rep'))
+  for k in evals:  # original/fmn: every attack failed; refit/tangent: on rep's points only
+    evals[k]['distances']['original/fmn'] = [np.full(12, np.inf)] * 2
+  evals['rep']['distances']['refit/tangent'] = [np.full(12, np.inf)] * 2
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', RuntimeWarning)
+    spectral.plot_distances(evals, str(tmp_path / 'box.png'), cfg=mnist_spectral.get_config())
+  fig = figures['box.png']
+  texts = {ax.get_title(): [t.get_text() for t in ax.texts] for ax in _panels(fig)}
+  assert texts == {'refit head: tangent': ['all failed'], 'refit head: certified lower bound': [],
+                   'original head: fmn': ['every attack failed']}
+  _outside(fig.legends[0], fig)
+  assert not fig._suptitle.get_window_extent().overlaps(
+      fig.legends[0].get_window_extent())
 
 
 def test_spectral_sweep_has_one_legend_outside_both_panels(tmp_path, figures):

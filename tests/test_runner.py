@@ -6,6 +6,7 @@ import os
 import chex
 import jax
 import jax.numpy as jnp
+import matplotlib.pyplot as plt
 import ml_collections
 import numpy as np
 import optax
@@ -115,3 +116,25 @@ def test_only_process_0_writes(tmp_path, monkeypatch):
     loop.fit(new_state(), AUX, jax.random.PRNGKey(0), quad_loss, steps=3, progress=False)
   run.finish({'summary': {}})
   assert not os.path.exists(tmp_path / 'w')
+
+
+def _curves_figure(tmp_path, monkeypatch, records):
+  kept = []
+  monkeypatch.setattr(report, 'save_figure', lambda fig, path, **kw: kept.append(fig))
+  assert runner.plot_training_curves(records, str(tmp_path / 'c.png'))
+  return kept[0]
+
+
+def test_curves_mark_one_chunk_jobs_and_log_the_steps_of_unequal_jobs(tmp_path, monkeypatch):
+  rec = lambda job, step, loss: {'job': job, 'fit': job, 'step': step, 'loss': loss}
+  long = [rec('long', s, 1.0 / s) for s in (10000, 20000, 30000)]
+  fig = _curves_figure(tmp_path, monkeypatch, long + [rec('short', 20, 0.5)])
+  (ax,) = fig.axes
+  lines = {l.get_label(): l for l in ax.get_lines()}
+  # The one-chunk job is one point, visible through its marker; x is each job's own step.
+  assert lines['short'].get_marker() == 'o' and list(lines['short'].get_xdata()) == [20]
+  assert list(lines['long'].get_xdata()) == [10000, 20000, 30000]
+  assert ax.get_xscale() == 'log' and 'log' in ax.get_xlabel()  # 30000 > 20 x 20
+  fig = _curves_figure(tmp_path, monkeypatch, long + [rec('short', 2000, 0.5)])
+  assert fig.axes[0].get_xscale() == 'linear'  # 30000 <= 20 x 2000
+  plt.close('all')

@@ -3,6 +3,7 @@ import json
 import math
 import os
 import shutil
+import warnings
 
 import chex
 import jax
@@ -233,6 +234,7 @@ def test_digits_sweep_end_to_end(tmp_path):
     ('model.widths', ()),
     ('data.max_test', -1),
     ('checkpoint_every', 0),
+    ('mesh.data', 0),
 ])
 def test_validate_names_the_bad_field(field, value):
   from configs import mnist_spectral
@@ -328,3 +330,25 @@ def test_key_streams_keep_the_fold_in_derivation():
     chex.assert_shape(keys[name], (2, 2))
     for s in range(2):
       chex.assert_trees_all_equal(keys[name][s], jax.random.fold_in(seeds[s], i))
+
+
+def test_a_head_attack_that_failed_everywhere_reads_all_failed_without_numpy_warnings():
+  cfg = config_lib.get_config()
+  cfg.num_seeds = 2
+  rng = np.random.default_rng(0)
+  evals = {k: {'test_acc': np.array([0.9, 0.8]), 'certified_violations': {'refit': [0, 0]},
+               'sigma_max': {'hidden_0/kernel': np.array([1.0, 2.0])},
+               'distances': {'original/fmn': [np.full(7, np.inf), np.full(7, np.nan)],
+                             'refit/tangent': [rng.uniform(0.1, 1.0, 5), np.array([])]}}
+           for k in ('clean', 'rep')}
+  with warnings.catch_warnings():
+    warnings.simplefilter('error', RuntimeWarning)
+    summary = spectral_stage.summarize(cfg, evals)
+  d = summary['clean']['distances']
+  assert math.isnan(d['original/fmn']['mean'])
+  assert d['original/fmn']['num_failed_per_seed'] == [7, 7]
+  # The seed with no points is left out of the mean, not counted as failed.
+  assert d['refit/tangent']['mean'] == pytest.approx(np.mean(evals['clean']['distances'][
+      'refit/tangent'][0])) and d['refit/tangent']['num_failed_per_seed'] == [0, 0]
+  text = spectral_stage.table(summary, cfg)
+  assert text.count('all 14 failed') == 2 and 'nan' not in text

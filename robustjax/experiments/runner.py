@@ -69,11 +69,19 @@ def read_metrics(path: str) -> list[dict]:
   return out
 
 
+# Jobs whose lengths differ more than this share a log-step axis, where a
+# 20-step job is not squashed against x = 0 beside a 30000-step one.
+LOG_STEPS_RATIO = 20
+
+
 def plot_training_curves(records: Sequence[dict], path: str) -> bool:
   """Small multiples, one panel per metric, of each job's training curve
-  (x: step; line: mean over the job's runs; band: their min to max). A
-  resumed job logs the replayed chunks again: the last record per step
-  counts. Returns whether there was anything to plot (and a file written)."""
+  (x: the job's own step; line with a small marker per logged chunk, so a
+  one-chunk job shows as a point: mean over the job's runs; band: their min
+  to max). The step axis is logarithmic when the longest job's last step is
+  more than ``LOG_STEPS_RATIO`` times the shortest's. A resumed job logs the
+  replayed chunks again: the last record per step counts. Returns whether
+  there was anything to plot (and a file written)."""
   import matplotlib.pyplot as plt
   curves: dict[str, dict[int, dict]] = {}
   for r in records:
@@ -86,20 +94,24 @@ def plot_training_curves(records: Sequence[dict], path: str) -> bool:
     return False
   fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics) + 2.5, 3.4),
                            squeeze=False)
+  last = [max(by_step) for by_step in curves.values()]
+  log_x = min(last) > 0 and max(last) > LOG_STEPS_RATIO * min(last)
   for ax, m in zip(axes[0], metrics):
     for label, by_step in curves.items():
       steps = sorted(s for s in by_step if by_step[s].get(m) is not None)
       if not steps:
         continue
       mean = [by_step[s][m] for s in steps]
-      line, = ax.plot(steps, mean, label=label)
+      line, = ax.plot(steps, mean, marker='o', ms=3, label=label)
       runs = [by_step[s].get(f'{m}_per_run') for s in steps]
       if all(runs) and len(runs[0]) > 1:
         a = np.array([[np.nan if v is None else v for v in r] for r in runs], np.float64)
         ax.fill_between(steps, np.nanmin(a, 1), np.nanmax(a, 1), color=line.get_color(),
                         alpha=0.2, linewidth=0)
     ax.set_title(m)
-    ax.set_xlabel('step')
+    if log_x:
+      ax.set_xscale('log')
+    ax.set_xlabel('step (log scale)' if log_x else 'step')
   axes[0][0].set_ylabel('chunk mean (band: runs min to max)')
   handles, labels = axes[0][0].get_legend_handles_labels()
   fig.legend(handles, labels, loc='center left', bbox_to_anchor=(1.0, 0.5), fontsize=8)
@@ -126,6 +138,7 @@ class Run:
       os.makedirs(workdir, exist_ok=True)
 
   def path(self, name: str) -> str:
+    """``<workdir>/<name>``: the path (a str) of a file or folder of this run."""
     return os.path.join(self.workdir, name)
 
   def checkpoint_dir(self, job: str) -> str:

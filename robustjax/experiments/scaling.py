@@ -92,6 +92,7 @@ class Program:
 
   @property
   def name(self) -> str:
+    """'D<D>_m<width>', e.g. 'D64_m128': the program's job name in timings and logs."""
     return f'D{self.D}_m{self.width}'
 
 
@@ -205,7 +206,9 @@ def pretrain_loss(params, key, aux, *, model, spec: sc.SparseCodingSpec, batch_s
 
   aux = (world, theta, k, eps) of one run; ``attack`` gives the PGD settings
   (its own eps is not used). The inner maximisation is a constant for the
-  outer gradient, as in ``supervised.supervised_loss``.
+  outer gradient, as in ``supervised.supervised_loss``. Returns (scalar mean
+  logistic loss, {'accuracy': scalar share of the (attacked) batch with
+  margin > 0}), the (loss, aux) pair ``loop.fit`` expects.
   """
   world, theta, k, eps = aux
   k_data, k_attack = jax.random.split(key)
@@ -529,6 +532,10 @@ def claims(fit: dict) -> list[report.Claim]:
 # --- Output ----------------------------------------------------------------------
 
 def table(rows: list[dict], eps_factors) -> str:
+  """The ``summarize`` rows as a text table, one line per (D, m, k, c), with a
+  legend below: purity, clean accuracy and robust accuracy (fractions in [0,
+  1]), median FMN and certified l2 distances (input units), the share of
+  points FMN failed on. Returns the table as one string."""
   head = ['D', 'm', 'k', 'c', 'eps', 'median purity', 'clean acc', 'median FMN dist',
           'median certified', 'FMN failed', 'robust acc at own eps']
   body = []
@@ -546,6 +553,10 @@ def table(rows: list[dict], eps_factors) -> str:
 
 
 def fits_text(fit: dict) -> str:
+  """The ``fits`` result as text, one line per fitted quantity: the mean
+  log-log exponent with its 95% interval, the predicted exponent and whether
+  the interval holds it, the per-seed slopes; or why it was not fitted.
+  Returns one string (lines joined by newlines)."""
   lines = ['fitted exponents (log-log slope per seed; mean and 95% Student-t interval over '
            'seeds):']
   for key, f in fit.items():

@@ -62,6 +62,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import os
+import warnings
 
 import jax
 import jax.numpy as jnp
@@ -99,6 +100,7 @@ KIND_WORDS = {
 def validate(cfg) -> None:
   """Raises ConfigError on the first field the run cannot use."""
   blocks.run(cfg)
+  blocks.mesh(cfg)
   cv.positive_int(cfg, 'train.batch_size', 'train.epochs', 'regularizer.every_k', 'regularizer.iters',
                   'regularizer.warmup_iters', 'eval.max_points', 'eval.grid_size')
   cv.one_of(cfg, 'data.name', DATASETS)
@@ -480,6 +482,16 @@ def _stat(values, f):
   return float(f(v)) if v.size else float('nan')
 
 
+def _nan_stats(values) -> tuple[float, float]:
+  """(nanmean, nanstd) of per-seed statistics; (nan, nan) without numpy's
+  warnings when every seed's is nan (every attack failed: an expected outcome,
+  which the table prints as such)."""
+  with warnings.catch_warnings():
+    warnings.filterwarnings('ignore', 'Mean of empty slice', RuntimeWarning)
+    warnings.filterwarnings('ignore', 'Degrees of freedom <= 0', RuntimeWarning)
+    return float(np.nanmean(values)), float(np.nanstd(values))
+
+
 def summarize(cfg, evals: dict) -> dict:
   """summary[label]: headline numbers (primary head and attack) plus every combination.
 
@@ -503,9 +515,9 @@ def summarize(cfg, evals: dict) -> dict:
     for name, per_seed in ev['distances'].items():
       means = [_stat(d, np.mean) for d in per_seed]
       medians = [_stat(d, np.median) for d in per_seed]
+      (mean, mean_std), (median, median_std) = _nan_stats(means), _nan_stats(medians)
       s['distances'][name] = dict(
-          mean=float(np.nanmean(means)), mean_std=float(np.nanstd(means)),
-          median=float(np.nanmean(medians)), median_std=float(np.nanstd(medians)),
+          mean=mean, mean_std=mean_std, median=median, median_std=median_std,
           mean_per_seed=means, median_per_seed=medians,
           num_points_per_seed=[int(len(d)) for d in per_seed],
           num_failed_per_seed=[int(np.sum(~np.isfinite(d))) for d in per_seed])
@@ -567,8 +579,9 @@ def claims(cfg, summary: dict, runs: dict) -> list[report.Claim]:
 
 def table(summary: dict, cfg) -> str:
   """The printed table: one row per label (accuracies, each head/attack's mean
-  +- std (median) distance, each layer's sigma_max) and the lines saying how to
-  read it."""
+  +- std (median) distance, 'all N failed' where the attack broke none of
+  the N points of any seed, each layer's sigma_max) and the lines saying how
+  to read it. Returns one string."""
   names = list(next(iter(summary.values()))['distances'])
   head = ['kind', 'test acc', 'refit acc'] + [f'{n} mean (median)' for n in names] + [
       'sigma_max ' + k.split('/')[0] for k in next(iter(summary.values()))['sigma_max_per_seed']]
@@ -579,7 +592,11 @@ def table(summary: dict, cfg) -> str:
            pm(s['refit_test_acc'], s['refit_test_acc_std']) if 'refit_test_acc' in s else '-']
     for n in names:
       d = s['distances'][n]
-      row.append(f"{pm(d['mean'], d['mean_std'], '.4f')} ({d['median']:.4f})")
+      if np.isfinite(d['mean']):
+        row.append(f"{pm(d['mean'], d['mean_std'], '.4f')} ({d['median']:.4f})")
+      else:  # no finite distance in any seed
+        failed = sum(d['num_failed_per_seed'])
+        row.append(f'all {failed} failed' if failed else 'no points')
     row += [pm(np.mean(v), np.std(v), '.2f') for v in s['sigma_max_per_seed'].values()]
     rows.append(row)
   kinds = [k for k in KINDS if any(label.split()[0] == k for label in summary)]
@@ -605,7 +622,10 @@ def _combo_title(name: str) -> str:
 
 def plot_distances(evals: dict, path: str, *, cfg=None) -> None:
   """Box plots of per-point distances (all seeds pooled), one panel per
-  head/attack, one box per run (kind, lam); dots: each seed's mean. ``cfg``
+  head/attack, one box per run (kind, lam); dots: each seed's mean. A run
+  whose attack failed on every point is marked 'all failed' at its place, a
+  panel where every run's did says 'every attack failed'. One legend below
+  the panels (beside them it would share the title's band). ``cfg``
   (optional) names the data in the title."""
   import matplotlib.pyplot as plt
   from matplotlib.lines import Line2D
@@ -624,6 +644,15 @@ def plot_distances(evals: dict, path: str, *, cfg=None) -> None:
   for ax, n in zip(axes.flat, names):
     data = [np.concatenate([_finite(d) for d in evals[k]['distances'][n]]) for k in kinds]
     ax.boxplot(data, showfliers=False, widths=0.5)
+    if not any(d.size for d in data):
+      ax.text(0.5, 0.5, 'every attack failed', transform=ax.transAxes, ha='center',
+              va='center', fontsize=9, color='0.3')
+      ax.set_yticks([])  # no distance to read
+    else:
+      for i, d in enumerate(data):
+        if not d.size:  # at the box's x, halfway up the panel
+          ax.text(i + 1, 0.5, 'all failed', transform=ax.get_xaxis_transform(), ha='center',
+                  va='center', rotation=90, fontsize=8, color='0.3')
     for i, k in enumerate(kinds):  # per-seed means as dots, beside the box
       ax.scatter(np.full(len(evals[k]['distances'][n]), i + 1.35),
                  [_stat(d, np.mean) for d in evals[k]['distances'][n]], s=12, c='k', zorder=3)
@@ -633,13 +662,13 @@ def plot_distances(evals: dict, path: str, *, cfg=None) -> None:
     ax.grid(alpha=0.3, axis='y')
   for row in axes:
     row[0].set_ylabel('l2 distance to the nearest\nadversarial point (input units)', fontsize=9)
-  report.fig_legend_outside(
-      fig, [Patch(facecolor='w', edgecolor='k'), Line2D([], [], color='C1'),
-            Line2D([], [], ls='', marker='o', ms=4, color='k')],
-      ['quartiles, whiskers 1.5 IQR\n(points of all seeds)', 'median', "one seed's mean"])
+  fig.legend([Patch(facecolor='w', edgecolor='k'), Line2D([], [], color='C1'),
+              Line2D([], [], ls='', marker='o', ms=4, color='k')],
+             ['quartiles, whiskers 1.5 IQR (points of all seeds)', 'median', "one seed's mean"],
+             loc='outside lower center', ncols=3 if ncols > 1 else 1, fontsize=8)
   data = f' on {cfg.data.name}' if cfg is not None else ''
-  fig.suptitle(f'adversarial distance per regulariser kind{data}: {seeds} seeds, correctly '
-               'classified test points, failed attacks left out', fontsize=9)
+  fig.suptitle(f'adversarial distance per regulariser kind{data}: {seeds} seeds,\n'
+               'correctly classified test points, failed attacks left out', fontsize=9)
   report.save_figure(fig, path, dpi=110, bbox_inches='tight')
 
 

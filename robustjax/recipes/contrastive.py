@@ -40,15 +40,22 @@ def pair_scores(model: TwoLayer, scale: float, params, pairs: jax.Array) -> jax.
 
 
 def pair_loss_of_input(score_fn, params, y, pairs):
-  """Per-pair loss under fixed params: what the attack maximises."""
+  """Per-pair loss under fixed params: what the attack maximises.
+
+  pairs: (n, 2, d); y: (n,) in {-1, +1}; ``score_fn(params, pairs)`` -> (n,).
+  Returns the (n,) logistic pair losses log(1 + exp(-y s)).
+  """
   return losses.pair_contrastive(score_fn(params, pairs), y)
 
 
 def attack_pairs(score_fn, params, pairs, y, key, attack: PGDSpec, which):
   """PGD on the pair loss; pairs not selected keep radius 0.
 
-  ``which``: 'both', 'negatives', 'positives', or a (2,) array of 0/1 flags
-  (attack similar, attack dissimilar) as in ``TARGETS``.
+  pairs: (n, 2, d), each pair perturbed jointly in one ball of radius
+  ``attack.eps``; y: (n,) in {-1, +1}. ``which``: 'both', 'negatives',
+  'positives', or a (2,) array of 0/1 flags (attack similar, attack
+  dissimilar) as in ``TARGETS``. Returns the (n, 2, d) attacked pairs
+  (unselected pairs unchanged).
   """
   targets = jnp.asarray(TARGETS[which] if isinstance(which, str) else which, y.dtype)
   eps = attack.eps * jnp.where(y > 0, targets[0], targets[1])
@@ -60,7 +67,13 @@ def attack_pairs(score_fn, params, pairs, y, key, attack: PGDSpec, which):
 
 def contrastive_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec,
                      ccfg, attack: PGDSpec | None):
-  """aux = (world, targets): targets as in ``TARGETS``, ignored without attack."""
+  """Logistic pair loss on a fresh batch of ``ccfg.batch_size`` pairs, on their
+  PGD points when ``attack`` is set.
+
+  aux = (world, targets): targets as in ``TARGETS``, ignored without attack.
+  Returns (scalar mean pair loss, {'accuracy': scalar share of pairs with
+  y * s > 0}), the (loss, aux) pair ``loop.fit`` expects.
+  """
   world, targets = aux
   k_data, k_attack = jax.random.split(key)
   pairs, y = sc.sample_pairs(k_data, ccfg.batch_size, world, spec,
@@ -108,7 +121,11 @@ def pair_logits(model_and_scale, params, pairs):
 
 
 def split_pair_losses(score_fn, params, pairs, y):
-  """Mean pair loss over similar and over dissimilar pairs."""
+  """Mean pair loss over similar and over dissimilar pairs.
+
+  pairs: (n, 2, d); y: (n,) in {-1, +1}. Returns (similar mean, dissimilar
+  mean), two scalars in that order; a group with no pairs gives 0.
+  """
   loss = losses.pair_contrastive(score_fn(params, pairs), y)
   pos = (y > 0).astype(loss.dtype)
   return (jnp.sum(loss * pos) / jnp.maximum(pos.sum(), 1),

@@ -20,12 +20,23 @@ from robustjax.train import loop, sharding, state as state_lib
 
 
 def head_logits(model: TwoLayer, params, z):
-  """params = {'encoder': two-layer params (w, b used), 'head': {'a', 'c'}}."""
+  """Logits h(z) @ a + c of the head on the frozen encoder's units.
+
+  params = {'encoder': two-layer params (w, b used), 'head': {'a': (width,),
+  'c': ()}}; z: (n, d) inputs. Returns (n,) logits (binary, y in {-1, +1}).
+  """
   h = model.apply({'params': params['encoder']}, z, features_only=True)
   return h @ params['head']['a'] + params['head']['c']
 
 
 def head_loss(head, key, aux, *, model: TwoLayer, spec: sc.SparseCodingSpec, batch_size: int):
+  """Clean logistic loss of ``head`` {'a': (width,), 'c': ()} on a fresh batch
+  of ``batch_size`` examples of task theta, through the frozen encoder.
+
+  aux = (world, theta, encoder params). Returns (scalar mean logistic loss,
+  {'accuracy': scalar share of the batch with margin > 0}), the (loss, aux)
+  pair ``loop.fit`` expects.
+  """
   world, theta, encoder = aux
   z, y, _ = sc.sample_task(key, batch_size, world, spec, theta)
   z, y = sharding.constrain_batch((z, y))  # data parallel over the mesh, if any

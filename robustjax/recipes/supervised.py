@@ -36,6 +36,8 @@ class StaticLoss:
 
   @classmethod
   def of(cls, fn: Callable, **statics: Any) -> 'StaticLoss':
+    """Returns the ``StaticLoss`` of ``fn`` with keyword arguments ``statics``
+    (stored sorted by name, so the keyword order does not matter)."""
     return cls(fn, tuple(sorted(statics.items())))
 
   def __call__(self, params, key, aux):
@@ -52,6 +54,8 @@ def optimizer(name: str, learning_rate: float, weight_decay: float, trainable: t
 
 
 def model_from_config(cfg) -> TwoLayer:
+  """Returns the ``TwoLayer`` module of ``cfg.model`` (width, bias_init,
+  init_scale, readout_init_scale); the module only, no parameters."""
   return TwoLayer(width=cfg.model.width, bias_init=cfg.model.bias_init,
                   init_scale=cfg.model.init_scale,
                   readout_init_scale=cfg.model.readout_init_scale)
@@ -68,6 +72,9 @@ def supervised_loss(params, key, aux, *, model: TwoLayer, spec: sc.SparseCodingS
 
   The inner maximisation sees the current parameters as constants and its
   result is a constant for the outer gradient (Madry et al.'s min-max).
+  aux = (world, theta). Returns (scalar mean logistic loss, {'accuracy':
+  scalar share of the (attacked) batch with margin > 0}), the (loss, aux)
+  pair ``loop.fit`` expects.
   """
   world, theta = aux
   k_data, k_attack = jax.random.split(key)
