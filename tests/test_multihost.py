@@ -105,7 +105,9 @@ def _process_id(pid: int) -> str | None:
 def test_sigkill_of_one_process_then_rerun_gives_the_uninterrupted_summary(two_by_two,
                                                                            tmp_path):
   workdir = str(tmp_path / 'killed')
-  cmd = _local(2, 2, SPARSE_CODING + [f'--workdir={workdir}'])
+  # checkpoint_every does not change the results (nor the run's fingerprint):
+  # here it puts a checkpoint inside a job, so the kill lands mid-fit.
+  cmd = _local(2, 2, SPARSE_CODING + [f'--workdir={workdir}', '--config.checkpoint_every=10'])
   launcher = subprocess.Popen(cmd, cwd=ROOT, env=_env(), stdout=subprocess.PIPE,
                               stderr=subprocess.PIPE, text=True)
   # Mid-way: the first pre-training job is checkpointed, later jobs are not done.
@@ -124,3 +126,48 @@ def test_sigkill_of_one_process_then_rerun_gives_the_uninterrupted_summary(two_b
   rerun = _run(cmd, _env())
   assert 'resuming from step' in rerun.stdout or 'resuming from step' in rerun.stderr
   assert_same_summary(_summary(workdir), _summary(two_by_two[0]), atol=0.0)
+
+
+_FIT = '''
+import json, sys
+import launch
+launch.start_distributed(True)
+import jax, jax.numpy as jnp, numpy as np
+from robustjax.train import loop
+from tests.test_checkpoint import AUX, KEY, new_state, quad_loss
+ckpt, steps, mesh = sys.argv[1], int(sys.argv[2]), sys.argv[3]
+st = jax.tree.map(lambda x: jnp.stack([x] * 4), new_state())
+aux = jax.tree.map(lambda a: jnp.stack([a + i for i in range(4)]), AUX)
+state, metrics = loop.fit(st, aux, jax.random.split(KEY, 4), quad_loss, steps=steps,
+                          chunk_size=4, batched=True, progress=False, checkpoint_dir=ckpt,
+                          checkpoint_every=3, mesh=None if mesh == 'none' else {'data': -1})
+if jax.process_index() == 0:
+  print('RESULT', json.dumps(np.asarray(state.params['w']).tolist()))
+'''
+
+
+def _fit_result(proc) -> np.ndarray:
+  line = next(l for l in proc.stdout.splitlines() if l.startswith('[p0] RESULT '))
+  return np.asarray(json.loads(line[len('[p0] RESULT '):]))
+
+
+@pytest.mark.parametrize('mesh', ['none', 'data'])
+def test_fit_checkpoints_and_resumes_under_two_processes(tmp_path, mesh):
+  # 4 vmapped runs: on each process's own device (no mesh: host-local state,
+  # saved as replicated arrays), or split over the 4 devices of both processes.
+  import jax
+  import jax.numpy as jnp
+  from robustjax.train import loop
+  from tests.test_checkpoint import AUX, KEY, new_state, quad_loss
+  script = tmp_path / 'fit.py'
+  script.write_text(_FIT)
+  ckpt = str(tmp_path / 'ckpt')
+  _run(_local(2, 2, [str(script), ckpt, '9', mesh]), _env(), timeout=300)
+  assert sorted(int(s) for s in os.listdir(ckpt) if s.isdigit()) == [8, 9]
+  resumed = _run(_local(2, 2, [str(script), ckpt, '14', mesh]), _env(), timeout=300)
+  assert '[p0] train: resuming from step 9/14' in resumed.stdout
+  st = jax.tree.map(lambda x: jnp.stack([x] * 4), new_state())
+  aux = jax.tree.map(lambda a: jnp.stack([a + i for i in range(4)]), AUX)
+  ref, _ = loop.fit(st, aux, jax.random.split(KEY, 4), quad_loss, steps=14, chunk_size=4,
+                    batched=True, progress=False)
+  np.testing.assert_allclose(_fit_result(resumed), np.asarray(ref.params['w']), atol=1e-6)
