@@ -59,14 +59,22 @@ def _numbers(tree, prefix=''):
     return {k: v for key, sub in tree.items() for k, v in _numbers(sub, f'{prefix}{key}.').items()}
   if isinstance(tree, (list, tuple)):
     return {k: v for i, sub in enumerate(tree) for k, v in _numbers(sub, f'{prefix}{i}.').items()}
+  if tree is None:  # a non-finite number in results.json
+    return {prefix.rstrip('.'): float('nan')}
+  if isinstance(tree, (str, bool)):
+    return {prefix.rstrip('.'): tree}
   return {prefix.rstrip('.'): float(tree)}
 
 
 def assert_same_summary(a: dict, b: dict, atol: float = ATOL) -> float:
-  """Equal keys and numbers within ``atol``; returns the largest difference."""
+  """Equal keys, equal texts, numbers within ``atol`` (nan = nan); returns the largest
+  difference."""
   na, nb = _numbers(a), _numbers(b)
   assert sorted(na) == sorted(nb)
-  diff = {k: abs(na[k] - nb[k]) for k in na}
+  text = [k for k in na if isinstance(na[k], (str, bool))]
+  assert {k: na[k] for k in text} == {k: nb[k] for k in text}
+  diff = {k: 0.0 if np.isnan(na[k]) and np.isnan(nb[k]) else abs(na[k] - nb[k])
+          for k in na if k not in text}
   worst = max(diff, key=diff.get)
   assert diff[worst] <= atol, (worst, na[worst], nb[worst])
   return diff[worst]
@@ -171,3 +179,35 @@ def test_fit_checkpoints_and_resumes_under_two_processes(tmp_path, mesh):
   ref, _ = loop.fit(st, aux, jax.random.split(KEY, 4), quad_loss, steps=14, chunk_size=4,
                     batched=True, progress=False)
   np.testing.assert_allclose(_fit_result(resumed), np.asarray(ref.params['w']), atol=1e-6)
+
+
+# The other experiment families at their test sizes (tests/test_spectral_experiments.py,
+# tests/test_images_stage.py). The spectral configs have no mesh: each process
+# trains the same seeds on its own device and saves them collectively.
+SPECTRAL = ['launch.py', '--config=configs/mnist_spectral.py', '--config.num_seeds=2',
+            '--config.progress=False', '--config.chunk_size=50', '--config.eval.max_points=16',
+            '--config.eval.grid_size=8', '--config.eval.fmn.steps=10',
+            '--config.eval.tangent.iterations=3', '--config.eval.tangent.init_evals=20',
+            '--config.eval.tangent.max_evals=100', '--config.model.widths=(32,)',
+            '--config.data.max_train=256', '--config.data.max_test=64',
+            '--config.train.batch_size=64', '--config.train.epochs=4',
+            '--config.regularizer.burn_in_epochs=2', "--config.eval.heads=('refit',)",
+            "--config.eval.attacks=('tangent',)"]
+IMAGES = ['launch.py', '--config=configs/cifar10_supervised.py:digits', '--config.num_seeds=2',
+          '--config.progress=False', '--config.chunk_size=5', '--config.checkpoint_every=5',
+          '--config.pretrain.steps=10', '--config.pretrain.batch_size=32',
+          '--config.model.cnn_widths=(8,16)', '--config.attack.steps=2',
+          '--config.eval.num_points=32', '--config.eval.n_iter=5',
+          '--config.eval.attacks=("apgd-ce",)', '--config.eval.distance_points=16',
+          '--config.eval.fmn_steps=5', '--config.eval.batch_size=64', '--config.probe.max_iter=30',
+          '--config.mesh.data=-1']
+
+
+@pytest.mark.parametrize('args', [SPECTRAL, IMAGES], ids=['spectral_digits', 'images_digits'])
+def test_other_families_two_processes_equal_one(tmp_path, args):
+  two, four, one = (str(tmp_path / n) for n in ('two', 'four', 'one'))
+  _run(_local(2, 2, args + [f'--workdir={two}']), _env())
+  _run([sys.executable, *args, f'--workdir={four}'], _env(4))
+  _run([sys.executable, *args, f'--workdir={one}'], _env(1))
+  assert_same_summary(_summary(two), _summary(four))
+  assert_same_summary(_summary(two), _summary(one))
