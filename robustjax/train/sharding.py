@@ -160,18 +160,23 @@ def global_arrays(tree):
 def host_readable(tree):
   """``tree`` with every leaf readable on this host (``np.asarray`` works on it).
 
-  One process: ``tree`` as is. Several: leaves split over other processes'
-  devices (seeds over 'data', units over 'model') are gathered onto every host
-  as numpy arrays (``multihost_utils.process_allgather``, a collective: every
-  process calls it together); leaves already whole on this host stay.
+  One process: ``tree`` as is. Several: every array that spans other
+  processes' devices becomes a host numpy array on every host, so the code
+  after a fit (evaluation, jax.debug callbacks, ``np.asarray``) sees what it
+  sees in one process: a replicated one is copied from a local device; one
+  split over processes (seeds over 'data', units over 'model') is gathered
+  (``multihost_utils.process_allgather``, a collective: every process calls
+  it together). Arrays on this host's devices stay as they are.
   """
   if jax.process_count() == 1:
     return tree
   from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
 
   def one(x):
-    if not isinstance(x, jax.Array) or x.is_fully_addressable or x.is_fully_replicated:
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
       return x
+    if x.is_fully_replicated:
+      return np.asarray(x)
     return multihost_utils.process_allgather(x, tiled=True)
   return jax.tree.map(one, tree)
 
