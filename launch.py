@@ -23,6 +23,13 @@ touches jax. On a Cloud TPU pod, under SLURM or Open MPI it needs nothing
 else (jax detects the cluster). Elsewhere set, on every host,
 ``JAX_COORDINATOR_ADDRESS`` (host:port of process 0, read by jax itself),
 ``JAX_NUM_PROCESSES`` and ``JAX_PROCESS_ID`` (0 .. n-1, read here).
+Processes whose devices are CPUs exchange their collectives (the gradient
+all-reduce, the checkpoint barriers) over TCP with gloo: ``--distributed`` sets
+``jax_cpu_collectives_implementation='gloo'`` before any backend starts, unless
+``JAX_CPU_COLLECTIVES_IMPLEMENTATION`` (jax's own variable: gloo or mpi) says
+otherwise. TPU and GPU devices use their own interconnect; the setting only
+reaches jax's CPU client. ``python -m robustjax.launch_local -n 2 -- launch.py
+...`` runs N such processes on this machine.
 """
 import difflib
 import importlib
@@ -63,6 +70,10 @@ EXPERIMENTS = ('sparse_coding', 'spectral', 'images', 'scaling')
 # 12.2 s (0.1 s threshold) to 8.7 s, for a 2.5 MB cache (148 entries).
 CACHE_MIN_COMPILE_SECS = 0.0
 DISTRIBUTED_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
+# Cross-process collectives of jax's CPU client (jax 0.10.2: config option
+# jax_cpu_collectives_implementation, one of gloo / mpi / megascale; without
+# one, CPU processes cannot run a program spanning several of them).
+CPU_COLLECTIVES = 'gloo'
 
 
 def distributed_args(distributed: bool, environ) -> dict | None:
@@ -96,13 +107,22 @@ def distributed_args(distributed: bool, environ) -> dict | None:
   return dict(num_processes=n, process_id=i)
 
 
+def cpu_collectives(environ) -> str:
+  """The CPU collectives a multi-process run uses: JAX_CPU_COLLECTIVES_IMPLEMENTATION
+  when set (jax reads it itself), else gloo (TCP, needs nothing installed)."""
+  return environ.get('JAX_CPU_COLLECTIVES_IMPLEMENTATION') or CPU_COLLECTIVES
+
+
 def start_distributed(distributed: bool) -> None:
-  """``jax.distributed.initialize`` when asked; a bad set-up is one line and exit 2."""
+  """``jax.distributed.initialize`` when asked, CPU collectives by ``cpu_collectives``;
+  a bad set-up is one line and exit 2."""
   try:
     args = distributed_args(distributed, os.environ)
     if args is None:
       return
     import jax  # importing jax starts no backend; initialize must come before one does
+    # Read when the CPU client is created (after initialize): TPU/GPU runs are unaffected.
+    jax.config.update('jax_cpu_collectives_implementation', cpu_collectives(os.environ))
     try:
       jax.distributed.initialize(**args)
     except (ValueError, RuntimeError) as e:

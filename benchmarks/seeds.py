@@ -1,6 +1,6 @@
-"""Many seeds in one compile, and one step on 1 vs 8 (fake) devices.
+"""Many seeds in one compile, one step on 1 vs 8 (fake) devices, and on 1 vs 2 processes.
 
-    python benchmarks/seeds.py [--seeds 10] [--steps 300] [--no-devices]
+    python benchmarks/seeds.py [--seeds 10] [--steps 300] [--no-devices] [--no-processes]
 
 1. The sparse-coding supervised stage (adversarial pre-training, PGD-5, the
    default config's sizes: d = D = 64, width 256, batch 256) for ``--seeds``
@@ -12,6 +12,14 @@
    mesh of 8 fake CPU devices (a subprocess with
    XLA_FLAGS=--xla_force_host_platform_device_count=8): the code path a TPU
    pod runs, here sharing the same CPU cores.
+3. The same stage's step time on a data = 4 mesh of 4 fake CPU devices held by
+   one process, and by two processes of 2 devices each (``jax.distributed``
+   over gloo, started with ``robustjax.launch_local``): what crossing a
+   process boundary costs. With 4 seeds each device trains its own seed (no
+   communication); with 1 seed each step's batch is split over the 4 devices
+   and the gradient is all-reduced every step (across the processes in the
+   second layout). Each is the median time of a compiled chunk of ``--steps``
+   steps, per step.
 
 Run it on an idle machine; wall times on a shared one are noisy.
 """
@@ -23,6 +31,7 @@ import sys
 import time
 
 import jax
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
@@ -81,15 +90,76 @@ def device_step_ms(steps: int) -> dict:
   return res
 
 
+PROCESS_LAYOUTS = {'4 seeds over data (no communication)': 4,
+                   '1 seed, batch over data (all-reduce)': 1}
+
+
+def process_step_ms(steps: int, chunks: int = 4) -> dict:
+  """Runs in every process of a 4-device layout: ms per step on a data = 4 mesh.
+
+  One fit of ``chunks`` chunks of ``steps`` steps; the first chunk (it
+  compiles) is dropped and the median of the others' wall time per step
+  (``loop.fit``'s chunk records) is reported.
+  """
+  from robustjax.train import metric_log  # pylint: disable=import-outside-toplevel
+  if os.environ.get('JAX_NUM_PROCESSES'):
+    import launch  # pylint: disable=import-outside-toplevel
+    launch.start_distributed(True)
+  res = {}
+  for name, seeds in PROCESS_LAYOUTS.items():
+    worlds, keys = setup(seeds)
+    records = []
+    with metric_log.sink(records.append):
+      train_seconds(make_cfg(chunks * steps, {'data': 4, 'model': 1}, chunk=steps), worlds, keys)
+    res[name] = float(np.median([1e3 / r['steps_per_s'] for r in records[1:]]))
+  return res
+
+
+def processes_table(steps: int) -> None:
+  """Step time with 4 devices in 1 process vs 2 processes x 2 devices, printed as a table."""
+  env = dict(os.environ, JAX_PLATFORMS='cpu', PYTHONPATH=ROOT)
+  part = [os.path.abspath(__file__), '--process-part', f'--steps={steps}']
+  runs = {'1 process x 4': ([sys.executable, *part],
+                            dict(env, XLA_FLAGS='--xla_force_host_platform_device_count=4')),
+          '2 processes x 2': ([sys.executable, '-m', 'robustjax.launch_local', '-n', '2',
+                               '--devices_per_process', '2', '--', *part], env)}
+  res = {}
+  for name, (cmd, e) in runs.items():
+    proc = subprocess.run(cmd, env=e, cwd=ROOT, capture_output=True, text=True)
+    if proc.returncode:
+      raise SystemExit(f'{name}: exit {proc.returncode}: {proc.stderr[-2000:]}')
+    line = next(l for l in proc.stdout.splitlines() if 'RESULT ' in l)
+    res[name] = json.loads(line.split('RESULT ', 1)[1])
+  cols = list(runs)
+  print(f'\nms per step, same stage, data = 4 mesh | ' + ' | '.join(f'{c:>15}' for c in cols)
+        + ' | ratio')
+  print(f'{"-" * 39}-+-' + '-+-'.join('-' * 15 for _ in cols) + '-+------')
+  for row in PROCESS_LAYOUTS:
+    a, b = (res[c][row] for c in cols)
+    print(f'{row:39} | {a:15.1f} | {b:15.1f} | {b / a:4.2f}x')
+
+
 def main():
   ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
   ap.add_argument('--seeds', type=int, default=10)
   ap.add_argument('--steps', type=int, default=300)
   ap.add_argument('--no-devices', action='store_true', help='skip the 1 vs 8 devices part')
+  ap.add_argument('--no-processes', action='store_true',
+                  help='skip the 1 process x 4 devices vs 2 processes x 2 devices part')
+  ap.add_argument('--only-processes', action='store_true', help='run only that part')
   ap.add_argument('--device-part', action='store_true', help=argparse.SUPPRESS)
+  ap.add_argument('--process-part', action='store_true', help=argparse.SUPPRESS)
   args = ap.parse_args()
   if args.device_part:
     print('RESULT ' + json.dumps(device_step_ms(args.steps)))
+    return
+  if args.process_part:
+    res = process_step_ms(args.steps)
+    if jax.process_index() == 0:
+      print('RESULT ' + json.dumps(res))
+    return
+  if args.only_processes:
+    processes_table(args.steps)
     return
 
   S, N = args.seeds, args.steps
@@ -121,6 +191,8 @@ def main():
     print(f'{"-" * 39}-+-{"-" * 11}')
     for k, v in res.items():
       print(f'{k:39} | {v:11.1f}')
+  if not args.no_processes:
+    processes_table(N)
 
 
 if __name__ == '__main__':

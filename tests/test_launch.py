@@ -252,6 +252,12 @@ def test_distributed_args_from_the_environment():
       launch.distributed_args(distributed, environ)
 
 
+def test_cpu_collectives_are_gloo_unless_jax_is_told_otherwise():
+  import launch
+  assert launch.cpu_collectives({}) == 'gloo'
+  assert launch.cpu_collectives({'JAX_CPU_COLLECTIVES_IMPLEMENTATION': 'mpi'}) == 'mpi'
+
+
 def test_distributed_flag_initializes_first_and_fails_cleanly(tmp_path):
   # jax.distributed.initialize is replaced by a stub that reports whether any
   # backend had started and then fails as a missing coordinator would: nothing
@@ -262,7 +268,8 @@ def test_distributed_flag_initializes_first_and_fails_cleanly(tmp_path):
   stub = ('import runpy, sys, jax\n'
           'from jax._src import xla_bridge\n'
           'def initialize(**kw):\n'
-          '  print("initialize", kw, "backends started:", xla_bridge.backends_are_initialized())\n'
+          '  print("initialize", kw, "backends started:", xla_bridge.backends_are_initialized(),\n'
+          '        "cpu collectives:", jax.config.jax_cpu_collectives_implementation)\n'
           '  raise ValueError("coordinator unreachable")\n'
           'jax.distributed.initialize = initialize\n'
           'sys.argv = ["launch.py"] + sys.argv[1:]\n'
@@ -274,8 +281,8 @@ def test_distributed_flag_initializes_first_and_fails_cleanly(tmp_path):
                          '--config=configs/xor_spectral.py', f'--workdir={workdir}'],
                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
   assert proc.returncode == 2, proc.stderr[-3000:]
-  assert ("initialize {'num_processes': 2, 'process_id': 1} backends started: False"
-          in proc.stdout), proc.stdout
+  assert ("initialize {'num_processes': 2, 'process_id': 1} backends started: False "
+          'cpu collectives: gloo' in proc.stdout), proc.stdout
   lines = [l for l in proc.stderr.strip().splitlines() if l.strip()]
   assert len(lines) == 1 and lines[0].startswith('error: --distributed: ') and (
       'coordinator unreachable' in lines[0]), proc.stderr

@@ -251,3 +251,11 @@ def test_config_mesh_and_checkpoint_interval_are_validated(tiny_sparse_coding_co
   cfg.mesh.data, cfg.checkpoint_every = 1, 0
   with pytest.raises(cv.ConfigError, match=r'config\.checkpoint_every'):
     sparse_coding.validate(cfg)
+
+
+def test_multi_process_helpers_leave_a_single_process_tree_alone():
+  # One process: checkpoints and fit outputs stay exactly what they were
+  # (tests/test_multihost.py covers two processes).
+  tree = {'a': jnp.ones(3), 'b': np.zeros((2, 2), np.float32)}
+  assert sharding.global_arrays(tree) is tree
+  assert sharding.host_readable(tree) is tree

@@ -175,20 +175,21 @@ class Run:
     'plots', the curves included), prints ``text`` blocks, the claims
     (``report.claims_text``) and the files written with the total time
     (``timings['total']`` when a ``job('total')`` ran). ``files``: other
-    paths under ``workdir`` the run wrote (e.g. 'checkpoints/'). Returns the
-    names of the files written."""
+    paths under ``workdir`` the run wrote (e.g. 'checkpoints/'). Process 0
+    prints and writes; every process returns the names of the files written."""
     plots = list(plots)
     if plot_training_curves(read_metrics(self.path(METRICS)), self.path(CURVES)):
       plots.append(CURVES)
     report.write_json(self.path(RESULTS), {
         'config': self.cfg.to_dict(), **results, 'timings': self.timings,
         'claims': report.claims_json(claims), 'plots': plots})
-    for block in text:
-      if block:
-        print(block)
-    if claims:
-      print(report.claims_text(claims))
     written = [RESULTS] + ([METRICS] if os.path.exists(self.path(METRICS)) else []) + plots + [
         f for f in files if os.path.exists(self.path(f))]
-    print(report.files_text(self.workdir, written, self.timings))
+    if report.writer():  # one process prints, as one writes
+      for block in text:
+        if block:
+          print(block)
+      if claims:
+        print(report.claims_text(claims))
+      print(report.files_text(self.workdir, written, self.timings))
     return written

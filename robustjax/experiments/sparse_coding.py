@@ -43,6 +43,7 @@ from robustjax.experiments import runner
 from robustjax.models.apply import bind, logits as logits_fn
 from robustjax.metrics import purification, robustness
 from robustjax.recipes import contrastive, downstream, supervised
+from robustjax.train import sharding
 
 STAGES = ('pipeline', 'pretrain', 'downstream')
 PRETRAIN_MODES = ('clean', 'adversarial')
@@ -255,17 +256,28 @@ def unit_stats(encoders, worlds) -> dict[str, np.ndarray]:
 
 
 def save_encoders(path: str, encoders, worlds) -> None:
-  """Saves {'params': encoders, 'world': worlds} (leaves (S, ...)) to the
-  orbax directory ``path``, replacing what is there; returns None."""
+  """Writes ``{'params': encoders, 'world': worlds}`` (leaves (S, ...)) to the orbax
+  directory ``path``, replacing what is there; returns None.
+
+  Every process calls it; under several processes the host-local leaves are
+  saved as replicated global arrays (``sharding.global_arrays``), written once.
+  """
+  tree = sharding.global_arrays({'params': encoders, 'world': worlds})
   with progress.deferred_interrupts(), ocp.StandardCheckpointer() as ckptr:
-    ckptr.save(os.path.abspath(path), {'params': encoders, 'world': worlds}, force=True)
+    ckptr.save(os.path.abspath(path), tree, force=True)
 
 
 def load_encoders(path: str) -> tuple[dict, sc.SparseCodingWorld]:
-  """What ``save_encoders`` wrote to ``path``: (params, worlds), jax arrays,
-  leaves (S, ...)."""
+  """What ``save_encoders`` wrote to ``path``: (params, worlds), leaves (S, ...),
+  as arrays on this process's default device.
+
+  Read as host numpy (the target is the checkpoint's own shapes and dtypes), so
+  a checkpoint written by any number of processes or devices loads anywhere.
+  """
   with ocp.StandardCheckpointer() as ckptr:
-    tree = ckptr.restore(os.path.abspath(path))
+    like = jax.tree.map(lambda m: np.empty(m.shape, m.dtype),
+                        ckptr.metadata(os.path.abspath(path)).item_metadata.tree)
+    tree = ckptr.restore(os.path.abspath(path), like)
   world = sc.SparseCodingWorld(**tree['world'])
   return jax.tree.map(jnp.asarray, tree['params']), jax.tree.map(jnp.asarray, world)
 

@@ -16,6 +16,11 @@ Two orbax-checkpoint 0.12.8 behaviours shape this module:
   hold them (the spectral penalty's placeholder vectors for unpenalized
   leaves), so ``save`` stores them as empty subtrees (None) and
   ``restore_latest`` takes them from the freshly built state.
+- A multi-process save refuses host-local jax.Arrays ("Cannot serialize host
+  local jax.Array"): a fit without a mesh keeps every process's state on its
+  own device. ``save`` passes such leaves as replicated global arrays
+  (``sharding.global_arrays``; the processes hold equal values) and
+  ``restore_latest`` reads them back as host arrays onto the local device.
 - By default it creates a step's directory in a background thread that the
   writer threads wait on. When a save then fails in its blocking part, those
   threads wait for a signal that never comes: the interpreter hangs at exit for
@@ -30,6 +35,8 @@ import os
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+
+from robustjax.train import sharding
 
 # 'metrics' is a name CheckpointManager reserves for its own best-checkpoint logic.
 ITEMS = ('state', 'last_metrics', 'run')
@@ -66,7 +73,7 @@ def _with_empty(like, restored):
 def save(mngr: ocp.CheckpointManager, step: int, state, metrics, run: dict) -> None:
   """Starts an (async) save of ``step``; arrays are copied off-device before it returns."""
   mngr.save(step, args=ocp.args.Composite(
-      state=ocp.args.StandardSave(_without_empty(state)),
+      state=ocp.args.StandardSave(sharding.global_arrays(_without_empty(state))),
       last_metrics=ocp.args.StandardSave(jax.tree.map(np.asarray, metrics)),
       run=ocp.args.JsonSave(run)), force=True)
 
@@ -129,8 +136,7 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state, run: dict):
     if step > run['steps']:
       raise ValueError(f'{where} is at step {step}, past this run\'s {run["steps"]} steps; '
                        'use a fresh --workdir or delete it')
-    target = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding),
-                          _without_empty(like_state))
+    target = jax.tree.map(_restore_target, _without_empty(like_state))
     try:
       out = mngr.restore(step, args=ocp.args.Composite(
           state=ocp.args.StandardRestore(target), last_metrics=ocp.args.StandardRestore()))
@@ -138,9 +144,30 @@ def restore_latest(mngr: ocp.CheckpointManager, like_state, run: dict):
       _drop(mngr, step, f'it cannot be restored ({type(e).__name__}: '
                         f'{str(e).splitlines()[0][:200] if str(e) else ""})')
       continue
-    return (step, _with_empty(like_state, out['state']),
+    state = out['state']
+    if jax.process_count() > 1:  # host-local leaves back onto this process's device
+      like = jax.tree.leaves(_without_empty(like_state))
+      leaves, treedef = jax.tree.flatten(state)
+      state = treedef.unflatten([_placed_like(l, r) for l, r in zip(like, leaves)])
+    return (step, _with_empty(like_state, state),
             jax.tree.map(np.asarray, dict(out['last_metrics'])))
   return None
+
+
+def _host_local(x) -> bool:
+  """A leaf on this process's devices only, in a run of several processes."""
+  return jax.process_count() > 1 and isinstance(x, jax.Array) and x.is_fully_addressable
+
+
+def _restore_target(x):
+  """Restore onto ``x``'s sharding; a host-local leaf is read as a host array."""
+  if _host_local(x):
+    return np.empty(x.shape, x.dtype)
+  return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding)
+
+
+def _placed_like(like, restored):
+  return jax.device_put(restored, like.sharding) if _host_local(like) else restored
 
 
 def _drop(mngr: ocp.CheckpointManager, step: int, why: str) -> None:

@@ -136,7 +136,9 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
   e.g. ``run_record.fingerprint(cfg.to_dict())``) is saved with every
   checkpoint; a rerun whose fingerprint differs is refused (ValueError naming
   the differing names), so a changed loss never resumes the old parameters.
-  Each chunk's mean metrics go to the open ``metric_log`` sink, if any (the
+  Under several processes (``jax.distributed``) every process calls ``fit``
+  with the same arguments and gets the whole trained state back, as host
+  arrays (``sharding.host_readable``). Each chunk's mean metrics go to the open ``metric_log`` sink, if any (the
   runner's ``metrics.jsonl``). Step t always uses fold_in(key, t), so a
   resumed run replays exactly the
   steps an uninterrupted one would have taken. Ctrl-C raises
@@ -203,7 +205,7 @@ def fit(state: train_state.TrainState, aux, key: jax.Array, loss_fn: LossFn, *,
       with deferred_interrupts():  # the last save completes before Ctrl-C lands
         mngr.wait_until_finished()
         mngr.close()
-  return state, metrics
+  return sharding.host_readable(state), metrics
 
 
 def _on_disk(mngr, saved: int | None) -> str:

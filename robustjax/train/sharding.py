@@ -132,6 +132,55 @@ def put(tree, shardings):
   return jax.tree.map(one, tree, shardings)
 
 
+def global_arrays(tree):
+  """``tree`` with every leaf an array that orbax can save from all processes at once.
+
+  One process: ``tree`` as is (the saved checkpoint is unchanged). Several
+  (``jax.distributed``): arrays that already span processes stay; host-local
+  leaves (numpy, or a jax.Array on this process's devices, such as a
+  sparse-coding world built on each host) become global arrays replicated over
+  every device, built from this process's copy. Orbax 0.12.8 refuses host-local
+  jax.Arrays in a multi-process save ("Cannot serialize host local jax.Array")
+  and writes a replicated array once, from its primary replica. Every process
+  must hold the same values (they are computed from the same keys) and call
+  this together.
+  """
+  if jax.process_count() == 1:
+    return tree
+  replicated = NamedSharding(make_mesh(), P())
+
+  def one(x):
+    if isinstance(x, jax.Array) and not x.is_fully_addressable:
+      return x
+    x = np.asarray(x)
+    return jax.make_array_from_callback(x.shape, replicated, lambda idx: x[idx])
+  return jax.tree.map(one, tree)
+
+
+def host_readable(tree):
+  """``tree`` with every leaf readable on this host (``np.asarray`` works on it).
+
+  One process: ``tree`` as is. Several: every array that spans other
+  processes' devices becomes a host numpy array on every host, so the code
+  after a fit (evaluation, jax.debug callbacks, ``np.asarray``) sees what it
+  sees in one process: a replicated one is copied from a local device; one
+  split over processes (seeds over 'data', units over 'model') is gathered
+  (``multihost_utils.process_allgather``, a collective: every process calls
+  it together). Arrays on this host's devices stay as they are.
+  """
+  if jax.process_count() == 1:
+    return tree
+  from jax.experimental import multihost_utils  # pylint: disable=import-outside-toplevel
+
+  def one(x):
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+      return x
+    if x.is_fully_replicated:
+      return np.asarray(x)
+    return multihost_utils.process_allgather(x, tiled=True)
+  return jax.tree.map(one, tree)
+
+
 @contextlib.contextmanager
 def batch_sharding(sharding: NamedSharding | None):
   """Makes ``constrain_batch`` shard over ``sharding`` while a step is traced."""
