@@ -116,5 +116,5 @@ def test_only_process_zero_writes_files(tmp_path, monkeypatch):
     report.write_json(str(tmp_path / 'r.json'), {'a': 1.0})
     fig, _ = plt.subplots()
     report.save_figure(fig, str(tmp_path / 'fig.png'))
-    assert not plt.get_fignums()  # closed in every process
+    assert not plt.fignum_exists(fig.number)  # closed in every process
     assert sorted(p.name for p in tmp_path.iterdir()) == written
