@@ -1,8 +1,10 @@
-"""Test helpers: run launch.py in a subprocess; count compiles. (The tests' tiny configs:
-``:tiny`` in configs/*.py.)"""
+"""Test helpers: run launch.py in a subprocess; count compiles; compare a run's numbers
+to golden ones. (The tests' tiny configs: ``:tiny`` in configs/*.py.)"""
 import os
 import subprocess
 import sys
+
+import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -27,3 +29,22 @@ def count_compiles(fn, *args, **kwargs):
   with timing.compiled_programs() as names:
     out = fn(*args, **kwargs)
   return out, list(names)
+
+
+def assert_same_numbers(got, want, path: str = 'results', rtol: float = 1e-6):
+  """``got`` has ``want``'s structure (dict keys in order, list lengths) and every
+  number within ``rtol`` of it (atol 0; bools and strings equal): the check of a
+  run's results.json against golden numbers recorded in tests/data."""
+  if isinstance(want, dict):
+    assert isinstance(got, dict) and list(got) == list(want), (path, list(got), list(want))
+    for k in want:
+      assert_same_numbers(got[k], want[k], f'{path}.{k}', rtol)
+  elif isinstance(want, list):
+    assert isinstance(got, list) and len(got) == len(want), (path, got, want)
+    for i, (g, w) in enumerate(zip(got, want)):
+      assert_same_numbers(g, w, f'{path}[{i}]', rtol)
+  elif isinstance(want, (int, float)) and not isinstance(want, bool):
+    assert isinstance(got, (int, float)) and not isinstance(got, bool), (path, got, want)
+    np.testing.assert_allclose(got, want, rtol=rtol, atol=0, err_msg=path)
+  else:
+    assert got == want, (path, got, want)

@@ -12,7 +12,7 @@ from configs import cifar10_ssl, cifar10_supervised, transfer
 from robustjax import config_validation as cv
 from robustjax.experiments import images
 from robustjax.experiments import runner
-from tests.helpers import launch
+from tests.helpers import assert_same_numbers, launch
 
 # The first run of test_ssl_adversarial_and_rep_end_to_end_and_resume, recorded
 # before images.py moved onto the experiments' runner: its results.json numbers
@@ -124,22 +124,6 @@ def _check(res, kinds, num_seeds=2):
   for name in ('total', 'data') + tuple(f'{p}_{k}' for k in kinds for p in ('pretrain', 'probe')):
     t = res['timings'][name]  # seconds: compile + run = wall
     assert t['compile'] >= 0 and t['run'] >= 0 and abs(t['compile'] + t['run'] - t['wall']) < 0.02
-
-
-def assert_same_numbers(got, want, path='results'):
-  """Same structure, every number within rtol 1e-6 (atol 0), other leaves equal."""
-  if isinstance(want, dict):
-    assert isinstance(got, dict) and list(got) == list(want), (path, list(got), list(want))
-    for k in want:
-      assert_same_numbers(got[k], want[k], f'{path}.{k}')
-  elif isinstance(want, list):
-    assert isinstance(got, list) and len(got) == len(want), (path, got, want)
-    for i, (g, w) in enumerate(zip(got, want)):
-      assert_same_numbers(g, w, f'{path}[{i}]')
-  elif isinstance(want, (int, float)) and not isinstance(want, bool):
-    np.testing.assert_allclose(got, want, rtol=1e-6, atol=0, err_msg=path)
-  else:
-    assert got == want, (path, got, want)
 
 
 def _printed_table(stdout: str) -> str:

@@ -12,28 +12,12 @@ import pytest
 
 from configs import mnist_spectral as config_lib
 from robustjax.experiments import runner, spectral as spectral_stage
-from tests.helpers import launch
+from tests.helpers import assert_same_numbers, launch
 
 
 
 GOLDEN = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data',
                       'golden_spectral_tiny.json')
-
-
-def _close(got, want, where):
-  if isinstance(want, dict):
-    assert isinstance(got, dict) and list(got) == list(want), (where, got, want)
-    for k in want:
-      _close(got[k], want[k], f'{where}.{k}')
-  elif isinstance(want, list):
-    assert isinstance(got, list) and len(got) == len(want), (where, got, want)
-    for i, (g, w) in enumerate(zip(got, want)):
-      _close(g, w, f'{where}[{i}]')
-  elif isinstance(want, float):
-    assert isinstance(got, (int, float)) and not isinstance(got, bool), (where, got, want)
-    np.testing.assert_allclose(got, want, rtol=1e-6, err_msg=where)
-  else:
-    assert got == want, (where, got, want)
 
 
 def _assert_golden(name, res, stdout=None):
@@ -43,7 +27,7 @@ def _assert_golden(name, res, stdout=None):
   with open(GOLDEN) as f:
     want = json.load(f)[name]
   for key in ('runs', 'summary', 'final_train_metrics', 'distances', 'claims'):
-    _close(res[key], want[key], key)
+    assert_same_numbers(res[key], want[key], key)
   if stdout is not None:
     assert want['table'] in stdout, stdout
 
