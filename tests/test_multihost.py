@@ -199,7 +199,12 @@ def test_spectral_digits_two_processes_equal_one(tmp_path):
 
 # Images at the tests' size: pre-training over the 4 devices of both processes
 # (2 seeds: each step's batch split over 'data'), then every process probes and
-# attacks on its own 2 devices (sharding.process_local).
+# attacks on its own 2 devices (sharding.process_local). The gradient's
+# all-reduce sums in another order on every layout, and the spectrally penalised
+# ('ll', 'rep') encoders and FMN's distances carry that further than in the
+# other experiments: measured (README "Multi-host") at most 3.2e-5, as large
+# between 1 x 4 and 1 x 1 in one process as against 2 x 2.
+IMAGES_ATOL = 1e-4
 IMAGES = {c: ['launch.py', f'--config=configs/cifar10_{c}.py:digits,tiny', '--config.mesh.data=-1']
           for c in ('supervised', 'ssl')}
 
@@ -211,8 +216,8 @@ def test_images_digits_two_processes_equal_one(tmp_path, config):
   _run(_local(2, 2, args + [f'--workdir={two}']), _env())
   _run([sys.executable, *args, f'--workdir={four}'], _env(4))
   _run([sys.executable, *args, f'--workdir={one}'], _env(1))
-  assert_same_summary(_summary(two), _summary(four))
-  assert_same_summary(_summary(two), _summary(one))
+  assert_same_summary(_summary(two), _summary(four), IMAGES_ATOL)
+  assert_same_summary(_summary(two), _summary(one), IMAGES_ATOL)
 
 
 _LOCAL_MESH = '''
