@@ -263,3 +263,5 @@ def test_multi_process_helpers_leave_a_single_process_tree_alone():
   mesh = sharding.make_mesh()
   assert sharding.process_local(mesh) is mesh
   assert sharding.process_local(None) is None
+  with pytest.raises(TypeError, match='mesh must be a jax.sharding.Mesh or None'):
+    sharding.process_local({'data': -1, 'model': 1})

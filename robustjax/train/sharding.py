@@ -131,7 +131,10 @@ def process_local(mesh: Mesh | None) -> Mesh | None:
   local device. The processes repeat the same work from the same inputs and
   keys, and never communicate. One process (any mesh, or None): ``mesh``
   unchanged, so single-process programs and results stay as they are.
+  Raises TypeError when ``mesh`` is neither a Mesh nor None.
   """
+  if mesh is not None and not isinstance(mesh, Mesh):
+    raise TypeError(f'mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}')
   if mesh is None or jax.process_count() == 1:
     return mesh
   local = jax.local_devices()
