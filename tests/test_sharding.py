@@ -259,3 +259,9 @@ def test_multi_process_helpers_leave_a_single_process_tree_alone():
   tree = {'a': jnp.ones(3), 'b': np.zeros((2, 2), np.float32)}
   assert sharding.global_arrays(tree) is tree
   assert sharding.host_readable(tree) is tree
+  # Evaluation keeps the run's mesh (same programs, same compiles, same bits).
+  mesh = sharding.make_mesh()
+  assert sharding.process_local(mesh) is mesh
+  assert sharding.process_local(None) is None
+  with pytest.raises(TypeError, match='mesh must be a jax.sharding.Mesh or None'):
+    sharding.process_local({'data': -1, 'model': 1})

@@ -15,7 +15,10 @@ accuracy ensemble when ``evaluate_robust_accuracy`` takes a ``batch_size``.
 With a mesh (``cfg.mesh``), each batch of points is split over its 'data'
 axis and the encoder and probe are replicated, so every device attacks its
 share of the points whatever the number of seeds (seeds that do not divide
-the axis used to make every device repeat the whole evaluation).
+the axis used to make every device repeat the whole evaluation). Under
+several processes (``jax.distributed``) each process evaluates everything on
+its own devices (``sharding.process_local``): the attacks' host code reads
+every array, and every process gets the same numbers.
 """
 from __future__ import annotations
 
@@ -40,10 +43,17 @@ from robustjax.train import sharding
 ROBUST_ACCURACY_BATCHED = 'batch_size' in inspect.signature(evaluate_robust_accuracy).parameters
 
 
+def _eval_mesh(spec):
+  """The mesh (or None) evaluation runs on for a Mesh, a config block or None:
+  ``sharding.process_local`` of it (this process's devices under several
+  processes, so eager host code never meets another process's shards)."""
+  return sharding.process_local(sharding.mesh_from_config(spec))
+
+
 def points_sharding(mesh) -> NamedSharding | None:
   """Where a batch of evaluation points goes: its leading axis split over the
   mesh's 'data' axis (None without a mesh, or with one device on 'data')."""
-  mesh = sharding.mesh_from_config(mesh)
+  mesh = _eval_mesh(mesh)
   if mesh is None or mesh.shape['data'] == 1:
     return None
   return NamedSharding(mesh, P('data'))
@@ -77,7 +87,7 @@ def _data_size(mesh) -> int:
 def features(model, variables, x: jax.Array, batch_size: int, mesh=None) -> jax.Array:
   """Eval-mode features (n, F) of x in batches of ``batch_size``, each split over
   ``mesh``'s 'data' axis when given (bounded memory, one compile)."""
-  mesh = sharding.mesh_from_config(mesh)
+  mesh = _eval_mesh(mesh)
   spec = (model, points_sharding(mesh))
   return in_batches(functools.partial(split_features, spec, _replicated(variables, mesh)), x,
                     batch_size, multiple_of=_data_size(mesh))
@@ -86,7 +96,7 @@ def features(model, variables, x: jax.Array, batch_size: int, mesh=None) -> jax.
 def features_per_seed(model, variables, x: jax.Array, batch_size: int, mesh=None) -> jax.Array:
   """``features`` for variables stacked over seeds: (seeds, n, F), every seed's
   features of a batch in one program."""
-  mesh = sharding.mesh_from_config(mesh)
+  mesh = _eval_mesh(mesh)
   spec = (model, points_sharding(mesh))
   return in_batches(functools.partial(_features_of_seeds, spec, _replicated(variables, mesh)), x,
                     batch_size, multiple_of=_data_size(mesh), axis=1)
@@ -106,7 +116,7 @@ def fit_probes(cfg, model, variables, data: dict):
   readout stacked over seeds (a kernel (seeds, F, K) and bias (seeds, K));
   ``accuracies``: (seeds,) float32 numpy, each probe's clean accuracy (a
   fraction in [0, 1]) on the whole probe test set."""
-  mesh, bs = sharding.mesh_from_config(cfg.get('mesh')), cfg.eval.batch_size
+  mesh, bs = _eval_mesh(cfg.get('mesh')), cfg.eval.batch_size
   feats = functools.partial(features_per_seed, model, variables, batch_size=bs, mesh=mesh)
   probes = jax.vmap(lambda f: heads.fit_logistic_regression(
       f, data['y_train'], num_classes=data['num_classes'], l2=cfg.probe.l2,
@@ -120,7 +130,7 @@ def predict_fn(model, variables, probe, mesh=None) -> jax.tree_util.Partial:
   for one seed's variables and probe (a ``jax.tree_util.Partial``, so jitted
   attacks take it as an argument); with a mesh, points are split over its
   'data' axis."""
-  mesh = sharding.mesh_from_config(mesh)
+  mesh = _eval_mesh(mesh)
   feature_fn = bind(split_features, (model, points_sharding(mesh)),
                     _replicated(variables, mesh))
   return heads.readout_predict_fn(feature_fn, _replicated(probe, mesh))
@@ -143,7 +153,7 @@ def evaluate(cfg, model, variables, probes, data: dict, keys: jax.Array,
   attacks: per seed, the ensemble at each eps, then the distance attack.
   """
   e = cfg.eval
-  mesh = sharding.mesh_from_config(cfg.get('mesh'))
+  mesh = _eval_mesh(cfg.get('mesh'))
   d = _data_size(mesh)
   round_up = lambda b: -(-b // d) * d  # a batch the 'data' devices split evenly
   x_te, y_te = data['x_test'], data['y_test']

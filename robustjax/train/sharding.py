@@ -117,6 +117,30 @@ def layout(mesh: Mesh, num_runs: int | None) -> Layout:
   return Layout(mesh, num_runs is not None and data > 1 and num_runs % data == 0)
 
 
+def process_local(mesh: Mesh | None) -> Mesh | None:
+  """The mesh evaluation runs on: ``mesh`` as is in one process; with several
+  processes, this process's own devices.
+
+  Evaluation (probe features and fits, attacks, distances) mixes jitted
+  programs with eager host code (``np.asarray``, ``jax.debug.callback``,
+  early stops on host), which cannot read arrays spanning other processes'
+  devices. So under ``jax.distributed`` every process evaluates everything
+  on its local devices: a ('data', 'model') mesh of
+  ``jax.local_device_count()`` x 1 (evaluation splits points over 'data' and
+  replicates parameters, so 'model' would only repeat work), or None for one
+  local device. The processes repeat the same work from the same inputs and
+  keys, and never communicate. One process (any mesh, or None): ``mesh``
+  unchanged, so single-process programs and results stay as they are.
+  Raises TypeError when ``mesh`` is neither a Mesh nor None.
+  """
+  if mesh is not None and not isinstance(mesh, Mesh):
+    raise TypeError(f'mesh must be a jax.sharding.Mesh or None, got {type(mesh).__name__}')
+  if mesh is None or jax.process_count() == 1:
+    return mesh
+  local = jax.local_devices()
+  return None if len(local) == 1 else make_mesh(len(local), 1, local)
+
+
 def put(tree, shardings):
   """Host or device arrays -> global arrays with ``shardings``, always new buffers.
 
