@@ -13,7 +13,8 @@ import pytest
 from robustjax import config_validation as cv, timing
 from robustjax.experiments import runner, sparse_coding
 from robustjax.train import loop, state as state_lib
-from tests.helpers import launch
+from tests.helpers import (GOLDEN_EXACT, GOLDEN_LOOSE, assert_same_numbers, golden_exact,
+                           launch)
 
 GOLDEN = os.path.join(os.path.dirname(__file__), 'data', 'golden_sparse_coding_tiny.json')
 KEYS = ('purity_median', 'participation_ratio_median', 'pretrain_clean_acc',
@@ -22,30 +23,31 @@ KEYS = ('purity_median', 'participation_ratio_median', 'pretrain_clean_acc',
 
 def assert_matches_golden(res: dict, stdout: str):
   """The tiny pipeline's numbers and printed table are those recorded before
-  the experiment moved onto the runner (tests/data, rtol 1e-6: the same
-  programs on the same keys; the recording is of this repository's XLA:CPU)."""
+  the experiment moved onto the runner (tests/data: rtol 1e-6 on the machine
+  that recorded them, the same programs on the same keys; elsewhere
+  ``helpers.GOLDEN_LOOSE`` and no verdicts or printed lines)."""
   with open(GOLDEN) as f:
     want = json.load(f)
+  exact = golden_exact(want)
+  tol = GOLDEN_EXACT if exact else GOLDEN_LOOSE
   assert res['eval_eps'] == want['eval_eps']
   assert list(res['summary']) == list(want['summary'])  # rows, in order
-  close = lambda got, ref, what: np.testing.assert_allclose(got, ref, rtol=1e-6, atol=1e-7,
-                                                            err_msg=what)
   for row, s in want['summary'].items():
     assert set(res['summary'][row]) == set(s), row
-    for k, v in s.items():
-      close(res['summary'][row][k], v, f'summary {row} {k}')
-  assert [(c['name'], c['holds']) for c in res['claims']] == [
-      (c['name'], c['holds']) for c in want['claims']]
+    assert_same_numbers({k: res['summary'][row][k] for k in s}, s, f'summary {row}', **tol)
+  assert [c['name'] for c in res['claims']] == [c['name'] for c in want['claims']]
   for c, w in zip(res['claims'], want['claims']):
-    assert list(c['numbers']) == list(w['numbers']), c['name']
-    close(np.array(list(c['numbers'].values()), float),
-          np.array(list(w['numbers'].values()), float), c['name'])
+    assert_same_numbers({k: list(v) if isinstance(v, (list, tuple)) else v
+                         for k, v in c['numbers'].items()}, w['numbers'], c['name'], **tol,
+                        exact=exact)
+    assert c['holds'] == w['holds'] or not exact, c['name']
   assert set(res['sweeps']) == set(want['sweeps'])
-  for k, v in want['sweeps']['purification'].items():
-    close(res['sweeps']['purification'][k], v, f'sweep {k}')
-  out = stdout.splitlines()
-  at = out.index(want['printed'][0])
-  assert out[at:at + len(want['printed'])] == want['printed']
+  assert_same_numbers({k: res['sweeps']['purification'][k] for k in want['sweeps']['purification']},
+                      want['sweeps']['purification'], 'sweep', **tol)
+  if exact:
+    out = stdout.splitlines()
+    at = out.index(want['printed'][0])
+    assert out[at:at + len(want['printed'])] == want['printed']
 
 
 def test_launch_tiny_pipeline(tmp_path):
