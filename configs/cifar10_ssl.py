@@ -67,9 +67,8 @@ def get_config(arg: str | None = None):
   """``--config=configs/cifar10_ssl.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
   (``configs.common.parse_arg``; ``:digits,tiny`` for short); ``tiny`` is
   ``cifar10_supervised.TINY``."""
-  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  arg = common.variant_arg(arg, VARIANTS, OFFLINE)
   variant = arg.variant
-  common.check_tiny(arg, OFFLINE)
   offline = variant.startswith('digits')
   c = cifar10_supervised.get_config('digits' if offline else 'cifar10')
   c.variant = variant

@@ -50,9 +50,8 @@ TINY = {'num_seeds': 2, 'progress': False, 'chunk_size': 5,
 def get_config(arg: str | None = None):
   """``--config=configs/cifar10_supervised.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
   (``configs.common.parse_arg``; ``:digits`` and ``:digits,tiny`` for short)."""
-  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  arg = common.variant_arg(arg, VARIANTS, OFFLINE)
   variant = arg.variant
-  common.check_tiny(arg, OFFLINE)
   c = ml_collections.ConfigDict()
   c.experiment = 'images'
   c.variant = variant

@@ -132,6 +132,17 @@ def override(cfg: ml_collections.ConfigDict, fields: Mapping[str, Any]) -> ml_co
   return cfg
 
 
+def variant_arg(arg: str | None, variants: tuple, offline: tuple | None = None
+                ) -> ml_collections.ConfigDict:
+  """Every config's argument: ``parse_arg(arg, variant=variants, tiny=False)``,
+  with ``tiny`` refused outside ``offline`` (``check_tiny``; None: every
+  variant is offline). Returns the parsed ``{'variant', 'tiny'}``."""
+  parsed = parse_arg(arg, variant=tuple(variants), tiny=False)
+  if offline is not None:
+    check_tiny(parsed, offline)
+  return parsed
+
+
 def check_tiny(arg: ml_collections.ConfigDict, offline: tuple) -> None:
   """ArgError when ``arg.tiny`` is set with a variant outside ``offline``:
   ``tiny`` shrinks the runs that need no data_dir (the tests' runs)."""

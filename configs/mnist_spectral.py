@@ -58,9 +58,8 @@ def get_config(arg: str | None = None):
   """``--config=configs/mnist_spectral.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
   (``configs.common.parse_arg``; ``:digits_sweep`` and ``:digits,tiny`` for
   short), VARIANT one of VARIANTS; ``tiny`` (offline variants) is ``TINY``."""
-  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  arg = common.variant_arg(arg, VARIANTS, OFFLINE)
   variant = arg.variant
-  common.check_tiny(arg, OFFLINE)
   c = ml_collections.ConfigDict()
   c.experiment = 'spectral'
   c.variant = variant

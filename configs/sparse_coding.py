@@ -52,7 +52,7 @@ def get_config(arg: str | None = None):
   scaling      Paper A's scaling laws over k, D, width and eps
                (configs/sparse_coding_scaling.py)
   """
-  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  arg = common.variant_arg(arg, VARIANTS)
   variant = arg.variant
   c = ml_collections.ConfigDict()
   c.experiment = 'sparse_coding'  # robustjax.experiments.<experiment> runs it

@@ -40,7 +40,7 @@ def get_config(arg: str | None = None):
   """``--config=configs/xor_spectral.py:ARG``, ARG ``variant=VARIANT,tiny=BOOL``
   (``configs.common.parse_arg``; ``:quick`` and ``:tiny`` for short), VARIANT
   one of VARIANTS (all offline); ``tiny`` is ``TINY``."""
-  arg = common.parse_arg(arg, variant=VARIANTS, tiny=False)
+  arg = common.variant_arg(arg, VARIANTS)
   variant = arg.variant
   c = ml_collections.ConfigDict()
   c.experiment = 'spectral'  # robustjax.experiments.spectral runs it

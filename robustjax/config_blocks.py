@@ -24,7 +24,7 @@ OPTIMIZERS = ('adam', 'sgd')
 def run(cfg, *, min_seeds: int = 1) -> None:
   """The top-level run fields: ``seed`` (an integer), ``num_seeds`` (>= min_seeds),
   ``chunk_size`` and ``checkpoint_every`` (steps, >= 1), ``progress`` (bool)."""
-  seed = cv._get(cfg, 'seed')  # pylint: disable=protected-access
+  seed = cv.value(cfg, 'seed')
   if isinstance(seed, bool) or not isinstance(seed, int):
     raise cv.ConfigError('seed', 'an integer', seed)
   cv.positive_int(cfg, 'num_seeds', 'chunk_size', 'checkpoint_every')
@@ -40,7 +40,7 @@ def optimizer(cfg, block: str) -> None:
   and ``momentum`` in [0, 1] where the block has one."""
   cv.one_of(cfg, f'{block}.optimizer', OPTIMIZERS)
   cv.number(cfg, f'{block}.learning_rate', low=0, strict_low=True)
-  if 'momentum' in cv._get(cfg, block):  # pylint: disable=protected-access
+  if 'momentum' in cv.value(cfg, block):
     cv.number(cfg, f'{block}.momentum', low=0, high=1)
   cv.number(cfg, f'{block}.weight_decay', low=0)
 
@@ -70,7 +70,7 @@ def mesh(cfg, block: str = 'mesh') -> None:
   """The device mesh: ``model`` >= 1, ``data`` >= 1 or -1 (every device left
   after ``model``), and data x model must fit the devices this process sees."""
   cv.positive_int(cfg, f'{block}.model')
-  data = cv._get(cfg, f'{block}.data')  # pylint: disable=protected-access
+  data = cv.value(cfg, f'{block}.data')
   if data != -1 and (isinstance(data, bool) or not isinstance(data, int) or data < 1):
     raise cv.ConfigError(f'{block}.data', f'an integer >= 1, or -1 (every device left after '
                          f'{block}.model)', data)

@@ -55,7 +55,8 @@ def no_renamed_fields(cfg, experiment: str) -> None:
       raise renamed_field(exp, field)
 
 
-def _get(cfg, field: str):
+def value(cfg, field: str):
+  """``cfg``'s value at the dotted ``field``; ConfigError when it is missing."""
   node = cfg
   for part in field.split('.'):
     if part not in node:
@@ -66,34 +67,34 @@ def _get(cfg, field: str):
 
 def one_of(cfg, field: str, allowed: Iterable[str]):
   allowed = tuple(allowed)
-  if _get(cfg, field) not in allowed:
-    raise ConfigError(field, f"one of {', '.join(map(repr, allowed))}", _get(cfg, field))
+  if value(cfg, field) not in allowed:
+    raise ConfigError(field, f"one of {', '.join(map(repr, allowed))}", value(cfg, field))
 
 
 def subset_of(cfg, field: str, allowed: Iterable[str], nonempty: bool = True):
-  allowed, value = tuple(allowed), _get(cfg, field)
-  if isinstance(value, str) or any(v not in allowed for v in value) or (
-      nonempty and not value):
+  allowed, got = tuple(allowed), value(cfg, field)
+  if isinstance(got, str) or any(v not in allowed for v in got) or (
+      nonempty and not got):
     raise ConfigError(field, f"a {'non-empty ' if nonempty else ''}list from "
-                      f"{', '.join(map(repr, allowed))}", value)
+                      f"{', '.join(map(repr, allowed))}", got)
 
 
 def positive_int(cfg, *fields: str):
   for field in fields:
-    v = _get(cfg, field)
+    v = value(cfg, field)
     if isinstance(v, bool) or not isinstance(v, int) or v < 1:
       raise ConfigError(field, 'an integer >= 1', v)
 
 
 def boolean(cfg, *fields: str):
   for field in fields:
-    if not isinstance(_get(cfg, field), bool):
-      raise ConfigError(field, 'True or False', _get(cfg, field))
+    if not isinstance(value(cfg, field), bool):
+      raise ConfigError(field, 'True or False', value(cfg, field))
 
 
 def number(cfg, field: str, *, low: float | None = None, high: float | None = None,
            strict_low: bool = False):
-  v = _get(cfg, field)
+  v = value(cfg, field)
   if isinstance(v, bool) or not isinstance(v, (int, float)):
     raise ConfigError(field, 'a number', v)
   if not math.isfinite(v):  # nan passes every comparison below
@@ -107,7 +108,7 @@ def number(cfg, field: str, *, low: float | None = None, high: float | None = No
 
 
 def nonnegative_list(cfg, field: str):
-  v = _get(cfg, field)
+  v = value(cfg, field)
   if isinstance(v, str) or not all(isinstance(e, (int, float)) and math.isfinite(e) and e >= 0
                                    for e in v):
     raise ConfigError(field, 'a list of finite numbers >= 0', v)

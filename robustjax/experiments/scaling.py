@@ -123,7 +123,7 @@ def grid(scfg) -> list[Program]:
 
 
 def _int_list(cfg, field: str, minimum: int = 1) -> list:
-  v = cv._get(cfg, field)  # pylint: disable=protected-access
+  v = cv.value(cfg, field)
   if isinstance(v, str) or not v or not all(
       isinstance(e, int) and not isinstance(e, bool) and e >= minimum for e in v) or (
           len(set(v)) != len(v)):
@@ -132,7 +132,7 @@ def _int_list(cfg, field: str, minimum: int = 1) -> list:
 
 
 def _number_list(cfg, field: str) -> list:
-  v = cv._get(cfg, field)  # pylint: disable=protected-access
+  v = cv.value(cfg, field)
   if isinstance(v, str) or not v or not all(
       isinstance(e, (int, float)) and not isinstance(e, bool) and math.isfinite(e) and e > 0
       for e in v) or len(set(v)) != len(v):
@@ -161,11 +161,11 @@ def validate(cfg) -> None:
   if cfg.scaling.fit_width_factor not in factors:
     raise cv.ConfigError('scaling.fit_width_factor', f'one of scaling.width_factors {factors}',
                          cfg.scaling.fit_width_factor)
-  full = cv._get(cfg, 'scaling.full_width_factors')  # pylint: disable=protected-access
+  full = cv.value(cfg, 'scaling.full_width_factors')
   if isinstance(full, str) or not set(full) <= set(factors):
     raise cv.ConfigError('scaling.full_width_factors', 'a list from scaling.width_factors',
                          full)
-  full = cv._get(cfg, 'scaling.full_Ds')  # pylint: disable=protected-access
+  full = cv.value(cfg, 'scaling.full_Ds')
   if isinstance(full, str) or not set(full) <= set(Ds):
     raise cv.ConfigError('scaling.full_Ds', 'a list from scaling.Ds', full)
   if cfg.scaling.fit_eps_factor not in eps_factors:
