@@ -70,13 +70,16 @@ def resolve_loss(name: str, num_classes: int) -> tuple[str, str | None]:
   return name, None
 
 
-def _loss_and_logit_grad(index, logits, y, target):
-  """(``loss_value`` of LOSSES[index] (n,), its gradient in the logits (n, C)), with
-  ``index`` traced so that one compiled program serves every loss; each branch
-  uses the loss valid for C classes (:func:`resolve_loss`). Only the selected
-  loss runs, and the switch itself is never differentiated: differentiating a
-  switch over the losses compiles slower, and a select over all five runs all
-  five each step (and lets an unselected loss's nan backward leak in)."""
+def _loss_and_logit_grad(index, logits, y, target, losses=LOSSES):
+  """(``loss_value`` of losses[index] (n,), its gradient in the logits (n, C)), with
+  ``index`` traced so that one compiled program serves every loss in ``losses``
+  (static); each branch uses the loss valid for C classes (:func:`resolve_loss`).
+  Only the selected loss runs, and the switch itself is never differentiated:
+  differentiating a switch over the losses compiles slower, and a select over
+  all of them runs all each step (and lets an unselected loss's nan backward
+  leak in). Each loss costs its program ~15 XLA:CPU kernels per evaluation
+  site, so a program carries only the losses its callers run (one for
+  :func:`apgd`, those of the cascade's APGD members for the ensemble)."""
   def branch(name):
     used = resolve_loss(name, logits.shape[-1])[0]
     def value_and_grad(z, y, t):
@@ -85,7 +88,9 @@ def _loss_and_logit_grad(index, logits, y, target):
       l, vjp = jax.vjp(lambda z: loss_value(used, z, y, t), z)
       return l, vjp(jnp.ones_like(l))[0]
     return value_and_grad
-  return jax.lax.switch(index, [branch(name) for name in LOSSES], logits, y, target)
+  if len(losses) == 1:
+    return branch(losses[0])(logits, y, target)
+  return jax.lax.switch(index, [branch(name) for name in losses], logits, y, target)
 
 
 def checkpoints(n_iter: int) -> tuple[list[int], list[int]]:
@@ -117,14 +122,14 @@ def _random_start(keys, x, eps, norm):
 MODEL_DRAWS = 0x5EED  # folded into an example's key for a randomised model's draws
 
 
-@functools.partial(jax.jit, static_argnames=('norm', 'n_iter', 'rho', 'randomized'))
+@functools.partial(jax.jit, static_argnames=('norm', 'n_iter', 'rho', 'randomized', 'losses'))
 def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, eot_iter=1, *, norm,
-          n_iter, rho, randomized=False):
+          n_iter, rho, randomized=False, losses=LOSSES):
   """APGD on one batch. ``logits_fn(x)`` or, ``randomized``, ``logits_fn(x, keys (n,))``;
   ``key`` and ``index`` (n,) give each example its key (:func:`common.example_keys`).
-  ``loss`` (the position in LOSSES of the loss to run), ``restarts`` and
+  ``loss`` (the position in ``losses`` of the loss to run), ``restarts`` and
   ``eot_iter`` are traced: APGD-CE, APGD-DLR and APGD-T with any restarts
-  and draws share one program."""
+  and draws share one program when ``losses`` holds their losses."""
   keys = common.example_keys(key, index)
   fold = lambda ks, i: jax.vmap(jax.random.fold_in, in_axes=(0, None))(ks, i)
   # A randomised model's draws: per example, restart, step (0 = the start) and draw.
@@ -140,7 +145,7 @@ def _apgd(logits_fn, x, y, target, eps, key, index, bounds, loss, restarts, eot_
   def loss_and_grad(xa, dkeys):
     f = (lambda xa: logits_fn(xa, dkeys)) if randomized else logits_fn
     logits, vjp = jax.vjp(f, xa)
-    l, g_logits = _loss_and_logit_grad(loss, logits, y, target)
+    l, g_logits = _loss_and_logit_grad(loss, logits, y, target, losses)
     return l, vjp(g_logits)[0], logits
 
   def evaluate(xa, step_keys):
@@ -254,8 +259,8 @@ def apgd_with_health(predict_fn, x, y, *, eps, norm: str, key, loss: str = 'ce',
     target = yi
   index = np.arange(x.shape[0]) if index is None else checks.batch(x, index, name_y='index')
   run = lambda xs, ys, ts, ids, es: _apgd(
-      logits_fn, xs, ys, ts, es, key, ids, bounds, LOSSES.index(used), restarts, eot_iter,
-      norm=norm, n_iter=n_iter, rho=float(rho), randomized=randomized)
+      logits_fn, xs, ys, ts, es, key, ids, bounds, 0, restarts, eot_iter,
+      norm=norm, n_iter=n_iter, rho=float(rho), randomized=randomized, losses=(used,))
   x_adv, robust, h = common.run_chunked(
       run, [x, yi, target, index, common.per_point(eps, x.shape[0], x.dtype)], batch_size)
   return jnp.asarray(x_adv), jnp.asarray(robust), used, note, h
