@@ -64,11 +64,6 @@ _CACHE_DIR = flags.DEFINE_string(
     'the compilation cache directory (default: $JAX_COMPILATION_CACHE_DIR, else '
     '$XDG_CACHE_HOME/robustjax/jax, else ~/.cache/robustjax/jax)')
 EXPERIMENTS = ('sparse_coding', 'spectral', 'images', 'scaling')
-# jax caches only programs that took at least this long to compile (its default
-# is 1 s). Most of a run's programs compile in well under 1 s and on a CPU they
-# add up: caching all of them took a warm tiny pipeline's compile time from
-# 12.2 s (0.1 s threshold) to 8.7 s, for a 2.5 MB cache (148 entries).
-CACHE_MIN_COMPILE_SECS = 0.0
 DISTRIBUTED_ENV = ('JAX_COORDINATOR_ADDRESS', 'JAX_NUM_PROCESSES', 'JAX_PROCESS_ID')
 # Cross-process collectives of jax's CPU client (jax 0.10.2: config option
 # jax_cpu_collectives_implementation, one of gloo / mpi / megascale; without
@@ -133,32 +128,19 @@ def start_distributed(distributed: bool) -> None:
     sys.exit(2)
 
 
-def cache_dir(flag_value: str | None, environ) -> str:
-  """The compilation cache directory: the flag, else jax's own variable
-  JAX_COMPILATION_CACHE_DIR, else a per-user directory under XDG_CACHE_HOME
-  (default ~/.cache)."""
-  if flag_value:
-    return flag_value
-  if environ.get('JAX_COMPILATION_CACHE_DIR'):
-    return environ['JAX_COMPILATION_CACHE_DIR']
-  base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'robustjax', 'jax')
-
-
-def enable_compilation_cache(enabled: bool, directory: str, environ) -> None:
-  """Points jax's persistent compilation cache at ``directory`` (or turns it
-  off). JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, keeps its value."""
-  import jax  # importing jax and setting its config start no backend
+def enable_compilation_cache(enabled: bool, directory: str | None, environ) -> None:
+  """jax's persistent compilation cache at ``directory`` (``robustjax.compilation_cache``
+  picks the default), or off; a path that is a file is a bad --compilation_cache_dir."""
+  from robustjax import compilation_cache  # importing jax and setting its config start no backend
   if not enabled:
-    jax.config.update('jax_enable_compilation_cache', False)
+    compilation_cache.disable()
     return
-  if os.path.exists(directory) and not os.path.isdir(directory):
+  try:
+    compilation_cache.enable(directory, environ=environ)
+  except ValueError:
     raise config_validation.FlagError(
-        'compilation_cache_dir', 'a directory (or a path that does not exist yet)', directory)
-  jax.config.update('jax_enable_compilation_cache', True)
-  jax.config.update('jax_compilation_cache_dir', directory)
-  if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in environ:
-    jax.config.update('jax_persistent_cache_min_compile_time_secs', CACHE_MIN_COMPILE_SECS)
+        'compilation_cache_dir', 'a directory (or a path that does not exist yet)',
+        compilation_cache.directory(directory, environ)) from None
 
 
 _OVERRIDE_LIKE = re.compile(r'^-?(config\.)?([A-Za-z_][\w.]*=.*)$')
@@ -327,7 +309,7 @@ def main(argv):
   workdir = _WORKDIR.value or os.path.join(
       'runs', os.path.splitext(os.path.basename(flags.FLAGS['config'].config_filename))[0])
   try:
-    enable_compilation_cache(_CACHE.value, cache_dir(_CACHE_DIR.value, os.environ), os.environ)
+    enable_compilation_cache(_CACHE.value, _CACHE_DIR.value, os.environ)
     config_validation.one_of(cfg, 'experiment', EXPERIMENTS)
     experiment = importlib.import_module(f'robustjax.experiments.{cfg.experiment}')
     config_validation.workdir(workdir)

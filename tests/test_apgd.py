@@ -88,6 +88,14 @@ def test_traced_loss_index_equals_loss_value_and_its_gradient(c):
   for got, want in selected_and_reference(jnp.arange(len(LOSSES))):
     chex.assert_trees_all_equal(got[0], want[0])
     chex.assert_trees_all_close(got[1], want[1])
+  # A program holding a subset of the losses (the ensemble's): the index is
+  # the position in that subset; a single loss needs no switch.
+  for losses in (('ce', 'dlr-t'), ('dlr-t',)):
+    used = resolve_loss('dlr-t', c)[0]
+    want = jax.vjp(lambda z: loss_value(used, z, y, t), z)
+    got = _loss_and_logit_grad(jnp.asarray(losses.index('dlr-t')), z, y, t, losses)
+    chex.assert_trees_all_equal(got[0], want[0])
+    chex.assert_trees_all_close(got[1], want[1](jnp.ones(6))[0])
 
 
 def test_dlr_replaced_by_margin_with_few_classes():

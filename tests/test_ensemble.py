@@ -228,6 +228,53 @@ def test_default_ensemble_compiles_one_program_per_member(chunked_runs):
   assert 0 < second['robust_accuracy'] < second['clean_accuracy']
 
 
+def test_apgd_program_holds_just_the_cascades_losses():
+  # One switch over the APGD members' losses: 'standard' runs CE and targeted
+  # DLR, 'plus' adds DLR; the index each member passes picks its own loss.
+  members = lambda v, c=10: [m for m, _ in ensemble._members(
+      ensemble.VERSION_ATTACKS[v], 'linf', ensemble.VERSION_BUDGETS[v], c, False)
+      if m.family == 'apgd']
+  std = members('standard')
+  assert {m.program for m in std} == {ensemble.Program('apgd', 'linf', n_iter=100,
+                                                       losses=('ce', 'dlr-t'))}
+  assert [m.losses.index(m.loss) for m in std] == [0, 1]
+  assert members('plus')[0].losses == ('ce', 'dlr', 'dlr-t')
+  assert members('standard', c=3)[0].losses == ('ce', 'margin-t')   # too few classes for DLR
+  assert members('rand')[0].program.losses == ('ce', 'dlr')
+
+
+def test_nothing_compiles_ahead_when_no_point_is_left_to_attack():
+  # Every clean prediction wrong: the clean pass is the only program (the
+  # members' programs are compiled ahead only when some point is robust).
+  jax.clear_caches()   # the clean pass compiles here, whatever ran before in this process
+  f, _, _, x, y = random_affine(3, 6, 4, 12)
+  wrong = (np.argmax(np.asarray(f(x)), -1) + 1) % 4
+  r, names = count_compiles(evaluate_robust_accuracy, f, x, wrong, eps=0.1, norm='linf', key=K,
+                            warn=False, **SMALL)
+  assert names == ['jit(_forward)'], names
+  assert r['clean_accuracy'] == r['robust_accuracy'] == 0.0
+  assert [a['broken'] for a in r['per_attack']] == [0, 0, 0, 0]
+
+
+def test_an_error_while_compiling_ahead_reaches_the_caller():
+  # The forward pass works (clean pass, traces); the backward pass raises, in
+  # the background thread that compiles APGD's program: the call raises it.
+  @jax.custom_vjp
+  def guarded(z):
+    return z
+
+  def fwd(z):
+    return z, None
+
+  def bwd(_, g):
+    raise ValueError('no gradient through this layer')
+
+  guarded.defvjp(fwd, bwd)
+  f, _, _, x, y = random_affine(4, 6, 4, 12)
+  with pytest.raises(ValueError, match='^no gradient through this layer'):
+    evaluate_robust_accuracy(lambda a: guarded(f(a)), x, y, eps=0.1, norm='l2', key=K, **SMALL)
+
+
 def test_chunked_and_unchunked_give_identical_per_point_results(chunked_runs):
   first, _, _, _, whole = chunked_runs
   # The first 64 points: alone in one chunk, or packed with 64 others into

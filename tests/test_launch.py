@@ -336,21 +336,22 @@ def test_interrupted_line_says_where_what_is_kept_and_how_to_resume():
 
 def test_compilation_cache_directory_default_and_precedence(tmp_path):
   import launch
+  from robustjax import compilation_cache as cc
   home = os.path.expanduser('~')
-  assert launch.cache_dir(None, {}) == os.path.join(home, '.cache', 'robustjax', 'jax')
-  assert launch.cache_dir(None, {'XDG_CACHE_HOME': '/x'}) == '/x/robustjax/jax'
+  assert cc.directory(None, {}) == os.path.join(home, '.cache', 'robustjax', 'jax')
+  assert cc.directory(None, {'XDG_CACHE_HOME': '/x'}) == '/x/robustjax/jax'
   env = {'XDG_CACHE_HOME': '/x', 'JAX_COMPILATION_CACHE_DIR': '/j'}
-  assert launch.cache_dir(None, env) == '/j'  # jax's own variable
-  assert launch.cache_dir('/flag', env) == '/flag'
+  assert cc.directory(None, env) == '/j'  # jax's own variable
+  assert cc.directory('/flag', env) == '/flag'
   # The tests' own cache (conftest.py) is what a launched run uses: nothing goes to ~/.cache.
-  assert launch.cache_dir(None, os.environ) == os.environ['JAX_COMPILATION_CACHE_DIR']
-  assert not launch.cache_dir(None, os.environ).startswith(os.path.join(home, '.cache'))
+  assert cc.directory() == os.environ['JAX_COMPILATION_CACHE_DIR']
+  assert not cc.directory().startswith(os.path.join(home, '.cache'))
   # On: the directory and every program cached; --nocompilation_cache: off.
   names = ('jax_enable_compilation_cache', 'jax_compilation_cache_dir',
            'jax_persistent_cache_min_compile_time_secs')
   before = {n: getattr(jax.config, n) for n in names}
   try:
-    launch.enable_compilation_cache(True, str(tmp_path / 'c'), {})
+    assert cc.enable(str(tmp_path / 'c'), environ={}) == str(tmp_path / 'c')
     assert [getattr(jax.config, n) for n in names] == [True, str(tmp_path / 'c'), 0.0]
     jax.config.update('jax_persistent_cache_min_compile_time_secs', 2.0)  # as jax read it
     launch.enable_compilation_cache(True, str(tmp_path / 'c'),
@@ -363,6 +364,9 @@ def test_compilation_cache_directory_default_and_precedence(tmp_path):
       jax.config.update(n, v)
   f = tmp_path / 'file'
   f.write_text('x')
+  with pytest.raises(ValueError, match='^path: must be a directory'):
+    cc.enable(str(f))
+  assert jax.config.jax_compilation_cache_dir == before['jax_compilation_cache_dir']  # untouched
   from robustjax.config_validation import ConfigError
   with pytest.raises(ConfigError, match='^--compilation_cache_dir: must be a directory'):
     launch.enable_compilation_cache(True, str(f), {})
