@@ -20,6 +20,7 @@ from __future__ import annotations
 import os
 
 import jax
+from jax.experimental.compilation_cache import compilation_cache as jax_cache
 
 # jax caches only programs that took at least this long to compile (its default
 # is 1 s). Most of a run's programs compile in well under 1 s and on a CPU they
@@ -28,32 +29,45 @@ import jax
 MIN_COMPILE_SECS = 0.0
 
 
-def directory(given: str | None = None, environ=None) -> str:
-  """The cache directory: ``given``, else jax's own variable
-  JAX_COMPILATION_CACHE_DIR, else a per-user directory under XDG_CACHE_HOME
-  (default ~/.cache): ``<that>/robustjax/jax``."""
+def directory(given=None, environ=None) -> str:
+  """The cache directory, absolute (``~`` expanded): ``given`` (a str or
+  os.PathLike), else jax's own variable JAX_COMPILATION_CACHE_DIR, else a
+  per-user directory under XDG_CACHE_HOME (default ~/.cache):
+  ``<that>/robustjax/jax``. Absolute because jax reads the path at its first
+  compile, relative to the working directory of that moment."""
   environ = os.environ if environ is None else environ
   if given:
-    return given
-  if environ.get('JAX_COMPILATION_CACHE_DIR'):
-    return environ['JAX_COMPILATION_CACHE_DIR']
-  base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
-  return os.path.join(base, 'robustjax', 'jax')
+    path = os.fspath(given)
+  elif environ.get('JAX_COMPILATION_CACHE_DIR'):
+    path = environ['JAX_COMPILATION_CACHE_DIR']
+  else:
+    base = environ.get('XDG_CACHE_HOME') or os.path.join(os.path.expanduser('~'), '.cache')
+    path = os.path.join(base, 'robustjax', 'jax')
+  return os.path.abspath(os.path.expanduser(path))
 
 
-def enable(path: str | None = None, *, environ=None) -> str:
-  """Points jax's persistent compilation cache at :func:`directory` (``path``)
-  and caches every program (``MIN_COMPILE_SECS``; JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS,
-  when set, keeps its value). Returns the directory. Call it before the first
-  compile you want cached; it changes jax's process-wide config.
+def enable(path=None, *, environ=None) -> str:
+  """Points jax's persistent compilation cache at :func:`directory` (``path``:
+  None, a str or os.PathLike) and caches every program (``MIN_COMPILE_SECS``;
+  JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS, when set, keeps its value).
+  Returns the directory. Call it before the first compile you want cached; it
+  changes jax's process-wide config. Called again with another directory, it
+  moves the cache there (jax would otherwise keep the one it opened first).
 
-  Raises ValueError (naming ``path``) when the path exists and is not a directory.
+  Raises TypeError (naming ``path``) when ``path`` is not None, a str or
+  os.PathLike, and ValueError when it exists and is not a directory.
   """
+  if path is not None and not isinstance(path, (str, os.PathLike)):
+    raise TypeError(f'path: a directory name (str or os.PathLike) or None, got '
+                    f'{type(path).__name__} {path!r}')
   environ = os.environ if environ is None else environ
   path = directory(path, environ)
   if os.path.exists(path) and not os.path.isdir(path):
     raise ValueError(f'path: must be a directory (or a path that does not exist yet), '
                      f'got the file {path!r}')
+  if jax.config.jax_compilation_cache_dir not in (None, path):
+    # jax opens its cache once, at the first compile, and keeps that directory.
+    jax_cache.reset_cache()
   jax.config.update('jax_enable_compilation_cache', True)
   jax.config.update('jax_compilation_cache_dir', path)
   if 'JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS' not in environ:

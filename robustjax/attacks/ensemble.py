@@ -57,9 +57,10 @@ call (clean pass, APGD, FAB-T, Square) and none on a second call with new
 data of the same shape (``tests/test_ensemble.py`` counts them). Between
 programs only host numpy runs (indices, padding, targets, bookkeeping).
 Compiling is most of a first call on a CPU, so after the clean pass the
-members' programs compile in background threads (one per core, at most one
-per program), in cascade order, while the earlier members run; a member
-waits only for its own program. On the digits MLP ('standard', linf 0.1, 2
+members' programs are traced in the caller's thread (which sees its jax
+config contexts and context variables) and compiled by XLA in background
+threads (one per core, at most one per program), in cascade order, while the
+earlier members run; a member waits only for its own program. On the digits MLP ('standard', linf 0.1, 2
 CPU cores) this took the first call from 7.4-8.2 s to 5.4-6.5 s
 (``benchmarks/ensemble.py``); jax's persistent compilation cache
 (``robustjax.compilation_cache.enable()``) takes a later process's first call
@@ -90,7 +91,7 @@ import os
 import time
 import warnings
 import zlib
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from typing import NamedTuple
 
 import jax
@@ -369,16 +370,24 @@ def _cores() -> int:
 
 @contextlib.contextmanager
 def _compiled_ahead(members, chunk_args, y, size, needed):
-  """Yields {Program: Future}: each distinct program of ``members`` lowered and
-  compiled on one chunk's shapes in a background thread, in cascade order;
+  """Yields {Program: Future}: each distinct program of ``members`` traced and
+  lowered here, in cascade order, and compiled by XLA in a background thread;
   the cascade waits for a program only when it reaches its member. jax keeps
   the executable in its in-memory cache, so the cascade's own calls compile
   nothing more. Why: compiling is most of a first call (issue 17: 4.8 s of
   6.6 s for 'standard' on the digits MLP on 2 CPU cores), and this way it
-  overlaps the clean pass and the earlier members' runs. Nothing compiles
-  when not ``needed`` (no point left to attack); on leaving, programs not yet
-  started are dropped (all points broken before their member) and the one
-  compiling is waited for, so compile counts stay exact."""
+  overlaps the clean pass and the earlier members' runs. Tracing stays in
+  the caller's thread because it reads that thread's state, which a worker
+  thread does not inherit: jax's thread-local config (``jax.set_mesh``,
+  ``jax.default_matmul_precision``, ...) and context variables the model
+  reads. Traced in a worker, a program could fail there (no mesh), be
+  compiled again by the cascade (another config key), or even attack another
+  model than the caller's (a context variable, which jax's cache key does not
+  hold). An error while tracing, lowering or compiling is raised when the
+  cascade reaches the member. Nothing compiles when not ``needed`` (no point
+  left to attack); on leaving, programs not yet started are dropped (all
+  points broken before their member) and the one compiling is waited for, so
+  compile counts stay exact."""
   programs = list(dict.fromkeys(m.program for m, _ in members)) if needed else []
   # One compile per core at most: on 2 cores (digits MLP, 'standard' linf)
   # the first call took 6.8-7.2 s with 2 at once, 7.9-9.2 s with 1, 7.8-8.2 s with 3.
@@ -389,9 +398,13 @@ def _compiled_ahead(members, chunk_args, y, size, needed):
   try:
     for m, _ in members:
       if m.program in programs and m.program not in futures:
-        futures[m.program] = pool.submit(functools.partial(
-            lambda args, p: _attack_chunk.lower(*args, p=p).compile(),
-            chunk_args(m, 0, y, take), m.program))
+        try:
+          lowered = _attack_chunk.lower(*chunk_args(m, 0, y, take), p=m.program)
+        except Exception as err:  # noqa: BLE001  (raised if the cascade reaches the member)
+          futures[m.program] = Future()
+          futures[m.program].set_exception(err)
+          continue
+        futures[m.program] = pool.submit(lowered.compile)
     yield futures
   finally:
     pool.shutdown(cancel_futures=True)
