@@ -256,6 +256,17 @@ def test_nothing_compiles_ahead_when_no_point_is_left_to_attack():
   assert [a['broken'] for a in r['per_attack']] == [0, 0, 0, 0]
 
 
+def test_nothing_compiles_ahead_when_apgd_ce_breaks_every_point():
+  # An affine model at a radius past every point's decision boundary: APGD-CE
+  # breaks all 12, so FAB-T's and Square's programs are never compiled.
+  jax.clear_caches()
+  f, _, _, x, y = random_affine(5, 6, 4, 12)
+  r, names = count_compiles(evaluate_robust_accuracy, f, x, y, eps=5.0, norm='linf', key=K,
+                            warn=False, **SMALL)
+  assert [a['broken'] for a in r['per_attack']] == [12, 0, 0, 0]
+  assert sorted(names) == ['jit(_attack_chunk)', 'jit(_forward)'], names
+
+
 def test_an_error_while_compiling_ahead_reaches_the_caller():
   # The forward pass works (clean pass, traces); the backward pass raises, in
   # the background thread that compiles APGD's program: the call raises it.

@@ -56,15 +56,14 @@ members). The default 'standard' thus compiles 4 programs on its first
 call (clean pass, APGD, FAB-T, Square) and none on a second call with new
 data of the same shape (``tests/test_ensemble.py`` counts them). Between
 programs only host numpy runs (indices, padding, targets, bookkeeping).
-Compiling is most of a first call on a CPU, so after the clean pass the
-members' programs are traced in the caller's thread (which sees its jax
-config contexts and context variables) and compiled by XLA in background
-threads (one per core, at most one per program), in cascade order, while the
-earlier members run; a member waits only for its own program. On the digits MLP ('standard', linf 0.1, 2
-CPU cores) this took the first call from 7.4-8.2 s to 5.4-6.5 s
-(``benchmarks/ensemble.py``); jax's persistent compilation cache
-(``robustjax.compilation_cache.enable()``) takes a later process's first call
-to 2.7-3.1 s.
+Compiling is most of a first call on a CPU, so once a point outlives a chunk
+of a member (the cascade will go on), the programs of the members not run yet
+are traced in the caller's thread and compiled by XLA in background threads
+while the earlier members run; a member waits only for its own program, and
+when APGD-CE breaks every point nothing more compiles (``_CompileAhead``).
+jax's persistent compilation cache (``robustjax.compilation_cache.enable()``)
+takes a later process's first call from compiling to reading programs back;
+``benchmarks/ensemble.py`` measures both.
 
 Memory: each program holds one chunk's attack state and the model's
 activations (and gradients) for it, so device memory grows linearly with
@@ -368,46 +367,62 @@ def _cores() -> int:
     return os.cpu_count() or 1
 
 
-@contextlib.contextmanager
-def _compiled_ahead(members, chunk_args, y, size, needed):
-  """Yields {Program: Future}: each distinct program of ``members`` traced and
-  lowered here, in cascade order, and compiled by XLA in a background thread;
-  the cascade waits for a program only when it reaches its member. jax keeps
-  the executable in its in-memory cache, so the cascade's own calls compile
-  nothing more. Why: compiling is most of a first call (issue 17: 4.8 s of
-  6.6 s for 'standard' on the digits MLP on 2 CPU cores), and this way it
-  overlaps the clean pass and the earlier members' runs. Tracing stays in
-  the caller's thread because it reads that thread's state, which a worker
-  thread does not inherit: jax's thread-local config (``jax.set_mesh``,
-  ``jax.default_matmul_precision``, ...) and context variables the model
-  reads. Traced in a worker, a program could fail there (no mesh), be
-  compiled again by the cascade (another config key), or even attack another
-  model than the caller's (a context variable, which jax's cache key does not
-  hold). An error while tracing, lowering or compiling is raised when the
-  cascade reaches the member. Nothing compiles when not ``needed`` (no point
-  left to attack); on leaving, programs not yet started are dropped (all
-  points broken before their member) and the one compiling is waited for, so
-  compile counts stay exact."""
-  programs = list(dict.fromkeys(m.program for m, _ in members)) if needed else []
-  # One compile per core at most: on 2 cores (digits MLP, 'standard' linf)
-  # the first call took 6.8-7.2 s with 2 at once, 7.9-9.2 s with 1, 7.8-8.2 s with 3.
-  pool = ThreadPoolExecutor(max(1, min(len(programs), _cores())),
-                            thread_name_prefix='robustjax-compile')
-  take = np.arange(size)
-  futures = {}
-  try:
-    for m, _ in members:
-      if m.program in programs and m.program not in futures:
-        try:
-          lowered = _attack_chunk.lower(*chunk_args(m, 0, y, take), p=m.program)
-        except Exception as err:  # noqa: BLE001  (raised if the cascade reaches the member)
-          futures[m.program] = Future()
-          futures[m.program].set_exception(err)
-          continue
-        futures[m.program] = pool.submit(lowered.compile)
-    yield futures
-  finally:
-    pool.shutdown(cancel_futures=True)
+class _CompileAhead:
+  """The later members' programs, compiled by XLA in background threads once
+  the cascade is known to go on: as soon as a point outlives a chunk of a
+  member (:meth:`start`), every program not run yet is traced and lowered on
+  one chunk's shapes, in cascade order, and handed to a pool for XLA's
+  compile; a member waits only for its own program (:meth:`reach`). jax keeps
+  each executable in its in-memory cache, so the cascade's own calls compile
+  nothing more. Why: compiling is most of a first call on a CPU (issue 17:
+  4.8 s of 6.6 s for 'standard' on the digits MLP, 2 cores), and this way
+  FAB-T's and Square's compiles overlap the APGD runs. Why not earlier: when
+  APGD-CE breaks every point (an undefended model) no later program is
+  compiled at all, as before (compiling them from the start made that first
+  call 2.5x slower). Tracing stays in the caller's thread because it reads
+  that thread's state, which a worker does not inherit: jax's thread-local
+  config (``jax.set_mesh``, ``jax.default_matmul_precision``, ...) and
+  context variables the model reads; traced in a worker, a program could
+  fail (no mesh), compile twice (another config key) or attack another model
+  (a context variable, which jax's cache key does not hold). An error while
+  tracing, lowering or compiling is raised when the cascade reaches the
+  member. :meth:`close` drops the compiles not yet started and waits for
+  the running ones, so compile counts stay exact."""
+
+  def __init__(self, members, chunk_args, y, size):
+    self._members, self._chunk_args, self._y = members, chunk_args, y
+    self._take = np.arange(size)
+    programs = len(dict.fromkeys(m.program for m, _ in members))
+    # One compile per core at most: XLA:CPU's own compile keeps ~1.5 cores busy.
+    self._pool = ThreadPoolExecutor(max(1, min(programs - 1, _cores())),
+                                    thread_name_prefix='robustjax-compile')
+    self._futures, self._ran, self._started = {}, set(), False
+
+  def reach(self, m: Member) -> None:
+    """Before ``m``'s chunks: its program, if compiling ahead, compiled (or its error raised)."""
+    self._ran.add(m.program)
+    if m.program in self._futures:
+      self._futures[m.program].result()
+
+  def start(self) -> None:
+    """A point outlived a chunk: the programs not run yet start compiling."""
+    if self._started:
+      return
+    self._started = True
+    for m, _ in self._members:
+      if m.program in self._ran or m.program in self._futures:
+        continue
+      future = Future()
+      try:
+        lowered = _attack_chunk.lower(*self._chunk_args(m, 0, self._y, self._take), p=m.program)
+      except Exception as err:  # noqa: BLE001  (raised if the cascade reaches the member)
+        future.set_exception(err)
+      else:
+        future = self._pool.submit(lowered.compile)
+      self._futures[m.program] = future
+
+  def close(self) -> None:
+    self._pool.shutdown(cancel_futures=True)
 
 
 def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
@@ -545,7 +560,7 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
     return (logits_fn, x[take], yi[take], take, target[take], key, m.tag, rank, loss, m.restarts,
             m.eot_iter, float(eps), bounds)
 
-  with _compiled_ahead(members, chunk_args, yi, size, robust.any()) as ahead:
+  with contextlib.closing(_CompileAhead(members, chunk_args, yi, size)) as ahead:
     for m, note in members:
       t0 = time.perf_counter()
       if note:
@@ -560,7 +575,7 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
         if idx.size == 0:
           break
         target = yi if rank == 0 else order[:, rank - 1]   # untargeted members ignore it
-        ahead[m.program].result()   # its program compiled (raises what compiling raised)
+        ahead.reach(m)
         runs = []
         for start in range(0, idx.size, size):   # dispatched without waiting
           rows = idx[start:start + size]
@@ -574,6 +589,8 @@ def evaluate_robust_accuracy(predict_fn, x, y, *, eps: float, norm: str, key,
           x_adv[rows[ok]] = np.asarray(xa)[:rows.size][ok]
           robust[rows[ok]] = False
           broken_here += int(ok.sum())
+          if not ok.all():
+            ahead.start()
           what = m.name if rank == 0 else f'{m.name} (target rank {rank})'
           log.append(f'{what} - {c + 1}/{len(runs)} - {int(ok.sum())} out of {rows.size} '
                      'successfully perturbed')
