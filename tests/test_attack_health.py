@@ -60,6 +60,33 @@ def test_looks_like_probabilities():
   assert not bool(health.looks_like_probabilities(z))
   assert not bool(health.looks_like_probabilities(jax.nn.log_softmax(z)))
   assert not bool(health.looks_like_probabilities(jax.nn.softmax(z)[:, 0]))  # scalar outputs
+  # A binary model's scalar outputs, lifted to [0, f] as the attacks see them:
+  # a sigmoid's are probabilities, the logits (either sign) are not.
+  lift = lambda f: np.stack([np.zeros_like(f), f], -1)
+  f = np.asarray(z[:, 0])
+  assert bool(health.looks_like_probabilities(lift(1 / (1 + np.exp(-f)))))
+  assert not bool(health.looks_like_probabilities(lift(f)))
+  assert not bool(health.looks_like_probabilities(lift(np.abs(f) + 1.5)))
+
+
+def test_binary_sigmoid_outputs_warned_and_the_logit_gives_the_exact_answer():
+  # sigmoid(w.x + b) never changes sign, so under the binary convention (the
+  # sign is the class) every point is "class +1" and no attack can flip it:
+  # robust accuracy = the share of +1 labels, a plausible wrong number. The
+  # ensemble says so; with the logit it gives the exact answer.
+  rng = np.random.default_rng(0)
+  w, b = rng.normal(size=4).astype(np.float32), np.float32(0.1)
+  x = rng.normal(size=(40, 4)).astype(np.float32)
+  logit = lambda a: a @ w + b
+  y = np.where(logit(x) > 0, 1, -1)
+  dist = np.abs(logit(x)) / np.linalg.norm(w)
+  eps = float(np.median(dist))
+  kw = dict(eps=eps, norm='l2', key=K, attacks=('apgd-ce',), n_iter=10)
+  r, warned = _record(evaluate_robust_accuracy, lambda a: jax.nn.sigmoid(logit(a)), x, y, **kw)
+  assert r['robust_accuracy'] == r['clean_accuracy'] == float(np.mean(y == 1))
+  assert any('look like probabilities' in m and 'binary scalar outputs' in m for m in warned)
+  r = evaluate_robust_accuracy(logit, x, y, **kw)
+  assert r['robust_accuracy'] == float(np.mean(dist > eps)) and r['warnings'] == []
 
 
 def test_probability_outputs_warned_and_logits_give_exact_answer(three_class):

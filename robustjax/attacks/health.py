@@ -6,9 +6,11 @@ are tracked, inside the compiled attacks (no host sync there) and turned into
 ``RuntimeWarning``s at the Python level:
 
   * outputs that look like probabilities (every row >= 0 and summing to 1, the
-    test AutoAttack's ``check_range_output`` uses): a saturated softmax has
-    zero gradients and a flat score, so white- and black-box attacks stall;
-    pass the logits (or log-probabilities) instead;
+    test AutoAttack's ``check_range_output`` uses, or a binary model's scalar
+    outputs all in [0, 1], a sigmoid's): a saturated softmax has zero
+    gradients and a flat score, and a sigmoid never changes sign, so white-
+    and black-box attacks stall or cannot succeed; pass the logits (or
+    log-probabilities) instead;
   * a zero gradient at the attack's start point (the clean point for FMN and
     bisection, the first random start for PGD and APGD: where AutoAttack's
     ``check_zero_gradients`` looks): gradient-based attacks cannot leave it
@@ -37,14 +39,20 @@ def _xp(*arrays):
 
 
 def looks_like_probabilities(logits, tol: float = PROB_TOL):
-  """() bool: every row of (n, C >= 2) outputs is >= 0 and sums to 1 (within tol).
+  """() bool: every row of (n, C >= 2) outputs is >= 0 and sums to 1 (within
+  tol), or the outputs are a binary model's scalars lifted to [0, f]
+  (``common.multiclass``) with every f in [0, 1]: a sigmoid's probability,
+  whose sign never changes, where the library's binary convention wants the
+  logit (its sign is the class).
 
   numpy in, numpy out (the host-side checks); jax arrays inside compiled code."""
   xp = _xp(logits)
   if logits.ndim != 2 or logits.shape[-1] < 2:
     return xp.asarray(False)
-  return (xp.all(logits > -tol) & xp.all(logits < 1 + tol)
-          & xp.all(xp.abs(xp.sum(logits, -1) - 1) < tol * max(1, logits.shape[-1] / 10)))
+  in_unit = xp.all(logits > -tol) & xp.all(logits < 1 + tol)
+  softmax = xp.all(xp.abs(xp.sum(logits, -1) - 1) < tol * max(1, logits.shape[-1] / 10))
+  sigmoid = xp.asarray(logits.shape[-1] == 2) & xp.all(logits[:, 0] == 0)
+  return in_unit & (softmax | sigmoid)
 
 
 def rows_finite(*arrays):
@@ -84,8 +92,10 @@ def outputs(logits_fn, x):
 
 
 PROB_MSG = ('{who}: the model outputs look like probabilities (every row >= 0 and summing '
-            'to 1): saturated probabilities give zero gradients and flat scores, so attacks '
-            'overstate robustness; pass the logits (or log-probabilities) instead')
+            'to 1, or binary scalar outputs all in [0, 1]): saturated probabilities give zero '
+            'gradients and flat scores, and a sigmoid output never changes sign, so attacks '
+            'overstate robustness; pass the logits (or log-probabilities; for a binary model '
+            'the logit, whose sign is the class) instead')
 
 
 def messages(who: str, health: dict, n: int | None = None) -> list[str]:
